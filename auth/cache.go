@@ -1,0 +1,155 @@
+package auth
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"thanksio-proxy/store"
+)
+
+// snapshot is an immutable view of a tenant's token, as the hot path needs it.
+// The refresh token is deliberately absent: refreshes re-read the store under
+// the lock, so a cached refresh token would only be a stale one.
+type snapshot struct {
+	access      string
+	expiry      time.Time // zero: never expires
+	refreshable bool
+	state       store.State
+	version     int64
+}
+
+func snapshotOf(rec store.TokenRecord) *snapshot {
+	return &snapshot{
+		access:      rec.AccessToken,
+		expiry:      rec.Expiry,
+		refreshable: rec.Refreshable(),
+		state:       rec.State,
+		version:     rec.Version,
+	}
+}
+
+// usable reports whether the access token can be sent at now.
+func (s *snapshot) usable(now time.Time) bool {
+	return s.state != store.StateReauthorizationRequired && s.access != "" &&
+		(s.expiry.IsZero() || now.Before(s.expiry))
+}
+
+// due reports whether a refresh should start at now.
+func (s *snapshot) due(now time.Time, ahead time.Duration) bool {
+	return s.refreshable && !s.expiry.IsZero() && !now.Before(s.expiry.Add(-ahead))
+}
+
+// entry is one tenant's place in the cache. The snapshot is swapped whole, so
+// the hot path reads it without a lock.
+type entry struct {
+	snap atomic.Pointer[snapshot]
+	// refreshing is set while a background refresh for the tenant runs in
+	// this process.
+	refreshing atomic.Bool
+	// retryAt (unix nanoseconds) holds back the next refresh attempt after a
+	// failure; failures counts them, for the backoff.
+	retryAt  atomic.Int64
+	failures atomic.Int32
+}
+
+// cache is the bounded in-process map from tenant to entry. When full, adding
+// a tenant evicts an arbitrary other one (Go's map order): cheap, and fair
+// enough for a cache whose misses cost one store read.
+type cache struct {
+	mu  sync.RWMutex
+	m   map[string]*entry
+	max int
+}
+
+func newCache(max int) *cache {
+	return &cache{m: make(map[string]*entry), max: max}
+}
+
+func (c *cache) get(tenant string) *entry {
+	c.mu.RLock()
+	e := c.m[tenant]
+	c.mu.RUnlock()
+	return e
+}
+
+// put stores s for tenant, keeping the entry (and its backoff) if there is
+// one, and returns the entry.
+func (c *cache) put(tenant string, s *snapshot) *entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[tenant]
+	if !ok {
+		if len(c.m) >= c.max {
+			for k := range c.m {
+				delete(c.m, k)
+				break
+			}
+		}
+		e = &entry{}
+		c.m[tenant] = e
+	}
+	e.snap.Store(s)
+	return e
+}
+
+// entryFor returns the tenant's entry, adding an empty one if needed, so that
+// failures are remembered even before any token was cached.
+func (c *cache) entryFor(tenant string) *entry {
+	if e := c.get(tenant); e != nil {
+		return e
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[tenant]; ok {
+		return e
+	}
+	if len(c.m) >= c.max {
+		for k := range c.m {
+			delete(c.m, k)
+			break
+		}
+	}
+	e := &entry{}
+	c.m[tenant] = e
+	return e
+}
+
+// drop forgets the tenant if its cached version is older than version (or
+// version is 0, a deletion) and reports whether it did.
+func (c *cache) drop(tenant string, version int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[tenant]
+	if !ok {
+		return false
+	}
+	if s := e.snap.Load(); version != 0 && s != nil && s.version >= version {
+		return false
+	}
+	delete(c.m, tenant)
+	return true
+}
+
+// dropToken forgets the tenant if it still caches access.
+func (c *cache) dropToken(tenant, access string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[tenant]; ok {
+		if s := e.snap.Load(); s == nil || s.access == access {
+			delete(c.m, tenant)
+		}
+	}
+}
+
+func (c *cache) clear() {
+	c.mu.Lock()
+	clear(c.m)
+	c.mu.Unlock()
+}
+
+func (c *cache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
+}

@@ -1,0 +1,220 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"thanksio-proxy/store"
+)
+
+// Grant is a token handed to the proxy by an operator or by the connect flow.
+type Grant struct {
+	AccessToken string
+	// RefreshToken is empty for a personal access token, which is never
+	// refreshed.
+	RefreshToken string
+	// Expiry is zero for a token that never expires. One in the past is
+	// accepted: the token is refreshed at first use.
+	Expiry time.Time
+}
+
+// TenantStatus describes a tenant without its tokens.
+type TenantStatus struct {
+	Tenant          string      `json:"tenant"`
+	State           store.State `json:"state"`
+	Expiry          *time.Time  `json:"expiry,omitempty"`
+	Expired         bool        `json:"expired"`
+	HasRefreshToken bool        `json:"has_refresh_token"`
+	LastRefresh     *time.Time  `json:"last_refresh,omitempty"`
+	LastError       string      `json:"last_error,omitempty"`
+	LastErrorAt     *time.Time  `json:"last_error_at,omitempty"`
+	UpdatedAt       *time.Time  `json:"updated_at,omitempty"`
+	// RefreshPending is true while a refreshed token waits in this process
+	// for the store to accept it.
+	RefreshPending bool `json:"refresh_pending,omitempty"`
+}
+
+// Import stores g as the tenant's token, replacing whatever was there, and
+// makes the tenant active (this is how a tenant that needs reauthorization
+// recovers without the connect flow).
+func (t *Tokens) Import(ctx context.Context, tenant string, g Grant) (TenantStatus, error) {
+	if g.AccessToken == "" {
+		return TenantStatus{}, errors.New("auth: an access token is required")
+	}
+	now := t.now()
+	rec := store.TokenRecord{
+		AccessToken:  g.AccessToken,
+		RefreshToken: g.RefreshToken,
+		Expiry:       g.Expiry,
+		State:        store.StateActive,
+		UpdatedAt:    now,
+	}
+	v, err := t.store.Put(ctx, tenant, rec, store.AnyVersion)
+	if err != nil {
+		t.obs.StoreError("put")
+		return TenantStatus{}, fmt.Errorf("auth: import %q: %w", tenant, err)
+	}
+	t.clearPending(tenant)
+	rec.Version = v
+	e := t.cache.put(tenant, snapshotOf(rec))
+	e.failures.Store(0)
+	e.retryAt.Store(0)
+	return t.statusOf(tenant, rec), nil
+}
+
+// Status describes the tenant. It returns ErrUnknownTenant when none is held,
+// and an *UnavailableError when the store is down or the record does not open.
+func (t *Tokens) Status(ctx context.Context, tenant string) (TenantStatus, error) {
+	rec, err := t.get(ctx, tenant)
+	if err != nil {
+		return TenantStatus{}, err
+	}
+	return t.statusOf(tenant, rec), nil
+}
+
+func (t *Tokens) statusOf(tenant string, rec store.TokenRecord) TenantStatus {
+	st := TenantStatus{
+		Tenant:          tenant,
+		State:           rec.State,
+		HasRefreshToken: rec.Refreshable(),
+		LastError:       rec.LastError,
+		Expiry:          timePtr(rec.Expiry),
+		Expired:         !rec.Expiry.IsZero() && !t.now().Before(rec.Expiry),
+		LastRefresh:     timePtr(rec.LastRefresh),
+		LastErrorAt:     timePtr(rec.LastErrorAt),
+		UpdatedAt:       timePtr(rec.UpdatedAt),
+	}
+	if st.State == "" {
+		st.State = store.StateActive
+	}
+	t.pendingMu.Lock()
+	_, st.RefreshPending = t.pending[tenant]
+	t.pendingMu.Unlock()
+	return st
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// List returns up to limit tenant ids after the id after, in order, and
+// whether more follow.
+func (t *Tokens) List(ctx context.Context, after string, limit int) ([]string, bool, error) {
+	ids, more, err := t.store.List(ctx, after, limit)
+	if err != nil {
+		t.obs.StoreError("list")
+		return nil, false, unavailable("the token store is unreachable", 5*time.Second, err)
+	}
+	return ids, more, nil
+}
+
+// Forget deletes the tenant's token. Later calls for it are ErrUnknownTenant.
+func (t *Tokens) Forget(ctx context.Context, tenant string) error {
+	if err := t.store.Delete(ctx, tenant); err != nil {
+		t.obs.StoreError("delete")
+		return unavailable("the token store is unreachable", 5*time.Second, err)
+	}
+	t.clearPending(tenant)
+	t.cache.drop(tenant, 0)
+	return nil
+}
+
+// RefreshNow refreshes the tenant's token at once, under the same lock as
+// every other refresh, and returns the new status. A token without a refresh
+// token cannot be refreshed: ErrNoBetterToken.
+func (t *Tokens) RefreshNow(ctx context.Context, tenant string) (TenantStatus, error) {
+	rec, err := t.get(ctx, tenant)
+	if err != nil {
+		return TenantStatus{}, err
+	}
+	if rec.State == store.StateReauthorizationRequired {
+		return TenantStatus{}, ErrReauthorizationRequired
+	}
+	if !rec.Refreshable() {
+		return TenantStatus{}, ErrNoBetterToken
+	}
+	if t.cfg.OAuth == nil {
+		return TenantStatus{}, ErrNotConfigured
+	}
+	s, err := t.wait(ctx, t.flight(tenant+"\x00now", func(ctx context.Context) (*snapshot, error) {
+		return t.refresh(ctx, tenant, rec.Version, true)
+	}))
+	if err != nil {
+		return TenantStatus{}, err
+	}
+	t.cache.put(tenant, s)
+	return t.Status(ctx, tenant)
+}
+
+// CachedTenants reports how many tenants are cached in this process.
+func (t *Tokens) CachedTenants() int { return t.cache.len() }
+
+// runBackground refreshes tenants that are due, whether or not anyone calls
+// for them, so that idle tenants' tokens do not expire.
+func (t *Tokens) runBackground() {
+	tick := time.NewTicker(t.cfg.BackgroundInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+			t.refreshDue()
+		}
+	}
+}
+
+// refreshDue refreshes, with bounded concurrency, the tenants whose tokens
+// are due now.
+func (t *Tokens) refreshDue() {
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.BackgroundInterval)
+	defer cancel()
+	due, err := t.store.DueBefore(ctx, t.now().Add(t.cfg.RefreshAhead), 1000)
+	if err != nil {
+		if t.ctx.Err() == nil {
+			t.obs.StoreError("due")
+		}
+		return
+	}
+	sem := make(chan struct{}, t.cfg.BackgroundConcurrency)
+	var wg sync.WaitGroup
+	for _, tenant := range due {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			e := t.cache.entryFor(tenant)
+			if t.now().UnixNano() < e.retryAt.Load() {
+				return
+			}
+			// An unknown version (-1): if another replica holds the lock, its
+			// usable token is taken rather than refreshing again.
+			s, err := t.wait(ctx, t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
+				return t.refresh(ctx, tenant, -1, false)
+			}))
+			if err != nil {
+				if errors.Is(err, ErrTokenUnavailable) {
+					t.backoff(e)
+				}
+				return
+			}
+			e.failures.Store(0)
+			e.retryAt.Store(0)
+			if cur := e.snap.Load(); cur == nil || cur.version <= s.version {
+				t.cache.put(tenant, s)
+			}
+		})
+	}
+	wg.Wait()
+}

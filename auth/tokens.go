@@ -1,0 +1,514 @@
+// Package auth owns the token lifecycle: which access token a tenant's
+// request carries, when it is refreshed, how exactly one replica refreshes it,
+// what state the tenant is in, and the OAuth connect flow that gets the first
+// token.
+package auth
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"thanksio-proxy/store"
+)
+
+// Observer is told what the token lifecycle does, for metrics. Methods must be
+// cheap and safe for concurrent use. A nil Observer in Config observes nothing.
+type Observer interface {
+	// CacheLookup counts a lookup in a layer ("memory" or "store") with its
+	// result ("hit", "miss", "stale" or "error").
+	CacheLookup(layer, result string)
+	// Refreshed counts a refresh attempt by result ("success", "lost_race",
+	// "revoked" or "error") with its duration.
+	Refreshed(result string, d time.Duration)
+	// LockWaited records the time spent waiting for the refresh lock, and
+	// whether it was taken (false: another replica's refresh was used, or the
+	// wait gave up).
+	LockWaited(acquired bool, d time.Duration)
+	// StoreError counts a failed store operation ("get", "put", "lock", ...).
+	StoreError(op string)
+	// Injected records how long the token handed to a caller has left; zero
+	// for a token that never expires.
+	Injected(left time.Duration, expires bool)
+}
+
+// Config configures Tokens. Zero values take the documented defaults.
+type Config struct {
+	// Store holds the records, locks and OAuth states. Required.
+	Store Store
+	// OAuth is the thanks.io OAuth client. Nil means tokens are never
+	// refreshed and tenants cannot be connected.
+	OAuth *oauth2.Config
+	// ReturnURLs are the URLs a connect flow's return_to must fall under;
+	// empty allows no return_to (the callback then answers a page).
+	ReturnURLs []*url.URL
+	// HTTPClient calls the token endpoint. Nil means a client with
+	// RefreshTimeout as its timeout.
+	HTTPClient *http.Client
+	// RefreshAhead is how long before expiry a refresh starts (default 5m).
+	RefreshAhead time.Duration
+	// RefreshTimeout bounds one call to the token endpoint (default 10s).
+	RefreshTimeout time.Duration
+	// LockLease is the refresh lock's lifetime; it is renewed every third of
+	// it while the refresh runs (default 10s).
+	LockLease time.Duration
+	// LockWait bounds how long a replica waits for another replica's refresh
+	// before it gives up (default 15s).
+	LockWait time.Duration
+	// CacheSize bounds the tenants cached in process (default 100000).
+	CacheSize int
+	// BackgroundInterval is how often idle tenants due for a refresh are
+	// looked for; zero or negative switches the background refresher off.
+	BackgroundInterval time.Duration
+	// BackgroundConcurrency bounds background refreshes running at once
+	// (default 4).
+	BackgroundConcurrency int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Observer is told about lookups and refreshes; nil observes nothing.
+	Observer Observer
+	// Logger logs refreshes and failures, never a token; nil discards.
+	Logger *slog.Logger
+}
+
+// Tokens hands out tenants' access tokens and keeps them fresh. It is safe for
+// concurrent use by multiple goroutines.
+type Tokens struct {
+	cfg   Config
+	store Store
+	now   func() time.Time
+	obs   Observer
+	log   *slog.Logger
+	cache *cache
+
+	flightsMu sync.Mutex
+	flights   map[string]*flight
+
+	pendingMu sync.Mutex
+	pending   map[string]*pendingWrite
+
+	forcedMu sync.Mutex
+	forced   map[string]forcedRefresh
+
+	// ctx outlives every caller: refreshes run under it, never under a
+	// request's context. stop ends it.
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// New returns Tokens for cfg. Call Start to follow other replicas' writes,
+// and Close to stop.
+func New(cfg Config) *Tokens {
+	if cfg.RefreshAhead <= 0 {
+		cfg.RefreshAhead = 5 * time.Minute
+	}
+	if cfg.RefreshTimeout <= 0 {
+		cfg.RefreshTimeout = 10 * time.Second
+	}
+	if cfg.LockLease <= 0 {
+		cfg.LockLease = 10 * time.Second
+	}
+	if cfg.LockWait <= 0 {
+		cfg.LockWait = 15 * time.Second
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = 100_000
+	}
+	if cfg.BackgroundConcurrency <= 0 {
+		cfg.BackgroundConcurrency = 4
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: cfg.RefreshTimeout}
+	}
+	t := &Tokens{
+		cfg:     cfg,
+		store:   cfg.Store,
+		now:     cfg.Now,
+		obs:     cfg.Observer,
+		log:     cfg.Logger,
+		cache:   newCache(cfg.CacheSize),
+		flights: make(map[string]*flight),
+		pending: make(map[string]*pendingWrite),
+		forced:  make(map[string]forcedRefresh),
+	}
+	if t.now == nil {
+		t.now = time.Now
+	}
+	if t.obs == nil {
+		t.obs = nopObserver{}
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
+	}
+	t.ctx, t.stop = context.WithCancel(context.Background())
+	return t
+}
+
+// Start follows other replicas' writes (and starts the background refresher
+// when configured). When the store cannot be reached within ctx, Start returns
+// nil and keeps trying in the background: a replica that starts during a
+// store outage becomes useful when the store returns.
+func (t *Tokens) Start(ctx context.Context) error {
+	first := make(chan error, 1)
+	t.wg.Go(func() {
+		for attempt := 0; ; attempt++ {
+			err := t.store.Subscribe(t.ctx, func(inv store.Invalidation) {
+				t.cache.drop(inv.Tenant, inv.Version)
+			}, func() {
+				// Messages may have been missed while disconnected.
+				t.cache.clear()
+			})
+			if attempt == 0 {
+				first <- err
+			}
+			if err == nil {
+				if attempt > 0 {
+					// Writes may have been missed until now.
+					t.cache.clear()
+				}
+				return
+			}
+			if t.ctx.Err() != nil {
+				return
+			}
+			select {
+			case <-time.After(2 * time.Second):
+			case <-t.ctx.Done():
+				return
+			}
+		}
+	})
+	if t.cfg.BackgroundInterval > 0 {
+		t.wg.Go(t.runBackground)
+	}
+	select {
+	case err := <-first:
+		if err != nil {
+			t.log.Warn("token store unreachable at start; retrying", "err", err)
+		}
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Close stops background work and waits for it. Refreshes in flight are
+// cancelled and their locks released.
+func (t *Tokens) Close() {
+	t.stop()
+	t.wg.Wait()
+}
+
+// Token returns a usable access token for tenant. While the cached token is
+// valid it returns at once, without network I/O, and starts a refresh in the
+// background when the token is within RefreshAhead of expiry. When no valid
+// token is cached, callers wait (bounded by ctx) for one load or refresh.
+//
+// The errors are ErrUnknownTenant, ErrReauthorizationRequired, an
+// *UnavailableError, or ctx's error.
+func (t *Tokens) Token(ctx context.Context, tenant string) (string, error) {
+	now := t.now()
+	if e := t.cache.get(tenant); e != nil {
+		if s := e.snap.Load(); s != nil {
+			switch {
+			case s.state == store.StateReauthorizationRequired:
+				t.obs.CacheLookup("memory", "hit")
+				return "", ErrReauthorizationRequired
+			case s.usable(now):
+				t.obs.CacheLookup("memory", "hit")
+				if s.due(now, t.cfg.RefreshAhead) {
+					t.refreshInBackground(tenant, e, now)
+				}
+				t.injected(s, now)
+				return s.access, nil
+			}
+			t.obs.CacheLookup("memory", "stale")
+		}
+	} else {
+		t.obs.CacheLookup("memory", "miss")
+	}
+
+	s, err := t.wait(ctx, t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
+		return t.load(ctx, tenant)
+	}))
+	if err != nil {
+		return "", err
+	}
+	now = t.now()
+	if s.due(now, t.cfg.RefreshAhead) {
+		if e := t.cache.get(tenant); e != nil {
+			t.refreshInBackground(tenant, e, now)
+		}
+	}
+	t.injected(s, now)
+	return s.access, nil
+}
+
+func (t *Tokens) injected(s *snapshot, now time.Time) {
+	if s.expiry.IsZero() {
+		t.obs.Injected(0, false)
+		return
+	}
+	t.obs.Injected(s.expiry.Sub(now), true)
+}
+
+// Refused is called when the upstream answered 401 to token, which the proxy
+// injected for tenant. It drops the token and returns the current one: the one
+// in the store if it differs (another replica rotated it), else a freshly
+// refreshed one. ErrNoBetterToken means the refusal stands (a static token, or
+// a token refreshed moments ago and refused again).
+func (t *Tokens) Refused(ctx context.Context, tenant, token string) (string, error) {
+	t.cache.dropToken(tenant, token)
+	s, err := t.wait(ctx, t.flight(tenant+"\x00refused\x00"+token, func(ctx context.Context) (*snapshot, error) {
+		return t.replace(ctx, tenant, token)
+	}))
+	if err != nil {
+		return "", err
+	}
+	if s.access == token {
+		return "", ErrNoBetterToken
+	}
+	return s.access, nil
+}
+
+// replace finds a token other than refused for tenant.
+func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot, error) {
+	rec, err := t.get(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	s := snapshotOf(rec)
+	if rec.State == store.StateReauthorizationRequired {
+		t.cache.put(tenant, s)
+		return nil, ErrReauthorizationRequired
+	}
+	if rec.AccessToken != refused && s.usable(t.now()) {
+		t.cache.put(tenant, s)
+		return s, nil
+	}
+	if !rec.Refreshable() || t.cfg.OAuth == nil {
+		return nil, ErrNoBetterToken
+	}
+	// A token that a forced refresh produced moments ago and that is refused
+	// at once will not be cured by another refresh: the refusal stands, so
+	// that a broken account cannot turn every request into a refresh.
+	if t.forcedRecently(tenant, refused) {
+		return nil, ErrNoBetterToken
+	}
+	s, err = t.refresh(ctx, tenant, rec.Version, true)
+	if err != nil {
+		return nil, err
+	}
+	t.noteForced(tenant, s.access)
+	t.cache.put(tenant, s)
+	return s, nil
+}
+
+// forcedRefresh remembers the token a forced refresh produced.
+type forcedRefresh struct {
+	access string
+	at     time.Time
+}
+
+func (t *Tokens) forcedRecently(tenant, access string) bool {
+	t.forcedMu.Lock()
+	defer t.forcedMu.Unlock()
+	f, ok := t.forced[tenant]
+	return ok && f.access == access && t.now().Sub(f.at) < minForcedRefreshInterval
+}
+
+func (t *Tokens) noteForced(tenant, access string) {
+	t.forcedMu.Lock()
+	defer t.forcedMu.Unlock()
+	now := t.now()
+	if len(t.forced) >= 1024 {
+		for k, f := range t.forced {
+			if now.Sub(f.at) >= minForcedRefreshInterval {
+				delete(t.forced, k)
+			}
+		}
+	}
+	t.forced[tenant] = forcedRefresh{access: access, at: now}
+}
+
+// minForcedRefreshInterval is the least time between a refresh and a second
+// one forced by the upstream refusing the new token.
+const minForcedRefreshInterval = 30 * time.Second
+
+// load reads the tenant's record (after a cache miss, or with an expired
+// cached token) and refreshes it first when it has expired.
+func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
+	rec, err := t.get(ctx, tenant)
+	if err != nil {
+		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) {
+			// The store is unreachable but holds an outdated record anyway:
+			// the rotated token awaiting its write is the current one.
+			s := snapshotOf(*p)
+			t.cache.put(tenant, s)
+			return s, nil
+		}
+		return nil, err
+	}
+	s := snapshotOf(rec)
+	now := t.now()
+	switch {
+	case rec.State == store.StateReauthorizationRequired:
+		t.cache.put(tenant, s)
+		return nil, ErrReauthorizationRequired
+	case s.usable(now):
+		t.cache.put(tenant, s)
+		return s, nil
+	case !rec.Refreshable():
+		return nil, ErrReauthorizationRequired
+	case t.cfg.OAuth == nil:
+		return nil, unavailable("the token has expired and no OAuth client is configured to refresh it", time.Minute, nil)
+	}
+	e := t.cache.entryFor(tenant)
+	if wait := time.Duration(e.retryAt.Load() - now.UnixNano()); wait > 0 {
+		return nil, unavailable("the token has expired and refreshing it failed; retrying", wait, nil)
+	}
+	s, err = t.refresh(ctx, tenant, rec.Version, false)
+	if err != nil {
+		if errors.Is(err, ErrTokenUnavailable) {
+			t.backoff(e)
+			var ue *UnavailableError
+			if errors.As(err, &ue) {
+				ue.RetryAfter = max(ue.RetryAfter, time.Duration(e.retryAt.Load()-t.now().UnixNano()))
+			}
+		}
+		return nil, err
+	}
+	e.failures.Store(0)
+	e.retryAt.Store(0)
+	t.cache.put(tenant, s)
+	return s, nil
+}
+
+// get reads a record, turning store errors into the lifecycle's own.
+func (t *Tokens) get(ctx context.Context, tenant string) (store.TokenRecord, error) {
+	rec, err := t.store.Get(ctx, tenant)
+	switch {
+	case err == nil:
+		t.obs.CacheLookup("store", "hit")
+		if p := t.pendingRecord(tenant); p != nil && p.Version == rec.Version {
+			// The store still holds the pair this process rotated away from.
+			rec = *p
+		}
+		return rec, nil
+	case errors.Is(err, store.ErrNotFound):
+		t.obs.CacheLookup("store", "miss")
+		return rec, ErrUnknownTenant
+	case errors.Is(err, store.ErrSealed):
+		t.obs.CacheLookup("store", "error")
+		t.log.Error("stored token record does not open with any configured key", "tenant", tenant)
+		return rec, unavailable("the stored token record does not open with any configured encryption key", time.Minute, err)
+	case ctx.Err() != nil:
+		return rec, ctx.Err()
+	default:
+		t.obs.CacheLookup("store", "error")
+		t.obs.StoreError("get")
+		return rec, unavailable("the token store is unreachable", 5*time.Second, err)
+	}
+}
+
+// refreshInBackground starts a refresh of a token that is still valid,
+// unless one is running or a failure holds it back.
+func (t *Tokens) refreshInBackground(tenant string, e *entry, now time.Time) {
+	if t.cfg.OAuth == nil || now.UnixNano() < e.retryAt.Load() {
+		return
+	}
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	s := e.snap.Load()
+	f := t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
+		return t.refresh(ctx, tenant, s.version, false)
+	})
+	t.wg.Go(func() {
+		defer e.refreshing.Store(false)
+		<-f.done
+		if f.err != nil {
+			t.backoff(e)
+			return
+		}
+		e.failures.Store(0)
+		e.retryAt.Store(0)
+		if cur := e.snap.Load(); cur == nil || cur.version <= f.snap.version {
+			t.cache.put(tenant, f.snap)
+		}
+	})
+}
+
+// backoff holds the next attempt back exponentially, with jitter, from 1s to
+// 5m after consecutive failures.
+func (t *Tokens) backoff(e *entry) {
+	n := min(e.failures.Add(1), 9)
+	d := time.Second << (n - 1)
+	d = min(d, 5*time.Minute)
+	d = d/2 + rand.N(d/2+1)
+	e.retryAt.Store(t.now().Add(d).UnixNano())
+}
+
+// flight is one load or refresh for a key, shared by every caller who asks
+// while it runs.
+type flight struct {
+	done chan struct{}
+	snap *snapshot
+	err  error
+}
+
+// flight returns the running flight for key, or starts fn as a new one. fn
+// runs under the Tokens' own context with a timeout, never a caller's.
+func (t *Tokens) flight(key string, fn func(ctx context.Context) (*snapshot, error)) *flight {
+	t.flightsMu.Lock()
+	if f, ok := t.flights[key]; ok {
+		t.flightsMu.Unlock()
+		return f
+	}
+	f := &flight{done: make(chan struct{})}
+	t.flights[key] = f
+	t.flightsMu.Unlock()
+
+	t.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(t.ctx, t.cfg.LockWait+2*t.cfg.RefreshTimeout)
+		defer cancel()
+		f.snap, f.err = fn(ctx)
+		t.flightsMu.Lock()
+		delete(t.flights, key)
+		t.flightsMu.Unlock()
+		close(f.done)
+	})
+	return f
+}
+
+func (t *Tokens) wait(ctx context.Context, f *flight) (*snapshot, error) {
+	select {
+	case <-f.done:
+		return f.snap, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func randomOwner() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+type nopObserver struct{}
+
+func (nopObserver) CacheLookup(string, string)      {}
+func (nopObserver) Refreshed(string, time.Duration) {}
+func (nopObserver) LockWaited(bool, time.Duration)  {}
+func (nopObserver) StoreError(string)               {}
+func (nopObserver) Injected(time.Duration, bool)    {}

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"thanksio-proxy/auth"
+	"thanksio-proxy/store"
+)
+
+// Config is the proxy's whole configuration, read from the environment. Every
+// field is documented in README.md under the same variable name.
+type Config struct {
+	// ListenAddr serves the data plane and GET /oauth/callback.
+	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8080"`
+	// OpsAddr serves /metrics, /healthz, /readyz and /admin/.
+	OpsAddr string `env:"OPS_ADDR" envDefault:":9090"`
+	// UpstreamURL is the thanks.io API base; request paths go under it.
+	UpstreamURL string `env:"UPSTREAM_URL" envDefault:"https://api.thanks.io/api/v2"`
+
+	// OAuthAuthorizeURL is thanks.io's authorize endpoint (connect flow).
+	OAuthAuthorizeURL string `env:"OAUTH_AUTHORIZE_URL" envDefault:"https://dashboard.thanks.io/oauth/authorize"`
+	// OAuthTokenURL is thanks.io's token endpoint.
+	OAuthTokenURL string `env:"OAUTH_TOKEN_URL" envDefault:"https://dashboard.thanks.io/oauth/token"`
+	// OAuthClientID and OAuthClientSecret are the OAuth client; without them
+	// tokens are never refreshed.
+	OAuthClientID     string `env:"OAUTH_CLIENT_ID"`
+	OAuthClientSecret string `env:"OAUTH_CLIENT_SECRET"`
+	// OAuthRedirectURL is the public URL of this proxy's /oauth/callback.
+	OAuthRedirectURL string `env:"OAUTH_REDIRECT_URL"`
+	// OAuthScopes are space-separated scopes asked for at connect.
+	OAuthScopes string `env:"OAUTH_SCOPES"`
+	// OAuthReturnURLs are comma-separated URLs that return_to must fall under.
+	OAuthReturnURLs string `env:"OAUTH_RETURN_URLS"`
+
+	// TenantHeader names the header that names the tenant.
+	TenantHeader string `env:"TENANT_HEADER" envDefault:"X-Tenant-ID"`
+
+	// RedisURL selects the Redis store; empty means the in-memory store.
+	RedisURL string `env:"REDIS_URL"`
+	// RedisKeyPrefix starts every Redis key.
+	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX" envDefault:"thanksio-proxy:"`
+	// TokenEncryptionKey is base64 of 32 bytes, or a comma-separated list of
+	// them (the first seals, all open). Required with Redis.
+	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
+
+	// RefreshAhead starts a refresh when less than this is left of a token.
+	RefreshAhead time.Duration `env:"REFRESH_AHEAD" envDefault:"5m"`
+	// RefreshTimeout bounds one call to the token endpoint.
+	RefreshTimeout time.Duration `env:"REFRESH_TIMEOUT" envDefault:"10s"`
+	// BackgroundRefreshInterval is how often tenants due for a refresh are
+	// refreshed without waiting for a request; 0 switches that off.
+	BackgroundRefreshInterval time.Duration `env:"BACKGROUND_REFRESH_INTERVAL" envDefault:"30s"`
+	// CacheSize bounds the tenants whose tokens are kept in process.
+	CacheSize int `env:"CACHE_SIZE" envDefault:"100000"`
+
+	// AdminToken is the bearer token of /admin/; empty disables the admin API.
+	AdminToken string `env:"ADMIN_TOKEN"`
+
+	// MaxReplayBody is the largest request body kept so that a request can be
+	// replayed after a 401.
+	MaxReplayBody int64 `env:"MAX_REPLAY_BODY" envDefault:"1048576"`
+	// UpstreamTimeout bounds the wait for the upstream's response headers.
+	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"60s"`
+	// UpstreamDialTimeout bounds connecting to the upstream.
+	UpstreamDialTimeout time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"5s"`
+	// UpstreamMaxIdleConns is the keep-alive pool size to the upstream.
+	UpstreamMaxIdleConns int `env:"UPSTREAM_MAX_IDLE_CONNS" envDefault:"256"`
+	// ReadHeaderTimeout bounds how long a client may take to send headers.
+	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
+	// IdleTimeout closes idle client keep-alive connections.
+	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"120s"`
+	// ShutdownTimeout bounds the drain of in-flight requests on SIGTERM.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	// ReadyRequiresStore makes /readyz fail while the store is unreachable.
+	ReadyRequiresStore bool `env:"READY_REQUIRES_STORE" envDefault:"false"`
+
+	// LogFormat is text or json.
+	LogFormat string `env:"LOG_FORMAT" envDefault:"text"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// AccessLog writes one line per proxied request.
+	AccessLog bool `env:"ACCESS_LOG" envDefault:"true"`
+
+	// Derived by load.
+	upstream   *url.URL
+	keys       [][]byte
+	returnURLs []*url.URL
+	logLevel   slog.Level
+}
+
+// configError names the variable at fault in one line.
+type configError struct {
+	variable string
+	problem  string
+}
+
+func (e *configError) Error() string { return "config: " + e.variable + ": " + e.problem }
+
+// loadConfig reads and checks the configuration.
+func loadConfig(getenv func(string) string) (*Config, error) {
+	var cfg Config
+	params, err := env.GetFieldParams(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	environ := make(map[string]string, len(params))
+	for _, p := range params {
+		if v := getenv(p.Key); v != "" {
+			environ[p.Key] = v
+		}
+	}
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ}); err != nil {
+		return nil, describeEnvError(err)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// describeEnvError turns caarlos0/env's error into one naming the variable.
+func describeEnvError(err error) error {
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeFor[Config]().FieldByName(pe.Name); ok {
+			return &configError{variable: f.Tag.Get("env"), problem: "not a valid " + pe.Type.String()}
+		}
+	}
+	return fmt.Errorf("config: %w", err)
+}
+
+func (c *Config) check() error {
+	bad := func(v, p string) error { return &configError{v, p} }
+	var err error
+	if c.upstream, err = absoluteURL(c.UpstreamURL); err != nil {
+		return bad("UPSTREAM_URL", err.Error())
+	}
+	for _, v := range []struct{ name, value string }{
+		{"OAUTH_AUTHORIZE_URL", c.OAuthAuthorizeURL}, {"OAUTH_TOKEN_URL", c.OAuthTokenURL},
+	} {
+		if _, err := absoluteURL(v.value); err != nil {
+			return bad(v.name, err.Error())
+		}
+	}
+	if c.OAuthRedirectURL != "" {
+		if _, err := absoluteURL(c.OAuthRedirectURL); err != nil {
+			return bad("OAUTH_REDIRECT_URL", err.Error())
+		}
+	}
+	if (c.OAuthClientID == "") != (c.OAuthClientSecret == "") {
+		return bad("OAUTH_CLIENT_SECRET", "OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET must be set together")
+	}
+	if c.OAuthRedirectURL != "" && c.OAuthClientID == "" {
+		return bad("OAUTH_CLIENT_ID", "required when OAUTH_REDIRECT_URL is set")
+	}
+	if c.returnURLs, err = auth.ParseReturnURLs(c.OAuthReturnURLs); err != nil {
+		return bad("OAUTH_RETURN_URLS", err.Error())
+	}
+	if !validHeaderName(c.TenantHeader) {
+		return bad("TENANT_HEADER", "not a valid header name, or one the proxy must not take over")
+	}
+	if c.RedisURL != "" && c.TokenEncryptionKey == "" {
+		return bad("TOKEN_ENCRYPTION_KEY", "required when REDIS_URL is set (base64 of 32 random bytes: openssl rand -base64 32)")
+	}
+	if c.TokenEncryptionKey != "" {
+		if c.keys, err = store.ParseKeys(c.TokenEncryptionKey); err != nil {
+			return bad("TOKEN_ENCRYPTION_KEY", err.Error())
+		}
+	}
+	if c.RedisURL != "" && !strings.Contains(c.RedisURL, "://") {
+		return bad("REDIS_URL", "must be a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL")
+	}
+	if c.RedisKeyPrefix == "" || strings.ContainsAny(c.RedisKeyPrefix, "{}*?[] \t\r\n") {
+		return bad("REDIS_KEY_PREFIX", "must be non-empty, without braces, glob characters or spaces")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return bad("ADMIN_TOKEN", "must be at least 16 characters (openssl rand -hex 32)")
+	}
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+		zero  bool
+	}{
+		{"REFRESH_AHEAD", c.RefreshAhead, false}, {"REFRESH_TIMEOUT", c.RefreshTimeout, false},
+		{"BACKGROUND_REFRESH_INTERVAL", c.BackgroundRefreshInterval, true},
+		{"UPSTREAM_TIMEOUT", c.UpstreamTimeout, false}, {"UPSTREAM_DIAL_TIMEOUT", c.UpstreamDialTimeout, false},
+		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false}, {"IDLE_TIMEOUT", c.IdleTimeout, false},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, false},
+	} {
+		if d.value < 0 || d.value == 0 && !d.zero {
+			return bad(d.name, "must be a positive duration such as 30s or 5m")
+		}
+	}
+	if c.CacheSize < 1 {
+		return bad("CACHE_SIZE", "must be at least 1")
+	}
+	if c.MaxReplayBody < 0 || c.MaxReplayBody > 64<<20 {
+		return bad("MAX_REPLAY_BODY", "must be between 0 and 67108864 bytes")
+	}
+	if c.UpstreamMaxIdleConns < 1 {
+		return bad("UPSTREAM_MAX_IDLE_CONNS", "must be at least 1")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return bad("LOG_FORMAT", "must be text or json")
+	}
+	if err := c.logLevel.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return bad("LOG_LEVEL", "must be debug, info, warn or error")
+	}
+	if c.ListenAddr == c.OpsAddr {
+		return bad("OPS_ADDR", "must differ from LISTEN_ADDR")
+	}
+	return nil
+}
+
+func absoluteURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("must be an absolute http or https URL")
+	}
+	if u.User != nil {
+		return nil, errors.New("must not hold a user name or password")
+	}
+	return u, nil
+}
+
+// validHeaderName reports whether name is a header token the proxy may own.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0) {
+			return false
+		}
+	}
+	switch http.CanonicalHeaderKey(name) {
+	case "Authorization", "Proxy-Authorization", "Host", "Connection", "Content-Length",
+		"Transfer-Encoding", "Cookie", "Upgrade", "Te", "Trailer", "Keep-Alive", "X-Request-Id":
+		return false
+	}
+	return true
+}

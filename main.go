@@ -1,0 +1,313 @@
+// Command thanksio-proxy is a credential-injecting reverse proxy for the
+// thanks.io API: callers name a tenant in a header, the proxy attaches that
+// tenant's OAuth access token and forwards the request. See README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/oauth2"
+
+	"thanksio-proxy/auth"
+	"thanksio-proxy/metrics"
+	"thanksio-proxy/proxy"
+	"thanksio-proxy/store"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// run starts the proxy and serves until ctx ends, then drains in-flight
+// requests. With the argument "healthcheck" it instead checks a running
+// proxy's /healthz (for container health checks) and returns.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 {
+		switch args[0] {
+		case "healthcheck":
+			return healthcheck(ctx, cfg.OpsAddr)
+		default:
+			return fmt.Errorf("unknown command %q (the only command is healthcheck)", args[0])
+		}
+	}
+	log := newLogger(cfg, stdout)
+
+	st, closeStore, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, version)
+
+	tokens := auth.New(auth.Config{
+		Store:              st,
+		OAuth:              oauthConfig(cfg),
+		ReturnURLs:         cfg.returnURLs,
+		RefreshAhead:       cfg.RefreshAhead,
+		RefreshTimeout:     cfg.RefreshTimeout,
+		CacheSize:          cfg.CacheSize,
+		BackgroundInterval: cfg.BackgroundRefreshInterval,
+		Observer:           m,
+		Logger:             log.With("component", "auth"),
+	})
+	defer tokens.Close()
+	startCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = tokens.Start(startCtx)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	handler, err := proxy.New(proxy.Config{
+		Tokens:        tokens,
+		Upstream:      cfg.upstream,
+		TenantHeader:  cfg.TenantHeader,
+		Transport:     upstreamTransport(cfg),
+		MaxReplayBody: cfg.MaxReplayBody,
+		Observer:      m,
+		Logger:        log.With("component", "proxy"),
+		AccessLog:     cfg.AccessLog,
+	})
+	if err != nil {
+		return err
+	}
+	data := dataPlane(handler, tokens.Callback())
+
+	var shuttingDown atomic.Bool
+	ops := http.NewServeMux()
+	ops.Handle("GET /metrics", metrics.Handler(reg))
+	ops.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
+	})
+	ops.Handle("GET /readyz", readiness(st, &shuttingDown, cfg.ReadyRequiresStore))
+	if cfg.AdminToken != "" {
+		admin, err := proxy.NewAdmin(tokens, cfg.AdminToken, log.With("component", "admin"))
+		if err != nil {
+			return err
+		}
+		ops.Handle("/admin/", admin)
+	}
+
+	dataLn, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
+	}
+	opsLn, err := net.Listen("tcp", cfg.OpsAddr)
+	if err != nil {
+		dataLn.Close()
+		return fmt.Errorf("listen on OPS_ADDR %s: %w", cfg.OpsAddr, err)
+	}
+	servers := []*http.Server{
+		newServer(cfg, data, log),
+		newServer(cfg, ops, log),
+	}
+	errc := make(chan error, 2)
+	for i, ln := range []net.Listener{dataLn, opsLn} {
+		go func() {
+			if err := servers[i].Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	storeKind := "memory"
+	if cfg.RedisURL != "" {
+		storeKind = "redis"
+	}
+	log.Info("thanksio-proxy started",
+		"listen", dataLn.Addr().String(), "ops", opsLn.Addr().String(),
+		"upstream", cfg.upstream.Redacted(), "store", storeKind,
+		"oauth_client", cfg.OAuthClientID != "", "admin_api", cfg.AdminToken != "", "version", version)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	log.Info("shutting down", "drain_timeout", cfg.ShutdownTimeout.String())
+	shuttingDown.Store(true)
+	// A fresh context: the one that ended must not cut the drain short.
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancelDrain()
+	// The data plane first, so that ops (readiness, metrics) answer during
+	// the drain.
+	if err := servers[0].Shutdown(drainCtx); err != nil {
+		log.Warn("requests still in flight at the drain deadline were cut", "err", err)
+	}
+	_ = servers[1].Shutdown(drainCtx)
+	tokens.Close()
+	log.Info("stopped")
+	return nil
+}
+
+// dataPlane routes /oauth/callback to the connect flow and everything else to
+// the proxy. It is not a ServeMux on purpose: a ServeMux would answer unclean
+// paths with its own redirects, where the proxy answers invalid_path.
+func dataPlane(proxy, callback http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/oauth/callback" && r.URL.RawPath == "" {
+			callback.ServeHTTP(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})
+}
+
+func newServer(cfg *Config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// openStore returns the configured store and a function that closes it.
+func openStore(cfg *Config) (auth.Store, func(), error) {
+	if cfg.RedisURL == "" {
+		return store.NewMemory(), func() {}, nil
+	}
+	client, err := store.OpenRedisURL(cfg.RedisURL)
+	if err != nil {
+		return nil, nil, &configError{"REDIS_URL", err.Error()}
+	}
+	sealer, err := store.NewSealer(cfg.keys)
+	if err != nil {
+		client.Close()
+		return nil, nil, &configError{"TOKEN_ENCRYPTION_KEY", err.Error()}
+	}
+	return store.NewRedis(client, cfg.RedisKeyPrefix, sealer), func() { client.Close() }, nil
+}
+
+// oauthConfig returns the OAuth client, or nil when none is configured.
+func oauthConfig(cfg *Config) *oauth2.Config {
+	if cfg.OAuthClientID == "" {
+		return nil
+	}
+	return &oauth2.Config{
+		ClientID:     cfg.OAuthClientID,
+		ClientSecret: cfg.OAuthClientSecret,
+		RedirectURL:  cfg.OAuthRedirectURL,
+		Scopes:       strings.Fields(cfg.OAuthScopes),
+		Endpoint: oauth2.Endpoint{
+			AuthURL:  cfg.OAuthAuthorizeURL,
+			TokenURL: cfg.OAuthTokenURL,
+			// thanks.io takes the client secret in the form body.
+			AuthStyle: oauth2.AuthStyleInParams,
+		},
+	}
+}
+
+// upstreamTransport is tuned for many concurrent requests to one host.
+func upstreamTransport(cfg *Config) *http.Transport {
+	dialer := &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          cfg.UpstreamMaxIdleConns,
+		MaxIdleConnsPerHost:   cfg.UpstreamMaxIdleConns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: cfg.UpstreamTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// readiness answers /readyz: not ready while shutting down; with the store
+// unreachable, ready (cached tokens still serve) unless strict, and the body
+// says so either way.
+func readiness(st auth.Store, shuttingDown *atomic.Bool, strict bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status := struct {
+			Ready bool   `json:"ready"`
+			Store string `json:"store"`
+			Note  string `json:"note,omitempty"`
+		}{Ready: true, Store: "ok"}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := st.Ping(ctx); err != nil {
+			status.Store = "unreachable"
+			status.Note = "cached tokens are served until they expire"
+			if strict {
+				status.Ready = false
+			}
+		}
+		if shuttingDown.Load() {
+			status.Ready = false
+			status.Note = "shutting down"
+		}
+		code := http.StatusOK
+		if !status.Ready {
+			code = http.StatusServiceUnavailable
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(status)
+	})
+}
+
+// healthcheck asks the proxy on opsAddr whether it is alive.
+func healthcheck(ctx context.Context, opsAddr string) error {
+	host, port, err := net.SplitHostPort(opsAddr)
+	if err != nil {
+		return &configError{"OPS_ADDR", "not a host:port"}
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /healthz answered %d", res.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,475 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"thanksio-proxy/internal/thanksiotest"
+)
+
+// syncBuffer collects a proxy's log output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// instance is one running proxy process (a run call).
+type instance struct {
+	data, ops string // base URLs
+	logs      *syncBuffer
+	stop      func() error
+}
+
+const testAdminToken = "test-admin-token-0123456789"
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// redisURL returns the Redis the tests were told to use (REDIS_URL), or a
+// miniredis when none was named. A named Redis that cannot be reached fails
+// the test rather than skipping it.
+func redisURL(t *testing.T) string {
+	t.Helper()
+	if u := os.Getenv("REDIS_URL"); u != "" {
+		return u
+	}
+	return "redis://" + miniredis.RunT(t).Addr()
+}
+
+func randomKey(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+func uniquePrefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "thanksio-proxy-test-" + hex.EncodeToString(b) + ":"
+}
+
+// redisEnv is the environment of a proxy on a fresh key prefix of the test
+// Redis.
+func redisEnv(t *testing.T) map[string]string {
+	return map[string]string{
+		"REDIS_URL":            redisURL(t),
+		"REDIS_KEY_PREFIX":     uniquePrefix(),
+		"TOKEN_ENCRYPTION_KEY": randomKey(t),
+	}
+}
+
+// start runs a proxy with env (plus loopback listeners and the admin token
+// unless env sets them) and waits until it answers /healthz.
+func start(t *testing.T, double *thanksiotest.Server, env map[string]string) *instance {
+	t.Helper()
+	full := map[string]string{
+		"LISTEN_ADDR": freeAddr(t),
+		"OPS_ADDR":    freeAddr(t),
+		"ADMIN_TOKEN": testAdminToken,
+		"LOG_LEVEL":   "debug",
+	}
+	if double != nil {
+		full["UPSTREAM_URL"] = double.APIURL()
+		full["OAUTH_TOKEN_URL"] = double.TokenURL()
+		full["OAUTH_AUTHORIZE_URL"] = double.AuthorizeURL()
+		full["OAUTH_CLIENT_ID"] = double.ClientID()
+		full["OAUTH_CLIENT_SECRET"] = double.ClientSecret()
+	}
+	for k, v := range env {
+		full[k] = v
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return full[k] }, logs) }()
+	in := &instance{data: "http://" + full["LISTEN_ADDR"], ops: "http://" + full["OPS_ADDR"], logs: logs}
+	var once sync.Once
+	var runErr error
+	in.stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = fmt.Errorf("run did not return within 30s of the shutdown")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := in.stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(in.ops + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return in
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("proxy exited at start: %v\n%s", err, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy did not become healthy: %v\n%s", err, logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// do sends a request and returns the status, headers and body.
+func do(t *testing.T, method, url string, header map[string]string, body string) (int, http.Header, string) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, res.Header, string(b)
+}
+
+func (in *instance) admin(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	code, _, b := do(t, method, in.ops+path, map[string]string{"Authorization": "Bearer " + testAdminToken, "Content-Type": "application/json"}, body)
+	return code, b
+}
+
+// importToken imports a token for tenant through the admin API.
+func (in *instance) importToken(t *testing.T, tenant string, tok thanksiotest.Token, expiresIn int) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"access_token": tok.AccessToken, "refresh_token": tok.RefreshToken, "expires_in": expiresIn})
+	if code, b := in.admin(t, http.MethodPut, "/admin/tenants/"+tenant+"/token", string(body)); code != http.StatusOK {
+		t.Fatalf("import %s: %d %s", tenant, code, b)
+	}
+}
+
+func (in *instance) call(t *testing.T, tenant, path string) (int, http.Header, string) {
+	t.Helper()
+	return do(t, http.MethodGet, in.data+path, map[string]string{"X-Tenant-ID": tenant, "Authorization": "Bearer caller-own-token"}, "")
+}
+
+func TestEndToEndTenantsGetTheirOwnTokens(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	p := start(t, double, redisEnv(t))
+	grants := map[string]thanksiotest.Token{"acme": double.NewGrant(), "globex": double.NewGrant()}
+	for tenant, g := range grants {
+		p.importToken(t, tenant, g, 3600)
+	}
+	for _, tenant := range []string{"acme", "globex", "acme"} {
+		double.ResetAPIRequests()
+		code, _, body := p.call(t, tenant, "/orders/list?page=2")
+		if code != http.StatusOK {
+			t.Fatalf("%s: %d %s", tenant, code, body)
+		}
+		reqs := double.APIRequests()
+		if len(reqs) != 1 {
+			t.Fatalf("%s: upstream got %d requests; want 1", tenant, len(reqs))
+		}
+		r := reqs[0]
+		if r.Path != "/api/v2/orders/list" || r.RawQuery != "page=2" {
+			t.Errorf("%s: upstream got %s?%s", tenant, r.Path, r.RawQuery)
+		}
+		if r.Token != grants[tenant].AccessToken || len(r.Header.Values("Authorization")) != 1 {
+			t.Errorf("%s: upstream got another token than the tenant's own", tenant)
+		}
+		if v := r.Header.Values("X-Tenant-Id"); len(v) != 0 {
+			t.Errorf("%s: upstream got the tenant header %q", tenant, v)
+		}
+	}
+	// The admin API never shows a token.
+	code, body := p.admin(t, http.MethodGet, "/admin/tenants/acme", "")
+	if code != http.StatusOK || strings.Contains(body, grants["acme"].AccessToken) || strings.Contains(body, grants["acme"].RefreshToken) {
+		t.Errorf("GET /admin/tenants/acme = %d %s; want a status without tokens", code, body)
+	}
+	if !strings.Contains(body, `"has_refresh_token":true`) || !strings.Contains(body, `"state":"active"`) {
+		t.Errorf("status %s lacks state or has_refresh_token", body)
+	}
+}
+
+func TestRestartServesImportedTenants(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	first := start(t, double, env)
+	g := double.NewGrant()
+	first.importToken(t, "acme", g, 3600)
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+	second := start(t, double, env)
+	if code, _, body := second.call(t, "acme", "/ping"); code != http.StatusOK {
+		t.Fatalf("after restart: %d %s; want 200", code, body)
+	}
+	if n := double.TokenCalls(); n != 0 {
+		t.Errorf("token endpoint called %d times; want 0", n)
+	}
+}
+
+func TestWrongEncryptionKeyIsClearAndHarmless(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	first := start(t, double, env)
+	g := double.NewGrant()
+	first.importToken(t, "acme", g, 3600)
+	first.stop()
+
+	wrong := map[string]string{}
+	for k, v := range env {
+		wrong[k] = v
+	}
+	wrong["TOKEN_ENCRYPTION_KEY"] = randomKey(t)
+	second := start(t, double, wrong)
+	code, header, body := second.call(t, "acme", "/ping")
+	if code != http.StatusServiceUnavailable || header.Get("X-Thanksio-Proxy-Error") != "token_unavailable" ||
+		!strings.Contains(body, "encryption key") || header.Get("Retry-After") == "" {
+		t.Errorf("with a wrong key: %d %s; want 503 token_unavailable naming the encryption key", code, body)
+	}
+	if n := len(double.APIRequests()); n != 0 {
+		t.Errorf("upstream got %d requests; want 0", n)
+	}
+	second.stop()
+
+	// Nothing was changed: the right key still opens the record.
+	third := start(t, double, env)
+	if code, _, body := third.call(t, "acme", "/ping"); code != http.StatusOK {
+		t.Errorf("with the right key again: %d %s; want 200", code, body)
+	}
+}
+
+func TestRefreshThroughProxyUnderLoad(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
+	env := redisEnv(t)
+	env["REFRESH_AHEAD"] = "2h"
+	p := start(t, double, env)
+	old := double.NewGrant()
+	p.importToken(t, "acme", old, 3600)
+	double.SetAccessLifetime(4 * time.Hour)
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for range 100 {
+		wg.Go(func() {
+			code, _, _ := p.call(t, "acme", "/ping")
+			mu.Lock()
+			statuses[code]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if statuses[http.StatusOK] != 100 {
+		t.Errorf("statuses = %v; want 100 × 200", statuses)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := double.WaitTokenCalls(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !double.IsRevoked(old.RefreshToken) || !strings.Contains(mustStatus(t, p, "acme"), `"last_refresh"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refresh did not land: %s", mustStatus(t, p, "acme"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for range 20 {
+		if code, _, _ := p.call(t, "acme", "/ping"); code != http.StatusOK {
+			t.Fatalf("after the refresh: %d", code)
+		}
+	}
+	if n := double.RefreshCalls(); n != 1 {
+		t.Errorf("refresh calls = %d; want 1", n)
+	}
+}
+
+func mustStatus(t *testing.T, p *instance, tenant string) string {
+	t.Helper()
+	_, body := p.admin(t, http.MethodGet, "/admin/tenants/"+tenant, "")
+	return body
+}
+
+func TestAdminAPI(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	p := start(t, double, nil)
+	g := double.NewGrant()
+
+	t.Run("authentication", func(t *testing.T) {
+		for _, auth := range []string{"", "Bearer wrong", "Basic " + testAdminToken, testAdminToken} {
+			code, h, body := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": auth}, "")
+			if code != http.StatusUnauthorized || h.Get("X-Thanksio-Proxy-Error") != "unauthorized" {
+				t.Errorf("Authorization %q: %d %s; want 401 unauthorized", auth, code, body)
+			}
+		}
+	})
+
+	bad := []struct {
+		name   string
+		path   string
+		body   string
+		status int
+	}{
+		{"misspelt field", "/admin/tenants/acme/token", `{"access_token":"a","refresh_tokn":"b"}`, 400},
+		{"no access token", "/admin/tenants/acme/token", `{"refresh_token":"b"}`, 400},
+		{"wrong type", "/admin/tenants/acme/token", `{"access_token":5}`, 400},
+		{"truncated", "/admin/tenants/acme/token", `{"access_token":"a"`, 400},
+		{"two objects", "/admin/tenants/acme/token", `{"access_token":"a"}{}`, 400},
+		{"both expiries", "/admin/tenants/acme/token", `{"access_token":"a","expires_in":5,"expiry":"2030-01-01T00:00:00Z"}`, 400},
+		{"negative expires_in", "/admin/tenants/acme/token", `{"access_token":"a","expires_in":-5}`, 400},
+		{"fractional expires_in", "/admin/tenants/acme/token", `{"access_token":"a","expires_in":1.5}`, 400},
+		{"bad expiry", "/admin/tenants/acme/token", `{"access_token":"a","expiry":"tomorrow"}`, 400},
+		{"array", "/admin/tenants/acme/token", `["a"]`, 400},
+		{"huge", "/admin/tenants/acme/token", `{"access_token":"` + strings.Repeat("a", 70<<10) + `"}`, 413},
+		{"bad tenant", "/admin/tenants/a%20b/token", `{"access_token":"a"}`, 400},
+		{"dot dot tenant", "/admin/tenants/../token", `{"access_token":"a"}`, 404},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := p.admin(t, http.MethodPut, tt.path, tt.body)
+			if code != tt.status || !strings.Contains(body, `"error"`) {
+				t.Errorf("PUT %s %.60s: %d %s; want %d with an error", tt.path, tt.body, code, body, tt.status)
+			}
+			if c, _ := p.admin(t, http.MethodGet, "/admin/tenants/acme", ""); c != http.StatusNotFound {
+				t.Errorf("after a refused import, GET acme = %d; want 404 (nothing stored)", c)
+			}
+		})
+	}
+
+	t.Run("lifecycle", func(t *testing.T) {
+		p.importToken(t, "acme", g, 3600)
+		pat := double.NewPersonalAccessToken()
+		if code, body := p.admin(t, http.MethodPut, "/admin/tenants/static/token", `{"access_token":"`+pat+`"}`); code != 200 {
+			t.Fatalf("import static: %d %s", code, body)
+		}
+		for i := range 3 {
+			p.importToken(t, fmt.Sprintf("t%d", i), double.NewGrant(), 3600)
+		}
+		code, body := p.admin(t, http.MethodGet, "/admin/tenants?limit=2", "")
+		if code != 200 || body != `{"tenants":["acme","static"],"next":"static"}`+"\n" {
+			t.Errorf("list page 1: %d %s", code, body)
+		}
+		_, body = p.admin(t, http.MethodGet, "/admin/tenants?limit=2&after=static", "")
+		if body != `{"tenants":["t0","t1"],"next":"t1"}`+"\n" {
+			t.Errorf("list page 2: %s", body)
+		}
+		_, body = p.admin(t, http.MethodGet, "/admin/tenants?limit=2&after=t1", "")
+		if body != `{"tenants":["t2"]}`+"\n" {
+			t.Errorf("list page 3: %s", body)
+		}
+		if code, body := p.admin(t, http.MethodGet, "/admin/tenants?limit=0", ""); code != 400 {
+			t.Errorf("limit=0: %d %s; want 400", code, body)
+		}
+
+		code, body = p.admin(t, http.MethodPost, "/admin/tenants/acme/refresh", "")
+		if code != 200 || !strings.Contains(body, `"last_refresh"`) || strings.Contains(body, "at_") || strings.Contains(body, "rt_") {
+			t.Errorf("refresh: %d %s; want 200 with last_refresh and no token", code, body)
+		}
+		if !double.IsRevoked(g.RefreshToken) || double.RefreshCalls() != 1 {
+			t.Errorf("admin refresh did not rotate the grant once")
+		}
+		if code, body := p.admin(t, http.MethodPost, "/admin/tenants/static/refresh", ""); code != http.StatusConflict || !strings.Contains(body, "not_refreshable") {
+			t.Errorf("refresh static: %d %s; want 409 not_refreshable", code, body)
+		}
+		if code, _, _ := p.call(t, "acme", "/ping"); code != 200 {
+			t.Errorf("call after admin refresh: %d", code)
+		}
+
+		if code, _ := p.admin(t, http.MethodDelete, "/admin/tenants/acme", ""); code != http.StatusNoContent {
+			t.Errorf("delete: %d; want 204", code)
+		}
+		if code, h, _ := p.call(t, "acme", "/ping"); code != 401 || h.Get("X-Thanksio-Proxy-Error") != "unknown_tenant" {
+			t.Errorf("call after delete: %d %s; want 401 unknown_tenant", code, h.Get("X-Thanksio-Proxy-Error"))
+		}
+		if code, body := p.admin(t, http.MethodGet, "/admin/tenants/acme", ""); code != 404 || !strings.Contains(body, "unknown_tenant") {
+			t.Errorf("GET deleted: %d %s; want 404 unknown_tenant", code, body)
+		}
+		if code, body := p.admin(t, http.MethodPatch, "/admin/tenants/acme", ""); code != http.StatusMethodNotAllowed {
+			t.Errorf("PATCH: %d %s; want 405", code, body)
+		}
+	})
+}
+
+func TestAdminDisabledWithoutToken(t *testing.T) {
+	p := start(t, nil, map[string]string{"ADMIN_TOKEN": ""})
+	code, _, _ := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": "Bearer "}, "")
+	if code != http.StatusNotFound {
+		t.Errorf("GET /admin/tenants without ADMIN_TOKEN: %d; want 404", code)
+	}
+}
+
+func TestConfigErrorsNameTheVariable(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}, "TOKEN_ENCRYPTION_KEY"},
+		{map[string]string{"TOKEN_ENCRYPTION_KEY": "c2hvcnQ="}, "TOKEN_ENCRYPTION_KEY"},
+		{map[string]string{"REFRESH_AHEAD": "soon"}, "REFRESH_AHEAD"},
+		{map[string]string{"REFRESH_AHEAD": "-5m"}, "REFRESH_AHEAD"},
+		{map[string]string{"UPSTREAM_URL": "api.thanks.io"}, "UPSTREAM_URL"},
+		{map[string]string{"OAUTH_CLIENT_ID": "x"}, "OAUTH_CLIENT_SECRET"},
+		{map[string]string{"OAUTH_RETURN_URLS": "ftp://x"}, "OAUTH_RETURN_URLS"},
+		{map[string]string{"TENANT_HEADER": "Authorization"}, "TENANT_HEADER"},
+		{map[string]string{"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"},
+		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{map[string]string{"CACHE_SIZE": "many"}, "CACHE_SIZE"},
+		{map[string]string{"REDIS_URL": "localhost:6379", "TOKEN_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "REDIS_URL"},
+	}
+	for _, tt := range tests {
+		err := run(t.Context(), nil, func(k string) string { return tt.env[k] }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("run with %v = %v; want one line naming %s", tt.env, err, tt.want)
+		}
+	}
+}

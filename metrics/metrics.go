@@ -1,0 +1,203 @@
+// Package metrics builds every Prometheus collector of the proxy, on a
+// registry the caller provides. Its Metrics satisfies the observer interfaces
+// of auth and proxy. No label holds a tenant id, so the number of series is
+// bounded whatever the number of tenants.
+package metrics
+
+import (
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "thanksio_proxy"
+
+// Metrics holds the proxy's collectors. Its methods are safe for concurrent
+// use.
+type Metrics struct {
+	requests         *prometheus.CounterVec
+	requestDuration  *prometheus.HistogramVec
+	upstreamDuration prometheus.Histogram
+	upstreamAnswers  *prometheus.CounterVec
+	replays          prometheus.Counter
+	refreshes        *prometheus.CounterVec
+	refreshDuration  *prometheus.HistogramVec
+	lockWaits        *prometheus.CounterVec
+	lockWaitDuration prometheus.Histogram
+	lookups          *prometheus.CounterVec
+	storeErrors      *prometheus.CounterVec
+	tokenTimeLeft    prometheus.Histogram
+	staticInjections prometheus.Counter
+
+	memoryHit prometheus.Counter
+}
+
+// New registers the proxy's collectors, with the Go and process collectors
+// and build info, on reg.
+func New(reg prometheus.Registerer, version string) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "requests_total",
+			Help: "Requests proxied, by method and the status code the caller got (the proxy's own errors included).",
+		}, []string{"method", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "request_duration_seconds",
+			Help:    "Time from receiving a request to the end of its answer's headers and body, by method.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"method"}),
+		upstreamDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "upstream_duration_seconds",
+			Help:    "Time thanks.io took to answer with headers, per round trip.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		upstreamAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_responses_total",
+			Help: "Upstream round trips by status code (\"error\" when no answer came).",
+		}, []string{"code"}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "replays_total",
+			Help: "Requests replayed with a fresh token after thanks.io answered 401 to the injected one.",
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "refreshes_total",
+			Help: "Calls to the token endpoint's refresh grant by result: success, lost_race, revoked, error.",
+		}, []string{"result"}),
+		refreshDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "refresh_duration_seconds",
+			Help:    "Time a refresh took at the token endpoint, by result.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"result"}),
+		lockWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "refresh_lock_waits_total",
+			Help: "Refresh lock acquisitions by result: acquired, or shared (another replica's refresh was used or awaited).",
+		}, []string{"result"}),
+		lockWaitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "refresh_lock_wait_duration_seconds",
+			Help:    "Time spent waiting for the refresh lock.",
+			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 15},
+		}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "token_lookups_total",
+			Help: "Token lookups by layer (memory, store) and result (hit, miss, stale, error).",
+		}, []string{"layer", "result"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "store_errors_total",
+			Help: "Failed store operations, by operation.",
+		}, []string{"operation"}),
+		tokenTimeLeft: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "token_time_left_seconds",
+			Help:    "Time left before expiry on tokens injected into requests (tokens that never expire are not observed).",
+			Buckets: []float64{0, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400},
+		}),
+		staticInjections: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "static_token_injections_total",
+			Help: "Requests that carried a token that never expires (a personal access token).",
+		}),
+	}
+	m.memoryHit = m.lookups.WithLabelValues("memory", "hit")
+	for _, r := range []string{"success", "lost_race", "revoked", "error"} {
+		m.refreshes.WithLabelValues(r)
+	}
+
+	goVersion, revision := "unknown", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				revision = s.Value
+			}
+		}
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; its labels name the build.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
+	})
+	buildInfo.Set(1)
+
+	reg.MustRegister(
+		m.requests, m.requestDuration, m.upstreamDuration, m.upstreamAnswers, m.replays,
+		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
+		m.storeErrors, m.tokenTimeLeft, m.staticInjections, buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Served records a finished request.
+func (m *Metrics) Served(method string, status int, d time.Duration) {
+	method = knownMethod(method)
+	m.requests.WithLabelValues(method, strconv.Itoa(status)).Inc()
+	m.requestDuration.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// Upstream records one upstream round trip; status 0 means no answer.
+func (m *Metrics) Upstream(status int, d time.Duration) {
+	code := "error"
+	if status != 0 {
+		code = strconv.Itoa(status)
+	}
+	m.upstreamAnswers.WithLabelValues(code).Inc()
+	m.upstreamDuration.Observe(d.Seconds())
+}
+
+// Replayed counts a 401 replay.
+func (m *Metrics) Replayed() { m.replays.Inc() }
+
+// CacheLookup counts a token lookup.
+func (m *Metrics) CacheLookup(layer, result string) {
+	if layer == "memory" && result == "hit" {
+		m.memoryHit.Inc()
+		return
+	}
+	m.lookups.WithLabelValues(layer, result).Inc()
+}
+
+// Refreshed counts a refresh by result.
+func (m *Metrics) Refreshed(result string, d time.Duration) {
+	m.refreshes.WithLabelValues(result).Inc()
+	m.refreshDuration.WithLabelValues(result).Observe(d.Seconds())
+}
+
+// LockWaited records a wait for the refresh lock.
+func (m *Metrics) LockWaited(acquired bool, d time.Duration) {
+	result := "shared"
+	if acquired {
+		result = "acquired"
+	}
+	m.lockWaits.WithLabelValues(result).Inc()
+	m.lockWaitDuration.Observe(d.Seconds())
+}
+
+// StoreError counts a failed store operation.
+func (m *Metrics) StoreError(op string) { m.storeErrors.WithLabelValues(op).Inc() }
+
+// Injected records the time left on a token handed to a request.
+func (m *Metrics) Injected(left time.Duration, expires bool) {
+	if !expires {
+		m.staticInjections.Inc()
+		return
+	}
+	m.tokenTimeLeft.Observe(max(left, 0).Seconds())
+}
+
+// knownMethod bounds the method label.
+func knownMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodPatch, http.MethodHead, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// Handler serves the registry's metrics.
+func Handler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+}

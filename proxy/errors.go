@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"thanksio-proxy/auth"
+)
+
+// ErrorHeader names the header that marks an answer as the proxy's own. The
+// proxy owns it: it is removed from upstream responses.
+const ErrorHeader = "X-Thanksio-Proxy-Error"
+
+// The proxy's error codes.
+const (
+	CodeMissingTenant           = "missing_tenant"
+	CodeInvalidTenant           = "invalid_tenant"
+	CodeInvalidPath             = "invalid_path"
+	CodeUnknownTenant           = "unknown_tenant"
+	CodeReauthorizationRequired = "reauthorization_required"
+	CodeTokenUnavailable        = "token_unavailable"
+	CodeUpstreamUnreachable     = "upstream_unreachable"
+	CodeUpstreamTimeout         = "upstream_timeout"
+	CodeUnauthorized            = "unauthorized"
+	CodeBadRequest              = "bad_request"
+	CodeTooLarge                = "request_too_large"
+	CodeNotFound                = "not_found"
+	CodeMethodNotAllowed        = "method_not_allowed"
+	CodeNotConfigured           = "not_configured"
+	CodeNotRefreshable          = "not_refreshable"
+)
+
+// Error is an answer of the proxy's own: what the caller sees (Status, Code,
+// Message) apart from what is logged (Err).
+type Error struct {
+	Status     int
+	Code       string
+	Message    string
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Code + ": " + e.Err.Error()
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// writeError answers e as JSON with the proxy's error header.
+func writeError(w http.ResponseWriter, e *Error) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set(ErrorHeader, e.Code)
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
+	}
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}{e.Code, e.Message})
+}
+
+// tokenError maps an error of auth.Tokens to the proxy's answer.
+func tokenError(err error) *Error {
+	var ue *auth.UnavailableError
+	switch {
+	case errors.Is(err, auth.ErrUnknownTenant):
+		return &Error{Status: http.StatusUnauthorized, Code: CodeUnknownTenant,
+			Message: "No thanks.io token is held for this tenant.", Err: err}
+	case errors.Is(err, auth.ErrReauthorizationRequired):
+		return &Error{Status: http.StatusUnauthorized, Code: CodeReauthorizationRequired,
+			Message: "The tenant's thanks.io authorization was revoked; the account owner must connect again.", Err: err}
+	case errors.As(err, &ue):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
+			Message: "No usable thanks.io token right now: " + ue.Reason + ".", RetryAfter: ue.RetryAfter, Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
+			Message: "No usable thanks.io token could be had in time.", RetryAfter: time.Second, Err: err}
+	default:
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
+			Message: "No usable thanks.io token right now.", RetryAfter: 5 * time.Second, Err: err}
+	}
+}
+
+// upstreamError maps an error of the round trip to the proxy's answer. A
+// caller that went away gets nothing; the status 499 is only logged.
+func upstreamError(err error) *Error {
+	var te interface{ Timeout() bool }
+	var pe *Error
+	switch {
+	case errors.As(err, &pe):
+		return pe
+	case errors.Is(err, context.Canceled):
+		return &Error{Status: StatusClientClosedRequest, Code: "client_closed_request",
+			Message: "The caller went away.", Err: err}
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &te) && te.Timeout():
+		return &Error{Status: http.StatusGatewayTimeout, Code: CodeUpstreamTimeout,
+			Message: "thanks.io did not answer in time.", Err: err}
+	default:
+		var oe *net.OpError
+		msg := "thanks.io could not be reached."
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			msg = "thanks.io could not be reached: the connection failed."
+		}
+		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable, Message: msg, Err: err}
+	}
+}
+
+// StatusClientClosedRequest is logged when the caller hung up first.
+const StatusClientClosedRequest = 499

@@ -1,0 +1,443 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"thanksio-proxy/auth"
+	"thanksio-proxy/proxy"
+)
+
+// fakeTokens is a hand-written proxy.Tokens with function fields.
+type fakeTokens struct {
+	token   func(ctx context.Context, tenant string) (string, error)
+	refused func(ctx context.Context, tenant, token string) (string, error)
+}
+
+func (f *fakeTokens) Token(ctx context.Context, tenant string) (string, error) {
+	return f.token(ctx, tenant)
+}
+
+func (f *fakeTokens) Refused(ctx context.Context, tenant, token string) (string, error) {
+	if f.refused == nil {
+		return "", auth.ErrNoBetterToken
+	}
+	return f.refused(ctx, tenant, token)
+}
+
+// seen is what the upstream received.
+type seen struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+	body [][]byte
+}
+
+func (s *seen) add(r *http.Request, body []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reqs = append(s.reqs, r)
+	s.body = append(s.body, body)
+}
+
+func (s *seen) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.reqs)
+}
+
+func (s *seen) last() *http.Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.reqs) == 0 {
+		return nil
+	}
+	return s.reqs[len(s.reqs)-1]
+}
+
+// newUpstream starts an upstream that records requests and answers with
+// handle (200 {"ok":true} when nil).
+func newUpstream(t *testing.T, handle http.HandlerFunc) (*url.URL, *seen) {
+	t.Helper()
+	s := &seen{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		s.add(r, body)
+		if handle != nil {
+			handle(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL + "/api/v2")
+	return u, s
+}
+
+func staticTokens(tokens map[string]string) *fakeTokens {
+	return &fakeTokens{token: func(_ context.Context, tenant string) (string, error) {
+		if tok, ok := tokens[tenant]; ok {
+			return tok, nil
+		}
+		return "", auth.ErrUnknownTenant
+	}}
+}
+
+func newProxy(t *testing.T, tokens proxy.Tokens, upstream *url.URL) *httptest.Server {
+	t.Helper()
+	h, err := proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream})
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestForwardsWithTenantToken(t *testing.T) {
+	upstream, got := newUpstream(t, nil)
+	srv := newProxy(t, staticTokens(map[string]string{"acme": "tok-acme", "globex": "tok-globex"}), upstream)
+
+	for _, tenant := range []string{"acme", "globex"} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/orders/list?page=2", nil)
+		req.Header.Set("X-Tenant-ID", tenant)
+		req.Header.Set("Authorization", "Bearer caller-secret")
+		req.Header.Set("Proxy-Authorization", "Basic eA==")
+		req.Header.Set("Cookie", "session=caller")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || string(body) != `{"ok":true}` {
+			t.Fatalf("%s: status %d body %q; want 200 {\"ok\":true}", tenant, res.StatusCode, body)
+		}
+		r := got.last()
+		if r.URL.Path != "/api/v2/orders/list" || r.URL.RawQuery != "page=2" {
+			t.Errorf("%s: upstream got %s?%s; want /api/v2/orders/list?page=2", tenant, r.URL.Path, r.URL.RawQuery)
+		}
+		if a := r.Header.Values("Authorization"); len(a) != 1 || a[0] != "Bearer tok-"+tenant {
+			t.Errorf("%s: upstream Authorization = %q; want only the tenant's token", tenant, a)
+		}
+		for _, h := range []string{"X-Tenant-Id", "Proxy-Authorization", "Cookie"} {
+			if v := r.Header.Values(h); len(v) != 0 {
+				t.Errorf("%s: upstream got %s = %q; want it removed", tenant, h, v)
+			}
+		}
+		if r.Header.Get("X-Request-Id") == "" || r.Header.Get("X-Request-Id") != res.Header.Get("X-Request-Id") {
+			t.Errorf("%s: X-Request-ID upstream %q, to caller %q; want the same, non-empty", tenant,
+				r.Header.Get("X-Request-Id"), res.Header.Get("X-Request-Id"))
+		}
+	}
+}
+
+// proxyError reads the proxy's own error answer.
+func proxyError(t *testing.T, res *http.Response) (code, message string) {
+	t.Helper()
+	defer res.Body.Close()
+	var e struct{ Error, Message string }
+	if err := json.NewDecoder(res.Body).Decode(&e); err != nil {
+		t.Fatalf("error body is not JSON: %v", err)
+	}
+	if h := res.Header.Get(proxy.ErrorHeader); h != e.Error {
+		t.Errorf("%s = %q; want %q as in the body", proxy.ErrorHeader, h, e.Error)
+	}
+	if e.Message == "" {
+		t.Errorf("error %q has no message", e.Error)
+	}
+	return e.Error, e.Message
+}
+
+func TestErrorCodes(t *testing.T) {
+	slow := make(chan struct{})
+	t.Cleanup(func() { close(slow) })
+	tokenErrs := map[string]error{
+		"revoked": auth.ErrReauthorizationRequired,
+		"down":    &auth.UnavailableError{Reason: "the token store is unreachable", RetryAfter: 5 * time.Second},
+	}
+	tokens := &fakeTokens{token: func(_ context.Context, tenant string) (string, error) {
+		if err, ok := tokenErrs[tenant]; ok {
+			return "", err
+		}
+		if tenant == "acme" || tenant == "slow" {
+			return "tok", nil
+		}
+		return "", auth.ErrUnknownTenant
+	}}
+	upstream, got := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v2/slow" {
+			select {
+			case <-slow:
+			case <-r.Context().Done():
+			}
+		}
+	})
+	// An upstream that refuses connections: a listener closed at once.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := ln.Addr().String()
+	ln.Close()
+	dead, _ := url.Parse("http://" + deadAddr + "/api/v2")
+
+	live := newProxy(t, tokens, upstream)
+	h, _ := proxy.New(proxy.Config{Tokens: tokens, Upstream: dead})
+	unreachable := httptest.NewServer(h)
+	t.Cleanup(unreachable.Close)
+	h, _ = proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream,
+		Transport: &http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond}})
+	timeout := httptest.NewServer(h)
+	t.Cleanup(timeout.Close)
+
+	tests := []struct {
+		name       string
+		srv        *httptest.Server
+		path       string
+		tenant     []string
+		status     int
+		code       string
+		retryAfter string
+		reached    bool
+	}{
+		{name: "no tenant header", srv: live, path: "/ping", status: 400, code: "missing_tenant"},
+		{name: "tenant with a space", srv: live, path: "/ping", tenant: []string{"ac me"}, status: 400, code: "invalid_tenant"},
+		{name: "tenant list", srv: live, path: "/ping", tenant: []string{"acme,globex"}, status: 400, code: "invalid_tenant"},
+		{name: "two tenant headers", srv: live, path: "/ping", tenant: []string{"acme", "acme"}, status: 400, code: "invalid_tenant"},
+		{name: "dot dot tenant", srv: live, path: "/ping", tenant: []string{".."}, status: 400, code: "invalid_tenant"},
+		{name: "glob tenant", srv: live, path: "/ping", tenant: []string{"acme*"}, status: 400, code: "invalid_tenant"},
+		{name: "long tenant", srv: live, path: "/ping", tenant: []string{strings.Repeat("a", 129)}, status: 400, code: "invalid_tenant"},
+		{name: "unknown tenant", srv: live, path: "/ping", tenant: []string{"nobody"}, status: 401, code: "unknown_tenant"},
+		{name: "tenant ids are case-sensitive", srv: live, path: "/ping", tenant: []string{"ACME"}, status: 401, code: "unknown_tenant"},
+		{name: "revoked", srv: live, path: "/ping", tenant: []string{"revoked"}, status: 401, code: "reauthorization_required"},
+		{name: "token unavailable", srv: live, path: "/ping", tenant: []string{"down"}, status: 503, code: "token_unavailable", retryAfter: "5"},
+		{name: "upstream unreachable", srv: unreachable, path: "/ping", tenant: []string{"acme"}, status: 502, code: "upstream_unreachable"},
+		{name: "upstream timeout", srv: timeout, path: "/slow", tenant: []string{"slow"}, status: 504, code: "upstream_timeout", reached: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := got.count()
+			req, _ := http.NewRequest(http.MethodGet, tt.srv.URL+tt.path, nil)
+			for _, v := range tt.tenant {
+				req.Header.Add("X-Tenant-ID", v)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.StatusCode != tt.status {
+				t.Errorf("status = %d; want %d", res.StatusCode, tt.status)
+			}
+			if ra := res.Header.Get("Retry-After"); ra != tt.retryAfter {
+				t.Errorf("Retry-After = %q; want %q", ra, tt.retryAfter)
+			}
+			if code, _ := proxyError(t, res); code != tt.code {
+				t.Errorf("code = %q; want %q", code, tt.code)
+			}
+			if reached := got.count() > before; reached != tt.reached {
+				t.Errorf("upstream reached = %v; want %v", reached, tt.reached)
+			}
+		})
+	}
+}
+
+// rawRequest sends raw bytes to addr and returns the parsed response.
+func rawRequest(t *testing.T, addr, raw string) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading response to %q: %v", raw, err)
+	}
+	return res
+}
+
+func TestPathsStayUnderBase(t *testing.T) {
+	upstream, got := newUpstream(t, nil)
+	srv := newProxy(t, staticTokens(map[string]string{"acme": "tok"}), upstream)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	refused := []string{
+		"/../secret",
+		"/orders/../../secret",
+		"/%2e%2e/secret",
+		"/%2E%2E/%2e%2E/secret",
+		"/orders/%2e%2e/%2e%2e/x",
+		"/./orders",
+		"//evil.example/x",
+		"/orders//list",
+		"/orders%2f..%2f..%2fsecret",
+		"/orders%5c..%5csecret",
+		"/orders\\..\\secret",
+		"http://evil.example/api/v2/orders",
+		"http://" + addr + "/../x",
+	}
+	for _, target := range refused {
+		t.Run(target, func(t *testing.T) {
+			before := got.count()
+			res := rawRequest(t, addr, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n")
+			if res.StatusCode != http.StatusBadRequest {
+				t.Errorf("GET %s: status %d; want 400", target, res.StatusCode)
+			}
+			if got.count() != before {
+				t.Errorf("GET %s reached the upstream at %s", target, got.last().URL.Path)
+			}
+		})
+	}
+
+	allowed := map[string]string{
+		"/orders/list":        "/api/v2/orders/list",
+		"/mailing-lists/":     "/api/v2/mailing-lists/",
+		"/recipients/a%20b":   "/api/v2/recipients/a b",
+		"/orders/..list/x":    "/api/v2/orders/..list/x",
+		"/":                   "/api/v2/",
+		"/orders/list?x=../y": "/api/v2/orders/list",
+	}
+	for target, want := range allowed {
+		t.Run(target, func(t *testing.T) {
+			res := rawRequest(t, addr, "GET "+target+" HTTP/1.1\r\nHost: evil.example\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n")
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: status %d; want 200", target, res.StatusCode)
+			}
+			r := got.last()
+			if r.URL.Path != want {
+				t.Errorf("GET %s reached %s; want %s", target, r.URL.Path, want)
+			}
+			if r.Host != upstream.Host {
+				t.Errorf("GET %s with Host evil.example reached Host %q; want %q", target, r.Host, upstream.Host)
+			}
+		})
+	}
+}
+
+func TestReplaysOnceAfter401(t *testing.T) {
+	var current atomic.Value
+	current.Store("new-token")
+	upstream, got := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+current.Load().(string) {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"message":"Unauthenticated."}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	var refusedCalls atomic.Int32
+	tokens := &fakeTokens{
+		token: func(context.Context, string) (string, error) { return "old-token", nil },
+		refused: func(_ context.Context, tenant, token string) (string, error) {
+			refusedCalls.Add(1)
+			if token != "old-token" {
+				return "", fmt.Errorf("refused(%q); want the injected token", token)
+			}
+			return current.Load().(string), nil
+		},
+	}
+	h, _ := proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream, MaxReplayBody: 16})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	post := func(body string) (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/send/postcard", strings.NewReader(body))
+		req.Header.Set("X-Tenant-ID", "acme")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res, string(b)
+	}
+
+	res, body := post(`{"a":1}`)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("small POST after a 401: status %d %s; want 200 after one replay", res.StatusCode, body)
+	}
+	if n := got.count(); n != 2 {
+		t.Fatalf("upstream saw %d requests; want 2 (the refused one and the replay)", n)
+	}
+	if string(got.body[1]) != `{"a":1}` {
+		t.Errorf("replayed body = %q; want the original", got.body[1])
+	}
+
+	// A body over MaxReplayBody streams through and is not replayed: the
+	// caller gets the upstream's 401 as it is.
+	res, body = post(strings.Repeat("x", 17))
+	if res.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "Unauthenticated") || res.Header.Get(proxy.ErrorHeader) != "" {
+		t.Errorf("large POST: status %d body %q; want the upstream's own 401", res.StatusCode, body)
+	}
+	if n := got.count(); n != 3 || len(got.body[2]) != 17 {
+		t.Errorf("upstream saw %d requests (last body %d bytes); want 3, the whole body", n, len(got.body[2]))
+	}
+
+	// When the replacement is refused too, there is no second replay.
+	current.Store("never-issued")
+	tokens.refused = func(context.Context, string, string) (string, error) { return "also-bad", nil }
+	res, _ = post("{}")
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("status = %d; want the upstream's 401 after one replay", res.StatusCode)
+	}
+	if n := got.count(); n != 5 {
+		t.Errorf("upstream saw %d requests; want 5 (one replay only)", n)
+	}
+
+	// A revocation discovered during the replay is the proxy's own error.
+	tokens.refused = func(context.Context, string, string) (string, error) { return "", auth.ErrReauthorizationRequired }
+	res, body = post("{}")
+	if res.StatusCode != 401 || res.Header.Get(proxy.ErrorHeader) != "reauthorization_required" || !strings.Contains(body, `"error":"reauthorization_required"`) {
+		t.Errorf("got %d %s; want 401 reauthorization_required", res.StatusCode, body)
+	}
+}
+
+func TestUpstreamCannotSpeakForProxy(t *testing.T) {
+	upstream, _ := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(proxy.ErrorHeader, "unknown_tenant")
+		w.WriteHeader(http.StatusTeapot)
+	})
+	srv := newProxy(t, staticTokens(map[string]string{"acme": "tok"}), upstream)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
+	req.Header.Set("X-Tenant-ID", "acme")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusTeapot || res.Header.Get(proxy.ErrorHeader) != "" {
+		t.Errorf("got %d with %s=%q; want 418 without the header", res.StatusCode, proxy.ErrorHeader, res.Header.Get(proxy.ErrorHeader))
+	}
+}
+
+func TestValidTenant(t *testing.T) {
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{"acme", true}, {"A.b_c-9", true}, {strings.Repeat("x", 128), true}, {"...", true},
+		{"", false}, {".", false}, {"..", false}, {strings.Repeat("x", 129), false},
+		{"a b", false}, {"a/b", false}, {"a:b", false}, {"a\x00", false}, {"é", false}, {"a*", false}, {"{a}", false},
+	}
+	for _, tt := range tests {
+		if got := proxy.ValidTenant(tt.id); got != tt.want {
+			t.Errorf("ValidTenant(%q) = %v; want %v", tt.id, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,365 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// subscriberQueue is how many invalidations a slow Memory subscriber may have
+// pending before it misses some and is told to resync.
+const subscriberQueue = 1024
+
+// Memory is the store for a single process: the same contract as Redis
+// (versions, conditional writes, locks with a TTL, the expiry index, one-time
+// OAuth states, invalidations), kept in maps. Records are kept as their JSON,
+// so that what a caller reads back is exactly what Redis would give it, and
+// never shares memory with what the caller wrote.
+//
+// Create it with NewMemory. A Memory is safe for concurrent use by multiple
+// goroutines.
+type Memory struct {
+	// Now, if non-nil, is the clock that lock and OAuth state TTLs are
+	// measured against; nil means time.Now. Set it before the first call.
+	Now func() time.Time
+
+	mu          sync.Mutex
+	records     map[string]memoryRecord
+	locks       map[string]memoryLease
+	states      map[string]memoryState
+	subscribers map[*memorySubscriber]struct{}
+}
+
+type memoryRecord struct {
+	version int64
+	data    []byte // the TokenRecord's JSON
+	// due reports whether the record is in the expiry index, under the
+	// score expiryMilli, as Redis would index it.
+	due         bool
+	expiryMilli int64
+}
+
+type memoryLease struct {
+	owner string
+	until time.Time
+}
+
+type memoryState struct {
+	data  []byte // the OAuthState's JSON
+	until time.Time
+}
+
+// NewMemory returns an empty Memory that reads time.Now.
+func NewMemory() *Memory {
+	return &Memory{
+		records:     make(map[string]memoryRecord),
+		locks:       make(map[string]memoryLease),
+		states:      make(map[string]memoryState),
+		subscribers: make(map[*memorySubscriber]struct{}),
+	}
+}
+
+func (m *Memory) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+// Get returns the tenant's record with its Version, or ErrNotFound.
+func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
+	if err := checkCall(ctx, tenant); err != nil {
+		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
+	}
+	m.mu.Lock()
+	r, ok := m.records[tenant]
+	m.mu.Unlock()
+	if !ok {
+		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, ErrNotFound)
+	}
+	var rec TokenRecord
+	if err := json.Unmarshal(r.data, &rec); err != nil {
+		return TokenRecord{}, fmt.Errorf("store: get %q: decode: %w", tenant, err)
+	}
+	rec.Version = r.version
+	return rec, nil
+}
+
+// Put writes rec for tenant if the stored version is prevVersion (0: no
+// record may exist; AnyVersion: any), and returns the new version. A lost
+// condition returns ErrConflict and writes nothing. Every subscriber is told
+// of the new version.
+func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVersion int64) (int64, error) {
+	if err := checkCall(ctx, tenant); err != nil {
+		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("store: put %q: encode: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur := m.records[tenant].version
+	if prevVersion != AnyVersion && prevVersion != cur {
+		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
+	}
+	r := memoryRecord{version: cur + 1, data: data, due: dueIndexed(rec)}
+	if r.due {
+		r.expiryMilli = rec.Expiry.UnixMilli()
+	}
+	m.records[tenant] = r
+	// Queued under the lock so that subscribers see a tenant's versions in
+	// order; delivery itself never blocks.
+	m.publishLocked(Invalidation{Tenant: tenant, Version: r.version})
+	return r.version, nil
+}
+
+// Delete forgets the tenant's record and lock and tells every subscriber
+// (Version 0). Deleting an unknown tenant is not an error.
+func (m *Memory) Delete(ctx context.Context, tenant string) error {
+	if err := checkCall(ctx, tenant); err != nil {
+		return fmt.Errorf("store: delete %q: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.records, tenant)
+	delete(m.locks, tenant)
+	m.publishLocked(Invalidation{Tenant: tenant, Version: 0})
+	return nil
+}
+
+// List returns up to limit tenant ids in ascending byte order, starting
+// after the id after ("" from the start), and whether more follow.
+func (m *Memory) List(ctx context.Context, after string, limit int) ([]string, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, fmt.Errorf("store: list: %w", err)
+	}
+	if err := checkLimit(limit); err != nil {
+		return nil, false, fmt.Errorf("store: list: %w", err)
+	}
+	m.mu.Lock()
+	var tenants []string
+	for tenant := range m.records {
+		if tenant > after {
+			tenants = append(tenants, tenant)
+		}
+	}
+	m.mu.Unlock()
+	slices.Sort(tenants)
+	if len(tenants) > limit {
+		return tenants[:limit:limit], true, nil
+	}
+	return tenants, false, nil
+}
+
+// DueBefore returns up to limit tenants whose refreshable token (active,
+// with a refresh token and an expiry) expires before t, soonest first, and
+// in ascending id order among equal expiries. Expiries compare in whole
+// milliseconds, as in Redis.
+func (m *Memory) DueBefore(ctx context.Context, t time.Time, limit int) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("store: due before: %w", err)
+	}
+	if err := checkLimit(limit); err != nil {
+		return nil, fmt.Errorf("store: due before: %w", err)
+	}
+	type entry struct {
+		tenant string
+		score  int64
+	}
+	before := t.UnixMilli()
+	m.mu.Lock()
+	var due []entry
+	for tenant, r := range m.records {
+		if r.due && r.expiryMilli < before {
+			due = append(due, entry{tenant, r.expiryMilli})
+		}
+	}
+	m.mu.Unlock()
+	slices.SortFunc(due, func(a, b entry) int {
+		return cmp.Or(cmp.Compare(a.score, b.score), cmp.Compare(a.tenant, b.tenant))
+	})
+	tenants := make([]string, 0, min(len(due), limit))
+	for _, e := range due[:min(len(due), limit)] {
+		tenants = append(tenants, e.tenant)
+	}
+	return tenants, nil
+}
+
+// TryLock takes the tenant's lock for owner for ttl if nobody holds it (its
+// owner included), and reports whether it did.
+func (m *Memory) TryLock(ctx context.Context, tenant, owner string, ttl time.Duration) (bool, error) {
+	if err := checkLockCall(ctx, tenant, ttl); err != nil {
+		return false, fmt.Errorf("store: lock %q: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if l, ok := m.locks[tenant]; ok && now.Before(l.until) {
+		return false, nil
+	}
+	m.locks[tenant] = memoryLease{owner: owner, until: now.Add(ttl.Truncate(time.Millisecond))}
+	return true, nil
+}
+
+// RenewLock extends the lock to ttl from now if owner holds it, and reports
+// whether it did.
+func (m *Memory) RenewLock(ctx context.Context, tenant, owner string, ttl time.Duration) (bool, error) {
+	if err := checkLockCall(ctx, tenant, ttl); err != nil {
+		return false, fmt.Errorf("store: renew lock %q: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	l, ok := m.locks[tenant]
+	if !ok || l.owner != owner || !now.Before(l.until) {
+		return false, nil
+	}
+	l.until = now.Add(ttl.Truncate(time.Millisecond))
+	m.locks[tenant] = l
+	return true, nil
+}
+
+// Unlock releases the lock if owner holds it; otherwise it does nothing.
+func (m *Memory) Unlock(ctx context.Context, tenant, owner string) error {
+	if err := checkCall(ctx, tenant); err != nil {
+		return fmt.Errorf("store: unlock %q: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, ok := m.locks[tenant]; ok && l.owner == owner && m.now().Before(l.until) {
+		delete(m.locks, tenant)
+	}
+	return nil
+}
+
+// Subscribe calls onInvalidate for every later Put and Delete of this
+// Memory, from a goroutine of its own, until ctx ends; a nil callback is not
+// called. onResync is called when the subscriber fell so far behind that
+// invalidations were dropped. Subscribe returns at once: the subscription is
+// active when it returns.
+func (m *Memory) Subscribe(ctx context.Context, onInvalidate func(Invalidation), onResync func()) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: subscribe: %w", err)
+	}
+	s := &memorySubscriber{
+		queue: make(chan Invalidation, subscriberQueue),
+		wake:  make(chan struct{}, 1),
+	}
+	m.mu.Lock()
+	m.subscribers[s] = struct{}{}
+	m.mu.Unlock()
+	go func() {
+		defer func() {
+			m.mu.Lock()
+			delete(m.subscribers, s)
+			m.mu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case inv := <-s.queue:
+				// Both cases may be ready when ctx ends; the callbacks
+				// must not be called after it did.
+				if ctx.Err() == nil && onInvalidate != nil {
+					onInvalidate(inv)
+				}
+			case <-s.wake:
+				if s.overflow.Swap(false) && ctx.Err() == nil && onResync != nil {
+					onResync()
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// publishLocked hands inv to every subscriber without blocking. m.mu must be
+// held.
+func (m *Memory) publishLocked(inv Invalidation) {
+	for s := range m.subscribers {
+		s.deliver(inv)
+	}
+}
+
+// memorySubscriber is one Subscribe call's queue. When the queue is full an
+// invalidation is dropped and the subscriber is told to resync instead, as a
+// Redis subscriber is after it lost its connection.
+type memorySubscriber struct {
+	queue    chan Invalidation
+	overflow atomic.Bool
+	wake     chan struct{}
+}
+
+func (s *memorySubscriber) deliver(inv Invalidation) {
+	select {
+	case s.queue <- inv:
+	default:
+		s.overflow.Store(true)
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// PutOAuthState keeps st under the one-time name state for ttl, replacing
+// any state of that name.
+func (m *Memory) PutOAuthState(ctx context.Context, state string, st OAuthState, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: put oauth state: %w", err)
+	}
+	if err := checkTTL(ttl); err != nil {
+		return fmt.Errorf("store: put oauth state: %w", err)
+	}
+	data, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("store: put oauth state: encode: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	// Drop the expired states here, since nothing else would.
+	for name, s := range m.states {
+		if !now.Before(s.until) {
+			delete(m.states, name)
+		}
+	}
+	m.states[state] = memoryState{data: data, until: now.Add(ttl.Truncate(time.Millisecond))}
+	return nil
+}
+
+// TakeOAuthState returns and deletes the OAuth state; a second take, or one
+// after it expired, is ErrNotFound.
+func (m *Memory) TakeOAuthState(ctx context.Context, state string) (OAuthState, error) {
+	if err := ctx.Err(); err != nil {
+		return OAuthState{}, fmt.Errorf("store: take oauth state: %w", err)
+	}
+	m.mu.Lock()
+	s, ok := m.states[state]
+	delete(m.states, state)
+	expired := ok && !m.now().Before(s.until)
+	m.mu.Unlock()
+	if !ok || expired {
+		return OAuthState{}, fmt.Errorf("store: take oauth state: %w", ErrNotFound)
+	}
+	var st OAuthState
+	if err := json.Unmarshal(s.data, &st); err != nil {
+		return OAuthState{}, fmt.Errorf("store: take oauth state: decode: %w", err)
+	}
+	return st, nil
+}
+
+// Ping reports whether ctx is still live; a Memory is always reachable.
+func (m *Memory) Ping(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: ping: %w", err)
+	}
+	return nil
+}

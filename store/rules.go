@@ -1,0 +1,69 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// The argument checks that Memory and Redis share, so that both refuse the
+// same calls with the same words.
+var (
+	errInvalidTenant = errors.New("invalid tenant id")
+	errInvalidLimit  = errors.New("limit must be positive")
+	errInvalidTTL    = errors.New("ttl must be at least 1ms")
+)
+
+// checkTenant refuses tenant ids that would break the key layout: an empty
+// id, or one holding a brace (it would move the Redis Cluster hash tag), a
+// blank or a control character.
+func checkTenant(tenant string) error {
+	if tenant == "" {
+		return errInvalidTenant
+	}
+	for i := 0; i < len(tenant); i++ {
+		switch c := tenant[i]; {
+		case c <= ' ', c == 0x7f, c == '{', c == '}':
+			return errInvalidTenant
+		}
+	}
+	return nil
+}
+
+func checkLimit(limit int) error {
+	if limit < 1 {
+		return errInvalidLimit
+	}
+	return nil
+}
+
+// checkTTL refuses ttls that Redis cannot keep: it counts in whole
+// milliseconds, and a zero or negative expiry means none.
+func checkTTL(ttl time.Duration) error {
+	if ttl < time.Millisecond {
+		return errInvalidTTL
+	}
+	return nil
+}
+
+// dueIndexed reports whether rec belongs in the expiry index that DueBefore
+// reads: a refreshable token that expires, of a tenant in good health.
+func dueIndexed(rec TokenRecord) bool {
+	return rec.Refreshable() && !rec.Expiry.IsZero() && rec.State == StateActive
+}
+
+// checkCall checks what every per-tenant call needs: a live ctx and a
+// valid tenant id.
+func checkCall(ctx context.Context, tenant string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return checkTenant(tenant)
+}
+
+func checkLockCall(ctx context.Context, tenant string, ttl time.Duration) error {
+	if err := checkCall(ctx, tenant); err != nil {
+		return err
+	}
+	return checkTTL(ttl)
+}

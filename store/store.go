@@ -1,0 +1,89 @@
+// Package store keeps the proxy's state: one sealed token record per tenant, the
+// per-tenant refresh lock, an index of tenants by token expiry, the one-time OAuth
+// states of the connect flow, and a channel that tells every replica when a
+// tenant's record changed.
+//
+// Two implementations satisfy the same contract: Redis (any go-redis
+// UniversalClient: standalone, Sentinel or Cluster), for any number of replicas,
+// and Memory, for one process. Only this package imports go-redis; callers see
+// ErrNotFound, ErrConflict and ErrSealed, never redis.Nil.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors returned by every implementation. Test them with errors.Is.
+var (
+	// ErrNotFound means the store holds no record (or no OAuth state) under that name.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict means a conditional write lost: the record's version was not the
+	// one the writer read. Re-read and decide again.
+	ErrConflict = errors.New("store: version conflict")
+	// ErrSealed means a record exists but no configured key opens it (a wrong or
+	// retired TOKEN_ENCRYPTION_KEY, or a record tampered with or moved from
+	// another tenant). Nothing was changed.
+	ErrSealed = errors.New("store: record does not open with any configured key")
+)
+
+// AnyVersion, passed as the expected version to Put, writes whatever the
+// stored version is (an operator's import).
+const AnyVersion int64 = -1
+
+// State is a tenant's health.
+type State string
+
+// The states a tenant can be in.
+const (
+	// StateActive: the tenant has a token that is used and refreshed.
+	StateActive State = "active"
+	// StateReauthorizationRequired: the refresh token was revoked; nothing is
+	// sent to the token endpoint until the tenant is connected again or a new
+	// token is imported.
+	StateReauthorizationRequired State = "reauthorization_required"
+)
+
+// TokenRecord is what the store keeps for one tenant. It is sealed as a whole
+// (AES-256-GCM, the tenant id as additional data) in Redis.
+type TokenRecord struct {
+	AccessToken  string `json:"access_token"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	// Expiry is when the access token stops working; zero means never (a
+	// personal access token).
+	Expiry time.Time `json:"expiry,omitzero"`
+	State  State     `json:"state"`
+	// Version is set by the store: 1 for the first write, one more on every
+	// write. It is not part of the sealed data; Put ignores the field.
+	Version int64 `json:"-"`
+
+	UpdatedAt   time.Time `json:"updated_at,omitzero"`
+	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	// LastError says why the last refresh failed, in words that hold no secret;
+	// empty after a success.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// Refreshable reports whether the record can be refreshed with the
+// refresh-token grant.
+func (r TokenRecord) Refreshable() bool { return r.RefreshToken != "" }
+
+// OAuthState is the server side of one connect flow, kept until the
+// callback consumes it or it expires.
+type OAuthState struct {
+	Tenant       string `json:"tenant"`
+	ReturnTo     string `json:"return_to,omitempty"`
+	CodeVerifier string `json:"code_verifier"`
+	// RedirectURL is the redirect_uri sent with the authorize request; the code
+	// exchange must send the same one.
+	RedirectURL string    `json:"redirect_url"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// Invalidation tells subscribers that a tenant's record was written (Version
+// is the new version) or deleted (Version is 0).
+type Invalidation struct {
+	Tenant  string
+	Version int64
+}

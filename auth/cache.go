@@ -17,6 +17,9 @@ type snapshot struct {
 	refreshable bool
 	state       store.State
 	version     int64
+	// redeemed is set on the snapshot a refresh in this process produced
+	// (not one read from the store).
+	redeemed bool
 }
 
 func snapshotOf(rec store.TokenRecord) *snapshot {

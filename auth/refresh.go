@@ -182,12 +182,16 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 		t.keepPending(tenant, next, stored)
 		t.obs.Refreshed("success", t.now().Sub(start))
 		t.log.Warn("refreshed token kept in memory until the store accepts it", "tenant", tenant, "err", err)
-		return snapshotOf(next), nil
+		s := snapshotOf(next)
+		s.redeemed = true
+		return s, nil
 	}
 	next.Version = v
 	t.obs.Refreshed("success", t.now().Sub(start))
 	t.log.Info("token refreshed", "tenant", tenant, "expires_in", tok.Expiry.Sub(now).Round(time.Second).String())
-	return snapshotOf(next), nil
+	s := snapshotOf(next)
+	s.redeemed = true
+	return s, nil
 }
 
 // errSuperseded means another writer replaced the tenant's grant (an import,

@@ -308,7 +308,9 @@ func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot
 	if err != nil {
 		return nil, err
 	}
-	t.noteForced(tenant, s.access)
+	if s.redeemed {
+		t.noteForced(tenant, s.access)
+	}
 	t.cache.put(tenant, s)
 	return s, nil
 }

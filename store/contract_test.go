@@ -72,17 +72,35 @@ type redisFixture struct {
 func backends(t *testing.T) []backend {
 	bs := []backend{{name: "memory", setup: setupMemory}}
 	if u := os.Getenv("REDIS_URL"); u != "" {
+		mustReach(t, "REDIS_URL", u)
 		bs = append(bs, backend{name: "redis", setup: setupRedisServer("REDIS_URL", u)})
 	} else {
 		t.Log("REDIS_URL is not set: testing Redis against miniredis")
 		bs = append(bs, backend{name: "miniredis", setup: setupMiniredis})
 	}
 	if u := os.Getenv("REDIS_CLUSTER_URL"); u != "" {
+		mustReach(t, "REDIS_CLUSTER_URL", u)
 		bs = append(bs, backend{name: "redis-cluster", setup: setupRedisServer("REDIS_CLUSTER_URL", u)})
 	} else {
 		t.Log("REDIS_CLUSTER_URL is not set: the Redis Cluster tests were not run")
 	}
 	return bs
+}
+
+// mustReach fails the test at once if the Redis named by the variable env,
+// at rawURL, does not answer: a server that was asked for is never skipped.
+func mustReach(t *testing.T, env, rawURL string) {
+	t.Helper()
+	c, err := store.OpenRedisURL(rawURL)
+	if err != nil {
+		t.Fatalf("OpenRedisURL($%s): %v", env, err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("Redis at $%s does not answer: %v", env, err)
+	}
 }
 
 // redisBackends returns the backends of backends that are Redis.
@@ -177,11 +195,6 @@ func setupRedis(t *testing.T, env, rawURL, clientName string) *fixture {
 			t.Fatalf("OpenRedisURL($%s): %v", env, err)
 		}
 		t.Cleanup(func() { _ = c.Close() })
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := c.Ping(ctx).Err(); err != nil {
-			t.Fatalf("Redis at $%s does not answer: %v", env, err)
-		}
 		return c
 	}
 	prefix := "test-" + randomHex(t, 8) + ":"

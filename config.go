@@ -13,6 +13,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
 )
 
@@ -62,6 +63,12 @@ type Config struct {
 	// CacheSize bounds the tenants whose tokens are kept in process.
 	CacheSize int `env:"CACHE_SIZE" envDefault:"100000"`
 
+	// CallerKeysFile names the file of caller keys and the tenants each may
+	// use; empty switches caller authentication off. Reread on SIGHUP.
+	CallerKeysFile string `env:"CALLER_KEYS_FILE"`
+	// CallerKeyHeader names the header a caller presents its key in.
+	CallerKeyHeader string `env:"CALLER_KEY_HEADER" envDefault:"X-Caller-Key"`
+
 	// AdminToken is the bearer token of /admin/; empty disables the admin API.
 	AdminToken string `env:"ADMIN_TOKEN"`
 
@@ -95,6 +102,7 @@ type Config struct {
 	keys       [][]byte
 	returnURLs []*url.URL
 	logLevel   slog.Level
+	callerKeys *proxy.CallerKeys
 }
 
 // configError names the variable at fault in one line.
@@ -167,6 +175,14 @@ func (c *Config) check() error {
 	}
 	if !validHeaderName(c.TenantHeader) {
 		return bad("TENANT_HEADER", "not a valid header name, or one the proxy must not take over")
+	}
+	if !validHeaderName(c.CallerKeyHeader) || strings.EqualFold(c.CallerKeyHeader, c.TenantHeader) {
+		return bad("CALLER_KEY_HEADER", "not a valid header name, or the same as TENANT_HEADER")
+	}
+	if c.CallerKeysFile != "" {
+		if c.callerKeys, err = proxy.LoadCallerKeys(c.CallerKeysFile); err != nil {
+			return bad("CALLER_KEYS_FILE", err.Error())
+		}
 	}
 	if c.RedisURL != "" && c.TokenEncryptionKey == "" {
 		return bad("TOKEN_ENCRYPTION_KEY", "required when REDIS_URL is set (base64 of 32 random bytes: openssl rand -base64 32)")

@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,11 +54,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		switch args[0] {
 		case "healthcheck":
 			return healthcheck(ctx, cfg.OpsAddr)
+		case "caller-key":
+			return newCallerKey(args[1:], stdout)
 		default:
-			return fmt.Errorf("unknown command %q (the only command is healthcheck)", args[0])
+			return fmt.Errorf("unknown command %q (the commands are healthcheck and caller-key)", args[0])
 		}
 	}
 	log := newLogger(cfg, stdout)
+	var callers *proxy.Callers
+	if cfg.callerKeys != nil {
+		callers = proxy.NewCallers(cfg.callerKeys)
+		stopReload := reloadOnHangup(cfg.CallerKeysFile, callers, log)
+		defer stopReload()
+	} else if !loopback(cfg.ListenAddr) {
+		log.Warn("caller authentication is off and LISTEN_ADDR is not loopback: anyone who reaches the proxy can act for any tenant; set CALLER_KEYS_FILE", "listen", cfg.ListenAddr)
+	}
 
 	st, closeStore, err := openStore(cfg)
 	if err != nil {
@@ -87,14 +99,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 
 	handler, err := proxy.New(proxy.Config{
-		Tokens:        tokens,
-		Upstream:      cfg.upstream,
-		TenantHeader:  cfg.TenantHeader,
-		Transport:     upstreamTransport(cfg),
-		MaxReplayBody: cfg.MaxReplayBody,
-		Observer:      m,
-		Logger:        log.With("component", "proxy"),
-		AccessLog:     cfg.AccessLog,
+		Tokens:          tokens,
+		Upstream:        cfg.upstream,
+		TenantHeader:    cfg.TenantHeader,
+		Transport:       upstreamTransport(cfg),
+		MaxReplayBody:   cfg.MaxReplayBody,
+		Observer:        m,
+		Logger:          log.With("component", "proxy"),
+		AccessLog:       cfg.AccessLog,
+		Callers:         callers,
+		CallerKeyHeader: cfg.CallerKeyHeader,
 	})
 	if err != nil {
 		return err
@@ -145,7 +159,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	log.Info("thanksio-proxy started",
 		"listen", dataLn.Addr().String(), "ops", opsLn.Addr().String(),
 		"upstream", cfg.upstream.Redacted(), "store", storeKind,
-		"oauth_client", cfg.OAuthClientID != "", "admin_api", cfg.AdminToken != "", "version", version)
+		"oauth_client", cfg.OAuthClientID != "", "admin_api", cfg.AdminToken != "",
+		"caller_auth", callers != nil, "version", version)
 
 	select {
 	case <-ctx.Done():
@@ -309,5 +324,62 @@ func healthcheck(ctx context.Context, opsAddr string) error {
 	if res.StatusCode != http.StatusOK {
 		return fmt.Errorf("healthcheck: /healthz answered %d", res.StatusCode)
 	}
+	return nil
+}
+
+// reloadOnHangup rereads the caller keys file on SIGHUP. A file that does not
+// parse is refused, and the keys in force stay.
+func reloadOnHangup(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				keys, err := proxy.LoadCallerKeys(path)
+				if err != nil {
+					log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "err", err)
+					continue
+				}
+				callers.Set(keys)
+				log.Info("caller keys reloaded", "file", path, "callers", keys.Len())
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
+}
+
+// loopback reports whether addr listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// newCallerKey makes a random caller key and prints it with the line that
+// allows it in the caller keys file.
+func newCallerKey(args []string, stdout io.Writer) error {
+	if len(args) < 2 || !proxy.ValidTenant(args[0]) {
+		return errors.New("usage: thanksio-proxy caller-key NAME TENANT-PATTERN... (NAME of [A-Za-z0-9._-])")
+	}
+	if _, err := proxy.ParseCallerKeys(strings.NewReader(args[0] + " " + proxy.HashCallerKey("x") + " " + strings.Join(args[1:], " ") + "\n")); err != nil {
+		return fmt.Errorf("caller-key: %w", err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	key := base64.RawURLEncoding.EncodeToString(b[:])
+	fmt.Fprintf(stdout, "# Give this key to the caller (shown once, not stored):\n# %s\n# Add this line to CALLER_KEYS_FILE:\n%s %s %s\n",
+		key, args[0], proxy.HashCallerKey(key), strings.Join(args[1:], " "))
 	return nil
 }

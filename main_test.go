@@ -12,14 +12,17 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 
 	"thanksio-proxy/internal/thanksiotest"
+	"thanksio-proxy/proxy"
 )
 
 // syncBuffer collects a proxy's log output.
@@ -463,6 +466,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"TENANT_HEADER": "Authorization"}, "TENANT_HEADER"},
 		{map[string]string{"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"},
 		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{map[string]string{"CALLER_KEYS_FILE": "/nonexistent/callers"}, "CALLER_KEYS_FILE"},
+		{map[string]string{"CALLER_KEY_HEADER": "X-Tenant-ID"}, "CALLER_KEY_HEADER"},
 		{map[string]string{"CACHE_SIZE": "many"}, "CACHE_SIZE"},
 		{map[string]string{"REDIS_URL": "localhost:6379", "TOKEN_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "REDIS_URL"},
 	}
@@ -471,5 +476,87 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("run with %v = %v; want one line naming %s", tt.env, err, tt.want)
 		}
+	}
+}
+
+func TestCallerKeysReloadOnHangup(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	file := filepath.Join(t.TempDir(), "callers")
+	write := func(content string) {
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("billing " + proxy.HashCallerKey("key-one") + " acme\n")
+	p := start(t, double, map[string]string{"CALLER_KEYS_FILE": file})
+	p.importToken(t, "acme", double.NewGrant(), 3600)
+	call := func(key string) int {
+		code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme", "X-Caller-Key": key}, "")
+		return code
+	}
+	if c := call("key-one"); c != 200 {
+		t.Fatalf("with key-one: %d; want 200", c)
+	}
+	if c := call("key-two"); c != 401 {
+		t.Fatalf("with key-two before the reload: %d; want 401", c)
+	}
+
+	// A broken file is refused: the keys in force stay.
+	write("billing key-two acme\n")
+	hangup(t)
+	waitForLog(t, p, "caller keys not reloaded")
+	if c := call("key-one"); c != 200 {
+		t.Errorf("after a refused reload, key-one: %d; want 200", c)
+	}
+
+	write("billing " + proxy.HashCallerKey("key-two") + " acme\n")
+	hangup(t)
+	waitForLog(t, p, "caller keys reloaded")
+	if c := call("key-two"); c != 200 {
+		t.Errorf("after the reload, key-two: %d; want 200", c)
+	}
+	if c := call("key-one"); c != 401 {
+		t.Errorf("after the reload, key-one: %d; want 401", c)
+	}
+	if strings.Contains(p.logs.String(), "key-one") || strings.Contains(p.logs.String(), "key-two") {
+		t.Errorf("a caller key appears in the logs")
+	}
+}
+
+func hangup(t *testing.T) {
+	t.Helper()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitForLog(t *testing.T, p *instance, text string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.logs.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log never said %q:\n%s", text, p.logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAdminGuessingIsRateLimited(t *testing.T) {
+	p := start(t, nil, nil)
+	for i := range 10 {
+		guess := fmt.Sprintf("Bearer guess-%d-secretish", i)
+		if code, _, _ := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": guess}, ""); code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d; want 401", i, code)
+		}
+	}
+	code, h, body := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": "Bearer " + testAdminToken}, "")
+	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" || !strings.Contains(body, "too_many_attempts") {
+		t.Errorf("after 10 wrong tokens, the right one: %d %s; want 429 too_many_attempts with Retry-After", code, body)
+	}
+	if strings.Contains(p.logs.String(), "secretish") {
+		t.Errorf("a presented admin token appears in the logs")
+	}
+	if !strings.Contains(p.logs.String(), "admin call refused") {
+		t.Errorf("refused admin calls are not logged")
 	}
 }

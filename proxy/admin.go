@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"thanksio-proxy/auth"
@@ -41,6 +43,7 @@ type Admin struct {
 	log      *slog.Logger
 	mux      *http.ServeMux
 	now      func() time.Time
+	failures *failureLimiter
 }
 
 // NewAdmin returns the admin API. An empty token is refused: the caller
@@ -52,7 +55,8 @@ func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Admin{tenants: tenants, tokenSum: sha256.Sum256([]byte(token)), log: log, mux: http.NewServeMux(), now: time.Now}
+	a := &Admin{tenants: tenants, tokenSum: sha256.Sum256([]byte(token)), log: log, mux: http.NewServeMux(), now: time.Now,
+		failures: newFailureLimiter(adminFailuresAllowed, adminFailureWindow)}
 	a.mux.HandleFunc("GET /admin/tenants", a.list)
 	a.mux.HandleFunc("GET /admin/tenants/{tenant}", a.status)
 	a.mux.HandleFunc("DELETE /admin/tenants/{tenant}", a.forget)
@@ -66,8 +70,17 @@ func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, erro
 }
 
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	client := remoteIP(r)
+	if wait := a.failures.blocked(client, a.now()); wait > 0 {
+		writeError(w, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyAttempts,
+			Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait})
+		return
+	}
 	if !a.authorized(r) {
-		a.log.Warn("admin call refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+		if a.failures.fail(client, a.now()) {
+			a.log.Warn("admin calls with a wrong token from this address are refused for a while", "remote", client)
+		}
+		a.log.Warn("admin call refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", client)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="thanksio-proxy admin"`)
 		writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
 			Message: "A valid admin token is required in the Authorization header."})
@@ -371,4 +384,73 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// After adminFailuresAllowed calls with a missing or wrong admin token within
+// adminFailureWindow, an address is refused (429) until the window ends, even
+// with the right token: guessing the token costs a window per few tries.
+const (
+	adminFailuresAllowed = 10
+	adminFailureWindow   = time.Minute
+)
+
+// failureLimiter counts failures per client address in fixed windows.
+type failureLimiter struct {
+	mu      sync.Mutex
+	max     int
+	window  time.Duration
+	clients map[string]*failureWindow
+}
+
+type failureWindow struct {
+	start time.Time
+	count int
+}
+
+func newFailureLimiter(max int, window time.Duration) *failureLimiter {
+	return &failureLimiter{max: max, window: window, clients: make(map[string]*failureWindow)}
+}
+
+// blocked returns how long client must wait, or 0.
+func (l *failureLimiter) blocked(client string, now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w, ok := l.clients[client]
+	if !ok || now.Sub(w.start) >= l.window {
+		return 0
+	}
+	if w.count < l.max {
+		return 0
+	}
+	return w.start.Add(l.window).Sub(now)
+}
+
+// fail counts a failure and reports whether it just reached the limit.
+func (l *failureLimiter) fail(client string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.clients) > 10_000 {
+		for k, w := range l.clients {
+			if now.Sub(w.start) >= l.window {
+				delete(l.clients, k)
+			}
+		}
+	}
+	w, ok := l.clients[client]
+	if !ok || now.Sub(w.start) >= l.window {
+		w = &failureWindow{start: now}
+		l.clients[client] = w
+	}
+	w.count++
+	return w.count == l.max
+}
+
+// remoteIP is the address the connection came from. Forwarding headers are
+// not trusted: anyone can send them.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }

@@ -69,6 +69,14 @@ type Config struct {
 	Logger *slog.Logger
 	// AccessLog turns the per-request access line on.
 	AccessLog bool
+	// Callers, when not nil, turns caller authentication on: every request
+	// must present a caller key in CallerKeyHeader, and may name only the
+	// tenants that key allows. Nil lets anyone who reaches the proxy name
+	// any tenant (a sidecar on loopback).
+	Callers *Callers
+	// CallerKeyHeader names the header that carries the caller key (default
+	// X-Caller-Key). It is never forwarded.
+	CallerKeyHeader string
 }
 
 // Handler is the proxy's data plane, an http.Handler. It is safe for
@@ -76,6 +84,7 @@ type Config struct {
 type Handler struct {
 	cfg          Config
 	tenantHeader string
+	callerHeader string
 	basePath     string // upstream path without its trailing slash
 	baseRawPath  string
 	rp           *httputil.ReverseProxy
@@ -94,6 +103,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.TenantHeader == "" {
 		cfg.TenantHeader = "X-Tenant-ID"
 	}
+	if cfg.CallerKeyHeader == "" {
+		cfg.CallerKeyHeader = "X-Caller-Key"
+	}
 	if cfg.MaxReplayBody <= 0 {
 		cfg.MaxReplayBody = 1 << 20
 	}
@@ -103,6 +115,7 @@ func New(cfg Config) (*Handler, error) {
 	h := &Handler{
 		cfg:          cfg,
 		tenantHeader: http.CanonicalHeaderKey(cfg.TenantHeader),
+		callerHeader: http.CanonicalHeaderKey(cfg.CallerKeyHeader),
 		basePath:     strings.TrimSuffix(cfg.Upstream.Path, "/"),
 		baseRawPath:  strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/"),
 		log:          cfg.Logger,
@@ -128,6 +141,7 @@ func New(cfg Config) (*Handler, error) {
 // call is what the proxy knows of one request while it is proxied.
 type call struct {
 	tenant     string
+	caller     string
 	token      string
 	requestID  string
 	path       string // escaped path, relative to the upstream base
@@ -158,6 +172,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 				slog.String("request_id", c.requestID),
 				slog.String("tenant", c.tenant),
+				slog.String("caller", c.caller),
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
 				slog.Int("status", rw.status()),
@@ -185,18 +200,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
-// prepare checks the request target and the tenant header.
+// prepare checks the request target, the caller (when caller
+// authentication is on) and the tenant header.
 func (h *Handler) prepare(r *http.Request, c *call) *Error {
 	path, e := relativePath(r)
 	if e != nil {
 		return e
 	}
 	c.path, c.rawQuery = path, r.URL.RawQuery
+	var cl *caller
+	if h.cfg.Callers != nil {
+		if cl, e = h.cfg.Callers.identify(r.Header[h.callerHeader], h.callerHeader); e != nil {
+			return e
+		}
+		c.caller = cl.name
+	}
 	tenant, e := h.tenant(r.Header)
 	if e != nil {
 		return e
 	}
 	c.tenant = tenant
+	if cl != nil && !cl.allows(tenant) {
+		return notAllowed
+	}
 	return nil
 }
 
@@ -329,6 +355,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 
 	out := pr.Out.Header
 	out.Del(h.tenantHeader)
+	out.Del(h.callerHeader)
 	out.Del("Authorization")
 	out.Del("Proxy-Authorization")
 	out.Del("Cookie")
@@ -357,7 +384,8 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *call, e *Error
 	if e.Status >= 500 {
 		level = slog.LevelWarn
 	}
-	attrs := []slog.Attr{slog.String("request_id", c.requestID), slog.String("tenant", c.tenant), slog.String("code", e.Code)}
+	attrs := []slog.Attr{slog.String("request_id", c.requestID), slog.String("tenant", c.tenant),
+		slog.String("caller", c.caller), slog.String("code", e.Code)}
 	if e.Err != nil {
 		attrs = append(attrs, slog.String("err", e.Err.Error()))
 	}

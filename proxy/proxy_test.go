@@ -102,6 +102,11 @@ func newProxy(t *testing.T, tokens proxy.Tokens, upstream *url.URL) *httptest.Se
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}
+	return newServer(t, h)
+}
+
+func newServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv

@@ -56,8 +56,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return healthcheck(ctx, cfg.OpsAddr)
 		case "caller-key":
 			return newCallerKey(args[1:], stdout)
+		case "reseal":
+			return reseal(ctx, cfg, stdout)
 		default:
-			return fmt.Errorf("unknown command %q (the commands are healthcheck and caller-key)", args[0])
+			return fmt.Errorf("unknown command %q (the commands are healthcheck, caller-key and reseal)", args[0])
 		}
 	}
 	log := newLogger(cfg, stdout)
@@ -78,6 +80,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, version)
+	if c, ok := st.(stateCounter); ok {
+		metrics.NewTenantStates(reg, func(ctx context.Context) (map[string]int64, error) {
+			counts, err := c.CountByState(ctx)
+			out := make(map[string]int64, len(counts))
+			for state, n := range counts {
+				out[string(state)] = n
+			}
+			return out, err
+		})
+	}
 
 	tokens := auth.New(auth.Config{
 		Store:              st,
@@ -381,5 +393,37 @@ func newCallerKey(args []string, stdout io.Writer) error {
 	key := base64.RawURLEncoding.EncodeToString(b[:])
 	fmt.Fprintf(stdout, "# Give this key to the caller (shown once, not stored):\n# %s\n# Add this line to CALLER_KEYS_FILE:\n%s %s %s\n",
 		key, args[0], proxy.HashCallerKey(key), strings.Join(args[1:], " "))
+	return nil
+}
+
+// stateCounter is a store that counts tenants by state without a scan.
+type stateCounter interface {
+	CountByState(ctx context.Context) (map[store.State]int64, error)
+}
+
+// reseal rewrites every Redis record that is not sealed under the first
+// TOKEN_ENCRYPTION_KEY, so that an old key can be retired.
+func reseal(ctx context.Context, cfg *Config, stdout io.Writer) error {
+	if cfg.RedisURL == "" {
+		return &configError{"REDIS_URL", "reseal works on the Redis store; REDIS_URL is empty"}
+	}
+	st, closeStore, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	r := st.(*store.Redis)
+	failed := 0
+	n, err := r.Reseal(ctx, func(tenant string) {
+		failed++
+		fmt.Fprintf(stdout, "tenant %s: the record does not open with any configured key; left as it is\n", tenant)
+	})
+	fmt.Fprintf(stdout, "resealed %d records under the first key; %d could not be opened\n", n, failed)
+	if err != nil {
+		return fmt.Errorf("reseal: %w", err)
+	}
+	if failed > 0 {
+		return fmt.Errorf("reseal: %d records could not be opened", failed)
+	}
 	return nil
 }

@@ -11,28 +11,55 @@ import (
 // (store.Redis, store.Memory) must be safe for concurrent use by multiple
 // goroutines, and must return store.ErrNotFound, store.ErrConflict and
 // store.ErrSealed (wrapped or not) where this contract names them.
+//
+// Both implementations refuse, with an error that is none of those, a call
+// with a tenant id that is empty or holds a brace ('{' or '}', which would
+// move the Redis Cluster hash tag), a blank or a control character; a List
+// or DueBefore limit below 1; and a TryLock, RenewLock or PutOAuthState ttl
+// below one millisecond (Redis counts TTLs in whole milliseconds). A refused
+// call changes nothing.
+//
+// A tenant's versions never restart: Delete leaves a tombstone that keeps
+// the version, so a writer that read a record before it was deleted cannot
+// overwrite the record written after it.
 type Store interface {
 	// Get returns the tenant's record with its Version. It returns
-	// store.ErrNotFound when there is none and store.ErrSealed when no
-	// configured key opens it.
+	// store.ErrNotFound when there is none (a deleted tenant included) and
+	// store.ErrSealed when no configured key opens it.
 	Get(ctx context.Context, tenant string) (store.TokenRecord, error)
 	// Put writes rec for tenant if the stored version equals prevVersion (0:
-	// no record may exist; store.AnyVersion: any), and returns the new version.
-	// A lost condition is store.ErrConflict and writes nothing. A successful Put
-	// updates the expiry index and publishes an Invalidation.
+	// no record may exist, a deleted one included; store.AnyVersion: any),
+	// and returns the new version: one more than the stored one, or than the
+	// deleted record's. A lost condition is store.ErrConflict and writes
+	// nothing. A nil error means the record is stored; any other error leaves
+	// it unknown whether it was, so re-read before deciding again.
+	//
+	// After the write, Put updates the tenant list, the expiry index and the
+	// per-state counts, and publishes an Invalidation, best effort: those are
+	// hints, and their failure is not Put's error (store.Redis reports it to
+	// its OnIndexError hook). The refresher re-reads the record under the
+	// tenant's lock before it acts, and a replica that missed an
+	// invalidation learns of the new token from the 401 replay.
 	Put(ctx context.Context, tenant string, rec store.TokenRecord, prevVersion int64) (int64, error)
-	// Delete forgets the tenant (record, lock, index entry) and publishes an
-	// Invalidation with Version 0. Deleting an unknown tenant is not an error.
+	// Delete forgets the tenant (record, lock, index entries), leaving a
+	// tombstone that keeps its version, and publishes an Invalidation with
+	// Version 0. Deleting an unknown tenant is not an error. An error may
+	// come after the record was deleted (the index update or the
+	// invalidation failed); Delete can be repeated.
 	Delete(ctx context.Context, tenant string) error
-	// List returns up to limit tenant ids in ascending order, starting after
-	// the id named by after ("" from the start), and whether more follow.
+	// List returns up to limit tenant ids in ascending byte order, starting
+	// after the id named by after ("" from the start), and whether more
+	// follow. Deleted tenants are not listed.
 	List(ctx context.Context, after string, limit int) (tenants []string, more bool, err error)
-	// DueBefore returns up to limit tenants whose refreshable token expires
-	// before t, soonest first.
+	// DueBefore returns up to limit tenants whose refreshable token (with a
+	// refresh token and an expiry, of a tenant that is active or has an empty
+	// State) expires before t, soonest first. The answer is a hint, updated
+	// best effort after each write: a tenant may be missing or no longer
+	// due, so re-read the record (under the lock) before refreshing it.
 	DueBefore(ctx context.Context, t time.Time, limit int) ([]string, error)
 
 	// TryLock takes the tenant's refresh lock for owner for ttl if nobody holds
-	// it, and reports whether it did.
+	// it (owner included), and reports whether it did.
 	TryLock(ctx context.Context, tenant, owner string, ttl time.Duration) (bool, error)
 	// RenewLock extends the lock to ttl from now if owner still holds it, and
 	// reports whether it did.
@@ -41,12 +68,17 @@ type Store interface {
 	Unlock(ctx context.Context, tenant, owner string) error
 
 	// Subscribe calls onInvalidate for every Invalidation published by any
-	// replica, and onResync after the subscription was re-established (messages
-	// may have been missed meanwhile), until ctx ends. It returns once the
-	// subscription is active. Callbacks must not block.
+	// replica, and onResync when invalidations may have been missed, until
+	// ctx ends; a nil callback is not called. store.Redis calls onResync after
+	// the subscription was re-established on a new connection; store.Memory
+	// calls it when the subscriber fell 1024 invalidations behind, after
+	// which it dropped the ones that did not fit. It returns once the
+	// subscription is active. The callbacks run on one goroutine and must not
+	// block.
 	Subscribe(ctx context.Context, onInvalidate func(store.Invalidation), onResync func()) error
 
-	// PutOAuthState keeps st under the one-time name state for ttl.
+	// PutOAuthState keeps st under the one-time name state for ttl, replacing
+	// any state of that name.
 	PutOAuthState(ctx context.Context, state string, st store.OAuthState, ttl time.Duration) error
 	// TakeOAuthState returns and deletes, atomically, the OAuth state; a second
 	// take, or one after it expired, is store.ErrNotFound.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -22,11 +23,45 @@ import (
 	"thanksio-proxy/store"
 )
 
-// Both implementations satisfy the interface that auth defines.
+// Both implementations satisfy the interface that auth defines, and count
+// tenants by state.
 var (
 	_ auth.Store = (*store.Redis)(nil)
 	_ auth.Store = (*store.Memory)(nil)
+
+	_ stateCounter = (*store.Redis)(nil)
+	_ stateCounter = (*store.Memory)(nil)
 )
+
+// stateCounter is the method every store has beside auth.Store, for the
+// tenants-by-state metric.
+type stateCounter interface {
+	CountByState(ctx context.Context) (map[store.State]int64, error)
+}
+
+// mustCount returns s's CountByState, failing the test if it cannot.
+func mustCount(t *testing.T, s auth.Store) map[store.State]int64 {
+	t.Helper()
+	c, ok := s.(stateCounter)
+	if !ok {
+		t.Fatalf("%T has no CountByState", s)
+	}
+	counts, err := c.CountByState(t.Context())
+	if err != nil {
+		t.Fatalf("CountByState: %v", err)
+	}
+	return counts
+}
+
+// checkCounts fails the test unless s counts active and reauth tenants in
+// those states.
+func checkCounts(t *testing.T, s auth.Store, what string, active, reauth int64) {
+	t.Helper()
+	want := map[store.State]int64{store.StateActive: active, store.StateReauthorizationRequired: reauth}
+	if got := mustCount(t, s); !maps.Equal(got, want) {
+		t.Errorf("%s: CountByState = %v; want %v", what, got, want)
+	}
+}
 
 // waitTimeout bounds every wait for an event in these tests.
 const waitTimeout = 10 * time.Second
@@ -464,6 +499,9 @@ func testContract(t *testing.T, b backend) {
 				AccessToken: "a", RefreshToken: "r", State: store.StateReauthorizationRequired,
 				LastError: "invalid_grant", LastErrorAt: time.Unix(1e9, 0),
 			}},
+			// The store keeps an empty State as it is; only its indexes
+			// count it as active.
+			{name: "empty state", rec: store.TokenRecord{AccessToken: "a", RefreshToken: "r"}},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -609,11 +647,179 @@ func testContract(t *testing.T, b backend) {
 			t.Errorf("TryLock after Delete = %v, %v; want true (the lock is gone)", ok, err)
 		}
 		if err := s.Delete(ctx, "acme"); err != nil {
+			t.Errorf("Delete of a deleted tenant: %v", err)
+		}
+		if err := s.Delete(ctx, "never-put"); err != nil {
 			t.Errorf("Delete of an unknown tenant: %v", err)
 		}
-		// A deleted tenant starts over.
-		if v := mustPut(t, s, "acme", sampleRecord("again"), 0); v != 1 {
-			t.Errorf("Put after Delete = %d; want 1", v)
+		// A deleted tenant's versions go on from where they were.
+		if v := mustPut(t, s, "acme", sampleRecord("again"), 0); v != 2 {
+			t.Errorf("Put after Delete = %d; want 2", v)
+		}
+	})
+
+	t.Run("versions never restart", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		mustPut(t, s, "acme", sampleRecord("one"), 0)
+		mustPut(t, s, "acme", sampleRecord("two"), 1)
+		// A slow writer read version 2 before the tenant was deleted and
+		// imported again.
+		slow := mustGet(t, s, "acme")
+		if err := s.Delete(ctx, "acme"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		for range 3 {
+			nextInvalidation(t, invs)
+		}
+
+		for _, prev := range []int64{1, 2, 3} {
+			if v, err := s.Put(ctx, "acme", sampleRecord("stale"), prev); !errors.Is(err, store.ErrConflict) {
+				t.Errorf("Put(prev %d) on a deleted tenant = %d, %v; want ErrConflict", prev, v, err)
+			}
+		}
+		if v := mustPut(t, s, "acme", sampleRecord("reimported"), 0); v != 3 {
+			t.Errorf("Put(prev 0) after Delete of version 2 = %d; want 3", v)
+		}
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 3}) {
+			t.Errorf("invalidation of the re-import = %+v; want acme version 3", inv)
+		}
+		if v, err := s.Put(ctx, "acme", sampleRecord("slow"), slow.Version); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("Put(prev %d), the version read before Delete = %d, %v; want ErrConflict", slow.Version, v, err)
+		}
+		if v, err := s.Put(ctx, "acme", sampleRecord("again"), 0); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("Put(prev 0) on a live record = %d, %v; want ErrConflict", v, err)
+		}
+		if got := mustGet(t, s, "acme"); got.Version != 3 || got.AccessToken != "access-reimported" {
+			t.Errorf("Get = version %d, %q; want 3, %q", got.Version, got.AccessToken, "access-reimported")
+		}
+
+		if err := s.Delete(ctx, "acme"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		if v := mustPut(t, s, "acme", sampleRecord("imported"), store.AnyVersion); v != 4 {
+			t.Errorf("Put(AnyVersion) after Delete of version 3 = %d; want 4", v)
+		}
+		if v := mustPut(t, s, "acme", sampleRecord("refreshed"), 4); v != 5 {
+			t.Errorf("Put(prev 4) = %d; want 5", v)
+		}
+	})
+
+	t.Run("count by state", func(t *testing.T) {
+		s := b.setup(t).open(t)
+		ctx := t.Context()
+		active := func(tag string) store.TokenRecord { return sampleRecord(tag) }
+		reauth := func(tag string) store.TokenRecord {
+			rec := sampleRecord(tag)
+			rec.State = store.StateReauthorizationRequired
+			return rec
+		}
+		checkCounts(t, s, "empty store", 0, 0)
+
+		mustPut(t, s, "a1", active("a1"), 0)
+		mustPut(t, s, "a2", active("a2"), 0)
+		mustPut(t, s, "a3", store.TokenRecord{AccessToken: "pat"}, 0) // an empty State counts as active
+		mustPut(t, s, "r1", reauth("r1"), 0)
+		mustPut(t, s, "r2", reauth("r2"), 0)
+		mustPut(t, s, "odd", store.TokenRecord{AccessToken: "x", State: "unheard-of"}, 0)
+		checkCounts(t, s, "after puts", 3, 2)
+
+		mustPut(t, s, "a1", active("a1 again"), 1)
+		checkCounts(t, s, "after a rewrite", 3, 2)
+
+		if err := s.Delete(ctx, "a2"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		if err := s.Delete(ctx, "r2"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		checkCounts(t, s, "after deletes", 2, 1)
+
+		mustPut(t, s, "a1", reauth("a1 revoked"), 2)
+		checkCounts(t, s, "after active → reauthorization_required", 1, 2)
+		mustPut(t, s, "r1", active("r1 reconnected"), 1)
+		checkCounts(t, s, "after reauthorization_required → active", 2, 1)
+		mustPut(t, s, "odd", reauth("odd"), 1)
+		checkCounts(t, s, "after an unknown state → reauthorization_required", 2, 2)
+
+		mustPut(t, s, "a2", active("a2 reimported"), 0)
+		checkCounts(t, s, "after a re-import", 3, 2)
+	})
+
+	t.Run("indexes follow the last of concurrent writes", func(t *testing.T) {
+		s := b.setup(t).open(t)
+		ctx := t.Context()
+		base := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+		// Each writer's record is in another state and index position, so
+		// that indexes left by an earlier write show.
+		record := func(w int) store.TokenRecord {
+			rec := store.TokenRecord{AccessToken: fmt.Sprint(w), RefreshToken: "r", Expiry: base.Add(time.Duration(w) * time.Minute)}
+			switch w % 3 {
+			case 0:
+				rec.State = store.StateActive
+			case 1:
+				rec.State = store.StateReauthorizationRequired
+			}
+			return rec
+		}
+		// Short bursts, each ending in a race between its last writes'
+		// index updates.
+		const bursts, writers = 40, 6
+		for burst := range bursts {
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for w := range writers {
+				wg.Go(func() {
+					<-start
+					if (w+burst)%writers == 0 {
+						if err := s.Delete(ctx, "acme"); err != nil {
+							t.Errorf("Delete: %v", err)
+						}
+						return
+					}
+					if _, err := s.Put(ctx, "acme", record(w), store.AnyVersion); err != nil {
+						t.Errorf("Put: %v", err)
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+
+			var wantDue, wantListed []string
+			var wantActive, wantReauth int64
+			last, err := s.Get(ctx, "acme")
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				t.Fatalf("Get: %v", err)
+			default:
+				wantListed = []string{"acme"}
+				if last.State == store.StateReauthorizationRequired {
+					wantReauth = 1
+				} else {
+					wantActive = 1
+					wantDue = []string{"acme"}
+				}
+			}
+			if got, _, err := s.List(ctx, "", 10); err != nil || !slices.Equal(got, wantListed) {
+				t.Fatalf("burst %d: List = %q, %v; want %q", burst, got, err, wantListed)
+			}
+			due, err := s.DueBefore(ctx, base.Add(time.Hour), 10)
+			if err != nil || !slices.Equal(due, wantDue) {
+				t.Fatalf("burst %d: DueBefore = %q, %v; want %q", burst, due, err, wantDue)
+			}
+			if len(due) == 1 {
+				// The score is the last record's expiry, not an earlier one's.
+				if got, err := s.DueBefore(ctx, last.Expiry, 10); err != nil || len(got) != 0 {
+					t.Fatalf("burst %d: DueBefore(the last expiry) = %q, %v; want none", burst, got, err)
+				}
+			}
+			checkCounts(t, s, fmt.Sprintf("burst %d", burst), wantActive, wantReauth)
+			if t.Failed() {
+				return
+			}
 		}
 	})
 
@@ -699,6 +905,8 @@ func testContract(t *testing.T, b backend) {
 		check("deleted", base.Add(time.Hour), 10, []string{"in-3m"})
 		put("static", refreshable(base))
 		check("refresh token added", base.Add(time.Hour), 10, []string{"static", "in-3m"})
+		put("no-state", store.TokenRecord{AccessToken: "a", RefreshToken: "r", Expiry: base.Add(time.Minute)})
+		check("an empty state counts as active", base.Add(time.Hour), 10, []string{"static", "in-3m", "no-state"})
 	})
 
 	t.Run("lock is exclusive", func(t *testing.T) {

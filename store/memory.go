@@ -16,10 +16,13 @@ import (
 const subscriberQueue = 1024
 
 // Memory is the store for a single process: the same contract as Redis
-// (versions, conditional writes, locks with a TTL, the expiry index, one-time
-// OAuth states, invalidations), kept in maps. Records are kept as their JSON,
-// so that what a caller reads back is exactly what Redis would give it, and
-// never shares memory with what the caller wrote.
+// (versions that never restart, conditional writes, locks with a TTL, the
+// expiry index, the per-state counts, one-time OAuth states, invalidations),
+// kept in maps. Records are kept as their JSON, so that what a caller reads
+// back is exactly what Redis would give it, and never shares memory with what
+// the caller wrote. Its indexes are computed from the records, so they never
+// lag behind a write. A deleted tenant leaves a tombstone that keeps its
+// version, as in Redis.
 //
 // Create it with NewMemory. A Memory is safe for concurrent use by multiple
 // goroutines.
@@ -37,11 +40,16 @@ type Memory struct {
 
 type memoryRecord struct {
 	version int64
+	// deleted reports whether this is a tombstone: the tenant was deleted,
+	// and only its version is kept.
+	deleted bool
 	data    []byte // the TokenRecord's JSON
 	// due reports whether the record is in the expiry index, under the
 	// score expiryMilli, as Redis would index it.
 	due         bool
 	expiryMilli int64
+	// state is the state the record counts under in CountByState.
+	state State
 }
 
 type memoryLease struct {
@@ -71,7 +79,8 @@ func (m *Memory) now() time.Time {
 	return time.Now()
 }
 
-// Get returns the tenant's record with its Version, or ErrNotFound.
+// Get returns the tenant's record with its Version, or ErrNotFound when
+// there is none (or it was deleted).
 func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 	if err := checkCall(ctx, tenant); err != nil {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
@@ -79,7 +88,7 @@ func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 	m.mu.Lock()
 	r, ok := m.records[tenant]
 	m.mu.Unlock()
-	if !ok {
+	if !ok || r.deleted {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, ErrNotFound)
 	}
 	var rec TokenRecord
@@ -91,9 +100,11 @@ func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 }
 
 // Put writes rec for tenant if the stored version is prevVersion (0: no
-// record may exist; AnyVersion: any), and returns the new version. A lost
-// condition returns ErrConflict and writes nothing. Every subscriber is told
-// of the new version.
+// record may exist, a deleted one included; AnyVersion: any), and returns
+// the new version: one more than the stored one, or than the deleted
+// record's. A lost condition returns ErrConflict and writes nothing. Every
+// subscriber is told of the new version. A nil error means the record is
+// stored.
 func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVersion int64) (int64, error) {
 	if err := checkCall(ctx, tenant); err != nil {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
@@ -104,11 +115,12 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cur := m.records[tenant].version
-	if prevVersion != AnyVersion && prevVersion != cur {
+	cur, ok := m.records[tenant]
+	live := ok && !cur.deleted
+	if prevVersion != AnyVersion && ((live && prevVersion != cur.version) || (!live && prevVersion != 0)) {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
 	}
-	r := memoryRecord{version: cur + 1, data: data, due: dueIndexed(rec)}
+	r := memoryRecord{version: cur.version + 1, data: data, due: dueIndexed(rec), state: indexedState(rec)}
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}
@@ -119,22 +131,26 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	return r.version, nil
 }
 
-// Delete forgets the tenant's record and lock and tells every subscriber
-// (Version 0). Deleting an unknown tenant is not an error.
+// Delete forgets the tenant's record, leaving a tombstone that keeps its
+// version, and its lock, and tells every subscriber (Version 0). Deleting an
+// unknown tenant is not an error.
 func (m *Memory) Delete(ctx context.Context, tenant string) error {
 	if err := checkCall(ctx, tenant); err != nil {
 		return fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.records, tenant)
+	if r, ok := m.records[tenant]; ok {
+		m.records[tenant] = memoryRecord{version: r.version, deleted: true}
+	}
 	delete(m.locks, tenant)
 	m.publishLocked(Invalidation{Tenant: tenant, Version: 0})
 	return nil
 }
 
 // List returns up to limit tenant ids in ascending byte order, starting
-// after the id after ("" from the start), and whether more follow.
+// after the id after ("" from the start), and whether more follow. Deleted
+// tenants are not listed.
 func (m *Memory) List(ctx context.Context, after string, limit int) ([]string, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, false, fmt.Errorf("store: list: %w", err)
@@ -144,8 +160,8 @@ func (m *Memory) List(ctx context.Context, after string, limit int) ([]string, b
 	}
 	m.mu.Lock()
 	var tenants []string
-	for tenant := range m.records {
-		if tenant > after {
+	for tenant, r := range m.records {
+		if !r.deleted && tenant > after {
 			tenants = append(tenants, tenant)
 		}
 	}
@@ -157,10 +173,10 @@ func (m *Memory) List(ctx context.Context, after string, limit int) ([]string, b
 	return tenants, false, nil
 }
 
-// DueBefore returns up to limit tenants whose refreshable token (active,
-// with a refresh token and an expiry) expires before t, soonest first, and
-// in ascending id order among equal expiries. Expiries compare in whole
-// milliseconds, as in Redis.
+// DueBefore returns up to limit tenants whose refreshable token (active or
+// with an empty State, with a refresh token and an expiry) expires before
+// t, soonest first, and in ascending id order among equal expiries.
+// Expiries compare in whole milliseconds, as in Redis.
 func (m *Memory) DueBefore(ctx context.Context, t time.Time, limit int) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("store: due before: %w", err)
@@ -176,7 +192,7 @@ func (m *Memory) DueBefore(ctx context.Context, t time.Time, limit int) ([]strin
 	m.mu.Lock()
 	var due []entry
 	for tenant, r := range m.records {
-		if r.due && r.expiryMilli < before {
+		if !r.deleted && r.due && r.expiryMilli < before {
 			due = append(due, entry{tenant, r.expiryMilli})
 		}
 	}
@@ -189,6 +205,29 @@ func (m *Memory) DueBefore(ctx context.Context, t time.Time, limit int) ([]strin
 		tenants = append(tenants, e.tenant)
 	}
 	return tenants, nil
+}
+
+// CountByState returns how many tenants are in each known state
+// (StateActive, which counts records with an empty State too, and
+// StateReauthorizationRequired; both are always present, zero included).
+// Deleted tenants are not counted, and neither are records in a state that
+// is not known.
+func (m *Memory) CountByState(ctx context.Context) (map[State]int64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("store: count by state: %w", err)
+	}
+	counts := make(map[State]int64, len(knownStates))
+	for _, s := range knownStates {
+		counts[s] = 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range m.records {
+		if _, known := counts[r.state]; known && !r.deleted {
+			counts[r.state]++
+		}
+	}
+	return counts, nil
 }
 
 // TryLock takes the tenant's lock for owner for ttl if nobody holds it (its
@@ -241,7 +280,8 @@ func (m *Memory) Unlock(ctx context.Context, tenant, owner string) error {
 // Subscribe calls onInvalidate for every later Put and Delete of this
 // Memory, from a goroutine of its own, until ctx ends; a nil callback is not
 // called. onResync is called when the subscriber fell so far behind that
-// invalidations were dropped. Subscribe returns at once: the subscription is
+// invalidations were dropped: when 1024 are pending, later ones are dropped
+// until it catches up. Subscribe returns at once: the subscription is
 // active when it returns.
 func (m *Memory) Subscribe(ctx context.Context, onInvalidate func(Invalidation), onResync func()) error {
 	if err := ctx.Err(); err != nil {

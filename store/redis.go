@@ -19,6 +19,27 @@ const DefaultPrefix = "thanksio-proxy:"
 // when the caller's context has no deadline of its own.
 const subscribeTimeout = 10 * time.Second
 
+// followUpTimeout bounds what follows a record's write (the index updates
+// and the invalidation). They run even when the caller's context has ended
+// meanwhile: the record is written by then, and the indexes should agree
+// with it.
+const followUpTimeout = 5 * time.Second
+
+// maxSettle bounds how many times one write re-applies the indexes because
+// other writes to the same tenant kept racing with its own index updates.
+// Giving up early could leave them describing an older record, so the bound
+// is generous; a write to one tenant is rare, and the wait is bounded by
+// followUpTimeout anyway.
+const maxSettle = 50
+
+// resealPage is how many tenant ids Reseal reads from the tenant index at a
+// time, and resealAttempts how many times it tries one record that other
+// writes keep changing.
+const (
+	resealPage     = 100
+	resealAttempts = 3
+)
+
 // Redis is the store for any number of replicas, over any go-redis
 // UniversalClient: standalone, Sentinel or Cluster. Token records and OAuth
 // states are sealed with a Sealer, so Redis never holds a token in plain
@@ -26,11 +47,13 @@ const subscribeTimeout = 10 * time.Second
 //
 // The keys, all under one prefix (P below), are:
 //
-//	P{tenant}:token        hash: v = version, d = sealed record (tenant id as additional data)
-//	P{tenant}:lock         string: the lock owner, with a TTL
-//	Ptenants               sorted set of every tenant id, all scores 0 (paged by ZRANGEBYLEX)
-//	Pdue                   sorted set: refreshable active tenants, score = expiry in Unix milliseconds
-//	Poauth-state:<state>   string: a sealed OAuthState ("oauth-state:<state>" as additional data), with a TTL
+//	P{tenant}:token                   hash: v = version, d = sealed record (tenant id as additional data)
+//	P{tenant}:lock                    string: the lock owner, with a TTL
+//	Ptenants                          sorted set of every tenant id, all scores 0 (paged by ZRANGEBYLEX)
+//	Pdue                              sorted set: refreshable active (or empty-State) tenants, score = expiry in Unix milliseconds
+//	Pstate:active                     set: the tenants whose record is active (or has an empty State)
+//	Pstate:reauthorization_required   set: the tenants whose record needs reauthorization
+//	Poauth-state:<state>              string: a sealed OAuthState ("oauth-state:<state>" as additional data), with a TTL
 //
 // and invalidations are published on the channel Pinvalidate as
 // "<tenant> <version>". The tenant id sits in a hash tag, so that one
@@ -38,13 +61,33 @@ const subscribeTimeout = 10 * time.Second
 // on one key; the global keys live in other slots and are updated by separate
 // commands after it.
 //
+// Delete removes the d field and keeps v: a token hash with no d is a
+// tombstone, which Get, List, DueBefore and CountByState do not show, and
+// from whose version the tenant's next record continues. Tombstones are
+// never removed; each costs one small hash per deleted tenant id.
+//
 // A Redis is safe for concurrent use by multiple goroutines.
 type Redis struct {
+	// OnIndexError, if non-nil, is called when Put or Reseal stored a record
+	// but a step that follows the write failed, even after one retry: op is
+	// "index" (the tenant index, the expiry index or the per-state sets) or
+	// "publish" (the Invalidation), and err names the call and the tenant.
+	// Those failures are reported here rather than returned, because the
+	// record is stored and what follows it is a hint: DueBefore only
+	// proposes tenants to refresh ahead of time, and the refresher re-reads
+	// the record under the tenant's lock before it acts; a replica that
+	// missed an invalidation keeps its cached token until thanks.io refuses
+	// it, and the 401 replay then re-reads the store. nil means such
+	// failures are ignored. It is called on the goroutine of the call that
+	// wrote, and must not block. Set it before the first call.
+	OnIndexError func(op string, err error)
+
 	client redis.UniversalClient
 	prefix string
 	sealer *Sealer
 
 	put       *redis.Script
+	del       *redis.Script
 	renewLock *redis.Script
 	unlock    *redis.Script
 }
@@ -65,17 +108,30 @@ func NewRedis(client redis.UniversalClient, prefix string, sealer *Sealer) *Redi
 		prefix: prefix,
 		sealer: sealer,
 		// KEYS[1] is the tenant's token hash; ARGV[1] the expected version
-		// (0: none may exist, -1: any), ARGV[2] the sealed record. It returns
-		// the new version, or -1 when the expected version was not there.
+		// (0: no record may exist, -1: any), ARGV[2] the sealed record. It
+		// returns the new version, or -1 when the expected version was not
+		// there. A tombstone (v without d) is no record, but its version
+		// goes on counting, so that a writer that read the deleted record
+		// cannot overwrite the next one.
 		put: redis.NewScript(`
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local live = redis.call('HEXISTS', KEYS[1], 'd') == 1
 local want = tonumber(ARGV[1])
-if want ~= -1 and cur ~= want then
-  return -1
+if want ~= -1 then
+  if (live and cur ~= want) or (not live and want ~= 0) then
+    return -1
+  end
 end
 cur = cur + 1
 redis.call('HSET', KEYS[1], 'v', tostring(cur), 'd', ARGV[2])
 return cur
+`),
+		// KEYS[1] is the tenant's token hash, KEYS[2] its lock. It leaves a
+		// tombstone and returns the version it keeps (0: none).
+		del: redis.NewScript(`
+redis.call('HDEL', KEYS[1], 'd')
+redis.call('DEL', KEYS[2])
+return tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 `),
 		// KEYS[1] is the lock; ARGV[1] the owner, ARGV[2] the new TTL in ms.
 		renewLock: redis.NewScript(`
@@ -94,55 +150,104 @@ return 0
 	}
 }
 
-func (r *Redis) tokenKey(tenant string) string { return r.prefix + "{" + tenant + "}:token" }
-func (r *Redis) lockKey(tenant string) string  { return r.prefix + "{" + tenant + "}:lock" }
-func (r *Redis) tenantsKey() string            { return r.prefix + "tenants" }
-func (r *Redis) dueKey() string                { return r.prefix + "due" }
-func (r *Redis) stateKey(state string) string  { return r.prefix + "oauth-state:" + state }
-func (r *Redis) channel() string               { return r.prefix + "invalidate" }
+func (r *Redis) tokenKey(tenant string) string     { return r.prefix + "{" + tenant + "}:token" }
+func (r *Redis) lockKey(tenant string) string      { return r.prefix + "{" + tenant + "}:lock" }
+func (r *Redis) tenantsKey() string                { return r.prefix + "tenants" }
+func (r *Redis) dueKey() string                    { return r.prefix + "due" }
+func (r *Redis) stateSetKey(s State) string        { return r.prefix + "state:" + string(s) }
+func (r *Redis) oauthStateKey(state string) string { return r.prefix + "oauth-state:" + state }
+func (r *Redis) channel() string                   { return r.prefix + "invalidate" }
 
 // stateAD is the additional data an OAuth state is sealed with, so that a
 // state moved under another name does not open.
 func stateAD(state string) []byte { return []byte("oauth-state:" + state) }
 
 // Get returns the tenant's record with its Version. It returns ErrNotFound
-// when there is none, and an error wrapping ErrSealed when no configured key
-// opens it (or it was moved from another tenant's key).
+// when there is none (or it was deleted), and an error wrapping ErrSealed
+// when no configured key opens it (or it was moved from another tenant's
+// key).
 func (r *Redis) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 	if err := checkTenant(tenant); err != nil {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
 	}
-	vals, err := r.client.HMGet(ctx, r.tokenKey(tenant), "v", "d").Result()
+	h, err := r.load(ctx, tenant)
 	if err != nil {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
 	}
-	if len(vals) != 2 || (vals[0] == nil && vals[1] == nil) {
+	if !h.live {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, ErrNotFound)
 	}
-	vs, okV := vals[0].(string)
-	sealed, okD := vals[1].(string)
-	version, err := strconv.ParseInt(vs, 10, 64)
-	if !okV || !okD || err != nil || version < 1 {
-		return TokenRecord{}, fmt.Errorf("store: get %q: malformed record: %w", tenant, ErrSealed)
-	}
-	data, err := r.sealer.Open([]byte(sealed), []byte(tenant))
+	rec, err := r.open(tenant, h.sealed)
 	if err != nil {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
+	}
+	rec.Version = h.version
+	return rec, nil
+}
+
+// tokenHash is what a tenant's token hash holds.
+type tokenHash struct {
+	// version is the stored version; 0 when there is no hash.
+	version int64
+	// live reports whether the hash holds a record: false when there is no
+	// hash, or it is a tombstone.
+	live bool
+	// sealed is the sealed record, when live.
+	sealed []byte
+}
+
+// load reads the tenant's token hash. A hash that is neither a record nor a
+// tombstone is an error wrapping ErrSealed.
+func (r *Redis) load(ctx context.Context, tenant string) (tokenHash, error) {
+	vals, err := r.client.HMGet(ctx, r.tokenKey(tenant), "v", "d").Result()
+	if err != nil {
+		return tokenHash{}, err
+	}
+	if len(vals) != 2 {
+		return tokenHash{}, fmt.Errorf("malformed record: %w", ErrSealed)
+	}
+	var h tokenHash
+	if vals[0] != nil {
+		vs, ok := vals[0].(string)
+		v, err := strconv.ParseInt(vs, 10, 64)
+		if !ok || err != nil || v < 1 {
+			return tokenHash{}, fmt.Errorf("malformed record: %w", ErrSealed)
+		}
+		h.version = v
+	}
+	if vals[1] != nil {
+		sealed, ok := vals[1].(string)
+		if !ok || h.version == 0 {
+			return tokenHash{}, fmt.Errorf("malformed record: %w", ErrSealed)
+		}
+		h.live, h.sealed = true, []byte(sealed)
+	}
+	return h, nil
+}
+
+// open unseals and decodes the tenant's sealed record.
+func (r *Redis) open(tenant string, sealed []byte) (TokenRecord, error) {
+	data, err := r.sealer.Open(sealed, []byte(tenant))
+	if err != nil {
+		return TokenRecord{}, err
 	}
 	var rec TokenRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
-		return TokenRecord{}, fmt.Errorf("store: get %q: decode: %w", tenant, err)
+		return TokenRecord{}, fmt.Errorf("decode: %w", err)
 	}
-	rec.Version = version
 	return rec, nil
 }
 
 // Put writes rec for tenant if the stored version is prevVersion (0: no
-// record may exist; AnyVersion: any), and returns the new version; a lost
-// condition returns ErrConflict and writes nothing. It then updates the
-// tenant list and the expiry index and publishes an Invalidation. If the
-// record was written but one of those steps failed, Put returns the new
-// version together with the error.
+// record may exist, a deleted one included; AnyVersion: any), and returns
+// the new version: one more than the stored one, or than the deleted
+// record's. A lost condition returns ErrConflict and writes nothing.
+//
+// A nil error means the record is stored. What follows the write (the
+// tenant index, the expiry index, the per-state sets and the Invalidation)
+// is best effort: a failed step is retried once and then reported to
+// OnIndexError, not returned. Any other error leaves it unknown whether the
+// record was written; re-read it.
 func (r *Redis) Put(ctx context.Context, tenant string, rec TokenRecord, prevVersion int64) (int64, error) {
 	if err := checkTenant(tenant); err != nil {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
@@ -159,54 +264,191 @@ func (r *Redis) Put(ctx context.Context, tenant string, rec TokenRecord, prevVer
 	if version < 0 {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
 	}
-	// The global keys live in other Cluster slots than the record, so they
-	// cannot be part of the script. The record is written first, so that a
-	// replica that hears of the new version finds it.
-	_, err = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZAdd(ctx, r.tenantsKey(), redis.Z{Member: tenant})
-		if dueIndexed(rec) {
-			p.ZAdd(ctx, r.dueKey(), redis.Z{Score: float64(rec.Expiry.UnixMilli()), Member: tenant})
-		} else {
-			p.ZRem(ctx, r.dueKey(), tenant)
-		}
-		p.Publish(ctx, r.channel(), formatInvalidation(Invalidation{Tenant: tenant, Version: version}))
-		return nil
-	})
-	if err != nil {
-		return version, fmt.Errorf("store: put %q: index: %w", tenant, err)
-	}
+	indexErr, publishErr := r.followUp(ctx, tenant, written{version: version, rec: &rec})
+	r.reportFollowUp("put", tenant, indexErr, publishErr)
 	return version, nil
 }
 
-// Delete forgets the tenant (record, lock, index entries) and publishes an
-// Invalidation with Version 0. Deleting an unknown tenant is not an error.
+// Delete forgets the tenant: its record, leaving a tombstone that keeps the
+// version, its lock and its index entries, and publishes an Invalidation
+// with Version 0. Deleting an unknown tenant is not an error.
+//
+// Unlike Put, Delete returns an error when the index update or the
+// Invalidation failed after the record was deleted: a replica that missed
+// this invalidation would go on sending the cached token of a tenant that
+// was forgotten, and thanks.io would not refuse it. Delete is idempotent, so
+// the caller can repeat it; the record is deleted either way.
 func (r *Redis) Delete(ctx context.Context, tenant string) error {
 	if err := checkTenant(tenant); err != nil {
 		return fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
 	// The record goes first, on its own, so that no replica re-reads it
 	// after hearing of the deletion.
-	if err := r.client.Del(ctx, r.tokenKey(tenant), r.lockKey(tenant)).Err(); err != nil {
+	version, err := r.del.Run(ctx, r.client, []string{r.tokenKey(tenant), r.lockKey(tenant)}).Int64()
+	if err != nil {
 		return fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
-	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRem(ctx, r.tenantsKey(), tenant)
-		p.ZRem(ctx, r.dueKey(), tenant)
-		p.Publish(ctx, r.channel(), formatInvalidation(Invalidation{Tenant: tenant}))
+	indexErr, publishErr := r.followUp(ctx, tenant, written{version: version})
+	if indexErr != nil {
+		indexErr = fmt.Errorf("store: delete %q: index: %w", tenant, indexErr)
+	}
+	if publishErr != nil {
+		publishErr = fmt.Errorf("store: delete %q: publish: %w", tenant, publishErr)
+	}
+	return errors.Join(indexErr, publishErr)
+}
+
+// written is the state of a tenant's token hash that a write left.
+type written struct {
+	version int64
+	// rec is the record written; nil for a tombstone.
+	rec *TokenRecord
+}
+
+// followUp makes the global indexes agree with w, the tenant's record as a
+// write left it, and publishes its Invalidation. The global keys live in
+// other Cluster slots than the record, so they cannot be part of the write's
+// script; the record is written first, so that a replica that hears of the
+// new version finds it. Each step that fails is retried once: the index
+// updates are idempotent, and a second copy of an invalidation only makes a
+// replica re-read. It returns the error of each step that still failed.
+func (r *Redis) followUp(ctx context.Context, tenant string, w written) (indexErr, publishErr error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), followUpTimeout)
+	defer cancel()
+	inv := Invalidation{Tenant: tenant}
+	if w.rec != nil {
+		inv.Version = w.version
+	}
+	index, publish := true, true
+	for range 2 {
+		indexErr, publishErr = r.runFollowUp(ctx, tenant, w.rec, index, publish, inv)
+		index, publish = indexErr != nil, publishErr != nil
+		if !index && !publish {
+			break
+		}
+	}
+	if indexErr == nil {
+		indexErr = r.settle(ctx, tenant, w)
+	}
+	return indexErr, publishErr
+}
+
+// runFollowUp runs, in one pipeline, the index updates for rec (nil: the
+// tenant was deleted) if index is set, and the publication of inv if publish
+// is set, and returns the error of each.
+func (r *Redis) runFollowUp(ctx context.Context, tenant string, rec *TokenRecord, index, publish bool, inv Invalidation) (indexErr, publishErr error) {
+	var (
+		indexCmds []redis.Cmder
+		pub       *redis.IntCmd
+	)
+	// The error of each command is looked at below; the pipeline's own
+	// error is only the first of them.
+	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if index {
+			indexCmds = r.queueIndex(ctx, p, tenant, rec)
+		}
+		if publish {
+			pub = p.Publish(ctx, r.channel(), formatInvalidation(inv))
+		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("store: delete %q: index: %w", tenant, err)
+	for _, cmd := range indexCmds {
+		if err := cmd.Err(); err != nil {
+			indexErr = err
+			break
+		}
 	}
-	return nil
+	if pub != nil {
+		publishErr = pub.Err()
+	}
+	return indexErr, publishErr
+}
+
+// queueIndex queues on p the commands that make the tenant index, the
+// expiry index and the per-state sets agree with rec (nil: the tenant was
+// deleted), and returns them.
+func (r *Redis) queueIndex(ctx context.Context, p redis.Pipeliner, tenant string, rec *TokenRecord) []redis.Cmder {
+	cmds := make([]redis.Cmder, 0, 2+len(knownStates))
+	if rec == nil {
+		cmds = append(cmds, p.ZRem(ctx, r.tenantsKey(), tenant))
+	} else {
+		cmds = append(cmds, p.ZAdd(ctx, r.tenantsKey(), redis.Z{Member: tenant}))
+	}
+	if rec != nil && dueIndexed(*rec) {
+		cmds = append(cmds, p.ZAdd(ctx, r.dueKey(), redis.Z{Score: float64(rec.Expiry.UnixMilli()), Member: tenant}))
+	} else {
+		cmds = append(cmds, p.ZRem(ctx, r.dueKey(), tenant))
+	}
+	for _, s := range knownStates {
+		if rec != nil && indexedState(*rec) == s {
+			cmds = append(cmds, p.SAdd(ctx, r.stateSetKey(s), tenant))
+		} else {
+			cmds = append(cmds, p.SRem(ctx, r.stateSetKey(s), tenant))
+		}
+	}
+	return cmds
+}
+
+// settle checks, after the indexes were updated for w, that the tenant's
+// token hash still is w, and while it is not, updates them for what it now
+// holds. Two writes to one tenant may update the indexes in the opposite
+// order of the writes, which would leave them describing the older record;
+// whichever write looks last puts them right.
+func (r *Redis) settle(ctx context.Context, tenant string, w written) error {
+	for round := 0; ; round++ {
+		h, err := r.load(ctx, tenant)
+		if err != nil {
+			return fmt.Errorf("re-read: %w", err)
+		}
+		if h.version == w.version && h.live == (w.rec != nil) {
+			return nil
+		}
+		if round == maxSettle {
+			return fmt.Errorf("the record changed %d times while its indexes were updated", maxSettle)
+		}
+		w = written{version: h.version}
+		if h.live {
+			rec, err := r.open(tenant, h.sealed)
+			if err != nil {
+				return fmt.Errorf("re-read: %w", err)
+			}
+			w.rec = &rec
+		}
+		if err, _ := r.runFollowUp(ctx, tenant, w.rec, true, false, Invalidation{}); err != nil {
+			return err
+		}
+	}
+}
+
+// reportFollowUp hands the failed steps after call's write to OnIndexError.
+func (r *Redis) reportFollowUp(call, tenant string, indexErr, publishErr error) {
+	if r.OnIndexError == nil {
+		return
+	}
+	if indexErr != nil {
+		r.OnIndexError("index", fmt.Errorf("store: %s %q: index: %w", call, tenant, indexErr))
+	}
+	if publishErr != nil {
+		r.OnIndexError("publish", fmt.Errorf("store: %s %q: publish: %w", call, tenant, publishErr))
+	}
 }
 
 // List returns up to limit tenant ids in ascending byte order, starting
-// after the id after ("" from the start), and whether more follow.
+// after the id after ("" from the start), and whether more follow. Deleted
+// tenants are not listed.
 func (r *Redis) List(ctx context.Context, after string, limit int) ([]string, bool, error) {
 	if err := checkLimit(limit); err != nil {
 		return nil, false, fmt.Errorf("store: list: %w", err)
 	}
+	tenants, more, err := r.listTenants(ctx, after, limit)
+	if err != nil {
+		return nil, false, fmt.Errorf("store: list: %w", err)
+	}
+	return tenants, more, nil
+}
+
+// listTenants reads one page of the tenant index.
+func (r *Redis) listTenants(ctx context.Context, after string, limit int) ([]string, bool, error) {
 	from := "-"
 	if after != "" {
 		from = "(" + after
@@ -215,7 +457,7 @@ func (r *Redis) List(ctx context.Context, after string, limit int) ([]string, bo
 		Min: from, Max: "+", Count: int64(limit) + 1,
 	}).Result()
 	if err != nil {
-		return nil, false, fmt.Errorf("store: list: %w", err)
+		return nil, false, err
 	}
 	if len(tenants) > limit {
 		return tenants[:limit:limit], true, nil
@@ -223,10 +465,11 @@ func (r *Redis) List(ctx context.Context, after string, limit int) ([]string, bo
 	return tenants, false, nil
 }
 
-// DueBefore returns up to limit tenants whose refreshable token (active,
-// with a refresh token and an expiry) expires before t, soonest first, and
-// in ascending id order among equal expiries. Expiries compare in whole
-// milliseconds.
+// DueBefore returns up to limit tenants whose refreshable token (active or
+// with an empty State, with a refresh token and an expiry) expires before
+// t, soonest first, and in ascending id order among equal expiries.
+// Expiries compare in whole milliseconds. The answer is a hint: the index
+// is updated after each write, best effort.
 func (r *Redis) DueBefore(ctx context.Context, t time.Time, limit int) ([]string, error) {
 	if err := checkLimit(limit); err != nil {
 		return nil, fmt.Errorf("store: due before: %w", err)
@@ -238,6 +481,133 @@ func (r *Redis) DueBefore(ctx context.Context, t time.Time, limit int) ([]string
 		return nil, fmt.Errorf("store: due before: %w", err)
 	}
 	return tenants, nil
+}
+
+// CountByState returns how many tenants are in each known state
+// (StateActive, which counts records with an empty State too, and
+// StateReauthorizationRequired; both are always present, zero included),
+// from the per-state sets, without scanning keys. Deleted tenants are not
+// counted, and neither are records in a state that is not known. Like the
+// other indexes, the sets are updated after each write, best effort.
+func (r *Redis) CountByState(ctx context.Context) (map[State]int64, error) {
+	cmds := make([]*redis.IntCmd, len(knownStates))
+	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range knownStates {
+			cmds[i] = p.SCard(ctx, r.stateSetKey(s))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: count by state: %w", err)
+	}
+	counts := make(map[State]int64, len(knownStates))
+	for i, s := range knownStates {
+		counts[s] = cmds[i].Val()
+	}
+	return counts, nil
+}
+
+// Reseal seals again, under the first configured key, every tenant's record
+// that is sealed under another one, so that after a rotation of
+// TOKEN_ENCRYPTION_KEY ("new,old") the old key can be retired. It walks the
+// tenant index in pages. Each record is rewritten on its own, atomically and
+// only if its version did not change since it was read (a record changed
+// meanwhile is read again); the rewrite is a write like any other: it takes
+// the next version, and publishes an Invalidation. Run it once every replica
+// seals with the new key, or a replica still sealing with the old one may
+// write a record under it again.
+//
+// A record that does not open with any configured key (or is damaged, or
+// kept changing) is left as it is: onFailed, if non-nil, is called with its
+// tenant, and Reseal goes on with the others. Reseal returns how many
+// records it rewrote, and an error when any record was left so (wrapping
+// the first such record's error, ErrSealed for one that does not open) or
+// when Redis failed, which stops the walk. Running it again is safe: it
+// skips records already sealed under the first key.
+//
+// OAuth states need no reseal: they live only as long as a connect flow
+// (minutes), so keeping the old key configured that long after the rotation
+// is enough for the ones sealed under it to be taken.
+func (r *Redis) Reseal(ctx context.Context, onFailed func(tenant string)) (resealed int, err error) {
+	var (
+		failed    int
+		firstFail error
+	)
+	for after := ""; ; {
+		tenants, more, err := r.listTenants(ctx, after, resealPage)
+		if err != nil {
+			return resealed, fmt.Errorf("store: reseal: list: %w", err)
+		}
+		for _, tenant := range tenants {
+			ok, recordErr, err := r.resealRecord(ctx, tenant)
+			if err != nil {
+				return resealed, fmt.Errorf("store: reseal %q: %w", tenant, err)
+			}
+			if recordErr != nil {
+				failed++
+				if firstFail == nil {
+					firstFail = fmt.Errorf("%q: %w", tenant, recordErr)
+				}
+				if onFailed != nil {
+					onFailed(tenant)
+				}
+			}
+			if ok {
+				resealed++
+			}
+		}
+		if !more {
+			break
+		}
+		after = tenants[len(tenants)-1]
+	}
+	if failed > 0 {
+		return resealed, fmt.Errorf("store: reseal: %d records not resealed; first %w", failed, firstFail)
+	}
+	return resealed, nil
+}
+
+// resealRecord rewrites the tenant's record under the first key if it is
+// sealed under another one, and reports whether it did. recordErr says why
+// this record could not be resealed; err is a failure of Redis.
+func (r *Redis) resealRecord(ctx context.Context, tenant string) (ok bool, recordErr, err error) {
+	if err := checkTenant(tenant); err != nil {
+		return false, err, nil
+	}
+	for range resealAttempts {
+		h, err := r.load(ctx, tenant)
+		if errors.Is(err, ErrSealed) {
+			return false, err, nil
+		}
+		if err != nil {
+			return false, nil, err
+		}
+		if !h.live || !r.sealer.NeedsReseal(h.sealed) {
+			return false, nil, nil
+		}
+		data, err := r.sealer.Open(h.sealed, []byte(tenant))
+		if err != nil {
+			return false, err, nil
+		}
+		var rec TokenRecord
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return false, fmt.Errorf("decode: %w", err), nil
+		}
+		// The plaintext is sealed again as it was read, not re-encoded, so
+		// that the record stays byte for byte what its writer wrote.
+		sealed := r.sealer.Seal(data, []byte(tenant))
+		version, err := r.put.Run(ctx, r.client, []string{r.tokenKey(tenant)}, h.version, sealed).Int64()
+		if err != nil {
+			return false, nil, err
+		}
+		if version < 0 {
+			continue // Written or deleted meanwhile: look again.
+		}
+		indexErr, publishErr := r.followUp(ctx, tenant, written{version: version, rec: &rec})
+		r.reportFollowUp("reseal", tenant, indexErr, publishErr)
+		return true, nil, nil
+	}
+	return false, ErrConflict, nil
 }
 
 // TryLock takes the tenant's lock for owner for ttl if nobody holds it (its
@@ -373,7 +743,7 @@ func (r *Redis) PutOAuthState(ctx context.Context, state string, st OAuthState, 
 		return fmt.Errorf("store: put oauth state: encode: %w", err)
 	}
 	sealed := r.sealer.Seal(data, stateAD(state))
-	if err := r.client.Set(ctx, r.stateKey(state), sealed, ttl).Err(); err != nil {
+	if err := r.client.Set(ctx, r.oauthStateKey(state), sealed, ttl).Err(); err != nil {
 		return fmt.Errorf("store: put oauth state: %w", err)
 	}
 	return nil
@@ -383,7 +753,7 @@ func (r *Redis) PutOAuthState(ctx context.Context, state string, st OAuthState, 
 // second take, or one after it expired, is ErrNotFound. A state that no
 // configured key opens is an error wrapping ErrSealed.
 func (r *Redis) TakeOAuthState(ctx context.Context, state string) (OAuthState, error) {
-	sealed, err := r.client.GetDel(ctx, r.stateKey(state)).Bytes()
+	sealed, err := r.client.GetDel(ctx, r.oauthStateKey(state)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return OAuthState{}, fmt.Errorf("store: take oauth state: %w", ErrNotFound)
 	}

@@ -3,8 +3,11 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +46,12 @@ func dumpKey(t *testing.T, c redis.UniversalClient, key string) []string {
 			t.Fatalf("ZRANGE %s: %v", key, err)
 		}
 		vals = append(vals, members...)
+	case "set":
+		members, err := c.SMembers(ctx, key).Result()
+		if err != nil {
+			t.Fatalf("SMEMBERS %s: %v", key, err)
+		}
+		vals = append(vals, members...)
 	default:
 		t.Fatalf("key %s is of unexpected type %s", key, typ)
 	}
@@ -67,7 +76,7 @@ func TestRedisKeepsNoSecretInPlainText(t *testing.T) {
 
 			p := f.redis.prefix
 			keys := scanKeys(t, f.redis.client, p)
-			want := []string{p + "due", p + "oauth-state:st", p + "tenants", p + "{acme}:lock", p + "{acme}:token"}
+			want := []string{p + "due", p + "oauth-state:st", p + "state:active", p + "tenants", p + "{acme}:lock", p + "{acme}:token"}
 			if strings.Join(keys, " ") != strings.Join(want, " ") {
 				t.Errorf("keys = %q; want %q", keys, want)
 			}
@@ -138,8 +147,9 @@ func testRedisSealing(t *testing.T, b backend) {
 			name   string
 			fields map[string]string
 		}{
-			{name: "no data", fields: map[string]string{"v": "3"}},
+			{name: "empty data", fields: map[string]string{"v": "3", "d": ""}},
 			{name: "no version", fields: map[string]string{"d": "xyz"}},
+			{name: "version 0", fields: map[string]string{"v": "0", "d": "xyz"}},
 			{name: "bad version", fields: map[string]string{"v": "x", "d": "xyz"}},
 			{name: "garbage data", fields: map[string]string{"v": "1", "d": "\x01xyz"}},
 		}
@@ -231,4 +241,205 @@ func testRedisSealing(t *testing.T, b backend) {
 			t.Errorf("Subscribe with an ended context = nil; want an error")
 		}
 	})
+}
+
+func TestRedisTombstone(t *testing.T) {
+	for _, b := range redisBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			f := b.setup(t)
+			ctx := t.Context()
+			s := f.open(t)
+			p := f.redis.prefix
+			mustPut(t, s, "acme", sampleRecord("a"), 0)
+			mustPut(t, s, "acme", sampleRecord("b"), 1)
+			if ok, err := s.TryLock(ctx, "acme", "owner", time.Minute); !ok || err != nil {
+				t.Fatalf("TryLock = %v, %v; want true", ok, err)
+			}
+			if err := s.Delete(ctx, "acme"); err != nil {
+				t.Fatalf("Delete: %v", err)
+			}
+			// The tombstone is the token hash without its data: nothing
+			// sealed is left, and nothing else of the tenant.
+			if got := f.redis.client.HGetAll(ctx, p+"{acme}:token").Val(); !maps.Equal(got, map[string]string{"v": "2"}) {
+				t.Errorf("token hash after Delete = %q; want only v=2", got)
+			}
+			if keys := scanKeys(t, f.redis.client, p); !slices.Equal(keys, []string{p + "{acme}:token"}) {
+				t.Errorf("keys after Delete = %q; want only the tombstone", keys)
+			}
+		})
+	}
+}
+
+func TestRedisIndexFailure(t *testing.T) {
+	for _, b := range redisBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			f := b.setup(t)
+			ctx := t.Context()
+			type report struct {
+				op  string
+				err error
+			}
+			var reports []report
+			s := f.redis.newStore(t, mustSealer(t, newKey(t)))
+			s.OnIndexError = func(op string, err error) { reports = append(reports, report{op, err}) }
+			invs, _ := subscribe(t, f.open(t))
+			// A key of the wrong type makes every update of the tenant
+			// index fail, the retry included.
+			tenants := f.redis.prefix + "tenants"
+			if err := f.redis.client.Set(ctx, tenants, "not a sorted set", 0).Err(); err != nil {
+				t.Fatalf("SET: %v", err)
+			}
+
+			rec := sampleRecord("a")
+			v, err := s.Put(ctx, "acme", rec, 0)
+			if err != nil || v != 1 {
+				t.Fatalf("Put with a broken index = %d, %v; want 1, nil (the record is stored)", v, err)
+			}
+			if got := mustGet(t, s, "acme"); got.AccessToken != rec.AccessToken || got.Version != 1 {
+				t.Errorf("Get = %q version %d; want %q version 1", got.AccessToken, got.Version, rec.AccessToken)
+			}
+			if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 1}) {
+				t.Errorf("invalidation = %+v; want acme version 1 (publish does not depend on the index)", inv)
+			}
+			if len(reports) != 1 || reports[0].op != "index" || !strings.Contains(reports[0].err.Error(), `put "acme"`) {
+				t.Errorf("OnIndexError calls = %v; want one of op index naming put \"acme\"", reports)
+			}
+			// The other indexes were still updated.
+			if due, err := s.DueBefore(ctx, time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC), 10); err != nil || !slices.Equal(due, []string{"acme"}) {
+				t.Errorf("DueBefore = %q, %v; want [acme]", due, err)
+			}
+
+			// Delete's follow-up failure is returned: a missed deletion is
+			// not covered by the 401 replay.
+			reports = nil
+			if err := s.Delete(ctx, "acme"); err == nil || !strings.Contains(err.Error(), "index") {
+				t.Errorf("Delete with a broken index = %v; want an index error", err)
+			}
+			if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("Get after Delete = %+v, %v; want ErrNotFound (the record is deleted)", rec, err)
+			}
+			if len(reports) != 0 {
+				t.Errorf("OnIndexError called by Delete: %v; want its error returned instead", reports)
+			}
+
+			// Without a hook, the failure is ignored.
+			s.OnIndexError = nil
+			if _, err := s.Put(ctx, "other", rec, 0); err != nil {
+				t.Errorf("Put without OnIndexError = %v; want nil", err)
+			}
+		})
+	}
+}
+
+func TestRedisReseal(t *testing.T) {
+	for _, b := range redisBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			testRedisReseal(t, b)
+		})
+	}
+}
+
+func testRedisReseal(t *testing.T, b backend) {
+	f := b.setup(t)
+	ctx := t.Context()
+	keyA, keyB, keyC := newKey(t), newKey(t), newKey(t)
+	onlyA := f.redis.newStore(t, mustSealer(t, keyA))
+	rotated := f.redis.newStore(t, mustSealer(t, keyB, keyA))
+	onlyB := f.redis.newStore(t, mustSealer(t, keyB))
+	stranger := f.redis.newStore(t, mustSealer(t, keyC))
+
+	// More than one page of tenants under A, some rewritten, some in
+	// another state; one already under B; one under a key no store here
+	// has; one deleted.
+	const underA = 130
+	want := map[string]store.TokenRecord{}
+	for i := range underA {
+		tenant := fmt.Sprintf("t-%03d", i)
+		rec := sampleRecord(tenant)
+		if i%7 == 0 {
+			rec.State = store.StateReauthorizationRequired
+		}
+		mustPut(t, onlyA, tenant, rec, 0)
+		if i%10 == 0 {
+			mustPut(t, onlyA, tenant, rec, 1)
+		}
+		rec.Version = mustGet(t, onlyA, tenant).Version
+		want[tenant] = rec
+	}
+	mustPut(t, onlyB, "already-b", sampleRecord("b"), 0)
+	mustPut(t, stranger, "lost", sampleRecord("lost"), 0)
+	mustPut(t, onlyA, "gone", sampleRecord("gone"), 0)
+	if err := onlyA.Delete(ctx, "gone"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	countsBefore := mustCount(t, onlyA)
+	lostBefore := f.redis.client.HGetAll(ctx, f.redis.prefix+"{lost}:token").Val()
+
+	var invalidated sync.Map
+	if err := onlyB.Subscribe(ctx, func(inv store.Invalidation) { invalidated.Store(inv, true) }, nil); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+
+	var failed []string
+	n, err := rotated.Reseal(ctx, func(tenant string) { failed = append(failed, tenant) })
+	if n != underA {
+		t.Errorf("Reseal = %d resealed; want %d", n, underA)
+	}
+	if !errors.Is(err, store.ErrSealed) || !strings.Contains(err.Error(), "lost") {
+		t.Errorf("Reseal error = %v; want ErrSealed naming %q", err, "lost")
+	}
+	if !slices.Equal(failed, []string{"lost"}) {
+		t.Errorf("Reseal reported %q; want [lost]", failed)
+	}
+
+	for tenant, w := range want {
+		got, err := onlyB.Get(ctx, tenant)
+		if err != nil {
+			t.Errorf("Get(%q) by a store with only B after Reseal: %v", tenant, err)
+			continue
+		}
+		if diff := recordDiff(got, w); len(diff) > 0 {
+			t.Errorf("Get(%q) after Reseal differs in %v", tenant, diff)
+		}
+		if got.Version != w.Version+1 {
+			t.Errorf("Get(%q).Version after Reseal = %d; want %d (a reseal is a write)", tenant, got.Version, w.Version+1)
+		}
+	}
+	if got := mustGet(t, onlyB, "already-b"); got.Version != 1 {
+		t.Errorf("Get(already-b).Version = %d; want 1 (not rewritten)", got.Version)
+	}
+	if after := f.redis.client.HGetAll(ctx, f.redis.prefix+"{lost}:token").Val(); !maps.Equal(lostBefore, after) {
+		t.Errorf("the record no key opens changed; want it left as it was")
+	}
+	if rec, err := onlyB.Get(ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Get(gone) after Reseal = %+v, %v; want ErrNotFound (a tombstone stays one)", rec, err)
+	}
+	if counts := mustCount(t, onlyB); !maps.Equal(counts, countsBefore) {
+		t.Errorf("CountByState after Reseal = %v; want %v", counts, countsBefore)
+	}
+	waitFor(t, "an invalidation of every resealed record", func() bool {
+		for tenant, w := range want {
+			if _, ok := invalidated.Load(store.Invalidation{Tenant: tenant, Version: w.Version + 1}); !ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	// A second run finds nothing more to do but the record it cannot open.
+	failed = nil
+	if n, err := rotated.Reseal(ctx, func(tenant string) { failed = append(failed, tenant) }); n != 0 || !errors.Is(err, store.ErrSealed) {
+		t.Errorf("second Reseal = %d, %v; want 0, ErrSealed", n, err)
+	}
+	if !slices.Equal(failed, []string{"lost"}) {
+		t.Errorf("second Reseal reported %q; want [lost]", failed)
+	}
+
+	// Without records that fail, Reseal succeeds; a nil callback is fine.
+	if err := rotated.Delete(ctx, "lost"); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if n, err := rotated.Reseal(ctx, nil); n != 0 || err != nil {
+		t.Errorf("Reseal with nothing to do = %d, %v; want 0, nil", n, err)
+	}
 }

@@ -46,10 +46,26 @@ func checkTTL(ttl time.Duration) error {
 	return nil
 }
 
+// knownStates are the states that CountByState counts, in the order the
+// Redis state sets are updated.
+var knownStates = []State{StateActive, StateReauthorizationRequired}
+
+// indexedState returns the state rec counts under in the indexes (the
+// expiry index and the per-state counts). An empty State counts as
+// StateActive, as the token lifecycle treats it; the stored record keeps
+// its State as written.
+func indexedState(rec TokenRecord) State {
+	if rec.State == "" {
+		return StateActive
+	}
+	return rec.State
+}
+
 // dueIndexed reports whether rec belongs in the expiry index that DueBefore
-// reads: a refreshable token that expires, of a tenant in good health.
+// reads: a refreshable token that expires, of a tenant in good health
+// (active, or with an empty State).
 func dueIndexed(rec TokenRecord) bool {
-	return rec.Refreshable() && !rec.Expiry.IsZero() && rec.State == StateActive
+	return rec.Refreshable() && !rec.Expiry.IsZero() && indexedState(rec) == StateActive
 }
 
 // checkCall checks what every per-tenant call needs: a live ctx and a

@@ -7,6 +7,13 @@
 // UniversalClient: standalone, Sentinel or Cluster), for any number of replicas,
 // and Memory, for one process. Only this package imports go-redis; callers see
 // ErrNotFound, ErrConflict and ErrSealed, never redis.Nil.
+//
+// A tenant's versions never restart: Delete leaves a tombstone that keeps the
+// version, so that a writer that read a record before it was deleted cannot
+// overwrite the record imported after it. The expiry index (DueBefore), the
+// per-state counts (CountByState) and the invalidations are hints kept
+// beside the records: the token lifecycle re-reads a record under the
+// tenant's lock before it acts on one.
 package store
 
 import (
@@ -52,9 +59,13 @@ type TokenRecord struct {
 	// Expiry is when the access token stops working; zero means never (a
 	// personal access token).
 	Expiry time.Time `json:"expiry,omitzero"`
-	State  State     `json:"state"`
+	// State is the tenant's health. The store keeps it as written; its
+	// indexes (DueBefore, CountByState) count an empty State as StateActive.
+	State State `json:"state"`
 	// Version is set by the store: 1 for the first write, one more on every
-	// write. It is not part of the sealed data; Put ignores the field.
+	// write. It never restarts: a record written after a Delete continues
+	// from the deleted record's version. It is not part of the sealed data;
+	// Put ignores the field.
 	Version int64 `json:"-"`
 
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"thanksio-proxy/internal/thanksiotest"
+	"thanksio-proxy/store"
+)
+
+// waitFor polls cond until it holds, failing the test after 10 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
+	env := redisEnv(t)
+	env["REFRESH_AHEAD"] = "90m"
+	env["LOG_FORMAT"] = "json"
+	p := start(t, double, env)
+
+	// acme is due: its first call starts a refresh that succeeds.
+	acme := double.NewGrant()
+	p.importToken(t, "acme", acme, 3600)
+	double.SetAccessLifetime(3 * time.Hour)
+	if code, _, _ := p.call(t, "acme", "/ping"); code != 200 {
+		t.Fatalf("acme: %d", code)
+	}
+	waitFor(t, "acme's refresh lands", func() bool { return strings.Contains(mustStatus(t, p, "acme"), "last_refresh") })
+
+	// The current token is revoked at thanks.io: the next call is replayed.
+	current, ok := double.CurrentToken(acme.AccessToken)
+	if !ok || current.AccessToken == acme.AccessToken {
+		t.Fatal("the double knows no refreshed token for acme")
+	}
+	waitFor(t, "the proxy sends the refreshed token", func() bool {
+		p.call(t, "acme", "/ping")
+		reqs := double.APIRequests()
+		return reqs[len(reqs)-1].Token == current.AccessToken
+	})
+	double.RevokeAccess(current.AccessToken)
+	if code, _, body := p.call(t, "acme", "/orders/list"); code != 200 {
+		t.Fatalf("acme after its token was revoked: %d %s; want 200 after a replay\n%s", code, body, p.logs)
+	}
+
+	// broken's token has expired and the token endpoint fails.
+	broken := double.NewGrant()
+	p.importToken(t, "broken", broken, 0)
+	double.SetTokenFault(thanksiotest.TokenFault{Status: 500})
+	if code, h, _ := p.call(t, "broken", "/ping"); code != 503 || h.Get("X-Thanksio-Proxy-Error") != "token_unavailable" {
+		t.Errorf("broken: %d; want 503 token_unavailable", code)
+	}
+	double.SetTokenFault(thanksiotest.TokenFault{})
+
+	// revoked's refresh token was revoked.
+	revoked := double.NewGrant()
+	p.importToken(t, "revoked", revoked, 0)
+	double.Revoke(revoked.RefreshToken)
+	if code, h, _ := p.call(t, "revoked", "/ping"); code != 401 || h.Get("X-Thanksio-Proxy-Error") != "reauthorization_required" {
+		t.Errorf("revoked: %d; want 401 reauthorization_required", code)
+	}
+	p.call(t, "nobody", "/ping")
+
+	code, _, exposition := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	problems, err := promlint.New(strings.NewReader(exposition)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range problems {
+		t.Errorf("lint: %s: %s", pr.Metric, pr.Text)
+	}
+	// Exact where the traffic fixes the number; at least where a refresh
+	// racing a request can add a replay.
+	for _, want := range []struct {
+		sample   string
+		min, max float64
+	}{
+		{`thanksio_proxy_requests_total{code="200",method="GET"}`, 3, 100},
+		{`thanksio_proxy_requests_total{code="503",method="GET"}`, 1, 1},
+		{`thanksio_proxy_requests_total{code="401",method="GET"}`, 2, 2},
+		{`thanksio_proxy_request_duration_seconds_count{method="GET"}`, 6, 100},
+		{`thanksio_proxy_upstream_responses_total{code="401"}`, 1, 100},
+		{`thanksio_proxy_upstream_duration_seconds_count`, 4, 100},
+		{`thanksio_proxy_replays_total`, 1, 100},
+		{`thanksio_proxy_refreshes_total{result="success"}`, 2, 2},
+		{`thanksio_proxy_refreshes_total{result="error"}`, 1, 1},
+		{`thanksio_proxy_refreshes_total{result="revoked"}`, 1, 1},
+		{`thanksio_proxy_refreshes_total{result="lost_race"}`, 0, 0},
+		{`thanksio_proxy_refresh_lock_waits_total{result="acquired"}`, 4, 8},
+		{`thanksio_proxy_refresh_duration_seconds_count{result="success"}`, 2, 2},
+		{`thanksio_proxy_token_lookups_total{layer="store",result="miss"}`, 1, 1},
+		{`thanksio_proxy_token_lookups_total{layer="memory",result="hit"}`, 1, 100},
+		{`thanksio_proxy_token_time_left_seconds_count`, 3, 100},
+		{`thanksio_proxy_tenants{state="active"}`, 2, 2},
+		{`thanksio_proxy_tenants{state="reauthorization_required"}`, 1, 1},
+		{`process_cpu_seconds_total`, 0, 1e6},
+		{`go_goroutines`, 1, 1e6},
+	} {
+		v, ok := sampleValue(exposition, want.sample)
+		if !ok || v < want.min || v > want.max {
+			t.Errorf("%s = %v (present: %v); want %v to %v", want.sample, v, ok, want.min, want.max)
+		}
+	}
+	if !strings.Contains(exposition, "thanksio_proxy_build_info{") {
+		t.Errorf("metrics lack build info")
+	}
+	if strings.Contains(exposition, `tenant="`) {
+		t.Errorf("a metric carries a tenant label")
+	}
+
+	// No secret in any log line: every token the double issued or was sent,
+	// the client secret, the admin token and the encryption key.
+	logs := p.logs.String()
+	secrets := []string{thanksiotest.DefaultClientSecret, testAdminToken, env["TOKEN_ENCRYPTION_KEY"], "caller-own-token"}
+	for _, g := range []thanksiotest.Token{acme, broken, revoked} {
+		secrets = append(secrets, g.AccessToken, g.RefreshToken)
+	}
+	for _, r := range double.APIRequests() {
+		secrets = append(secrets, r.Token)
+	}
+	for _, r := range double.TokenRequests() {
+		secrets = append(secrets, r.Form.Get("refresh_token"))
+	}
+	for _, s := range secrets {
+		if s != "" && strings.Contains(logs, s) {
+			t.Errorf("the logs hold a secret (%.6s…)", s)
+		}
+	}
+	for _, want := range []string{`"msg":"request"`, `"request_id":`, `"tenant":"acme"`, `"replayed":true`, `"upstream_duration":`, `"msg":"token refreshed"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the logs lack %s", want)
+		}
+	}
+}
+
+// sampleValue finds the value of one sample (name and labels as exposed).
+func sampleValue(exposition, sample string) (float64, bool) {
+	for _, line := range strings.Split(exposition, "\n") {
+		if rest, ok := strings.CutPrefix(line, sample+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// buildBinary builds the proxy once for the tests that run it as a process.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "thanksio-proxy-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "thanksio-proxy")
+		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("go build: %v", buildErr)
+	}
+	return binary
+}
+
+func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
+	bin := buildBinary(t)
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	release := make(chan struct{})
+	double.HandleAPI("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		_, _ = w.Write([]byte(`{"slow":true}`))
+	})
+	env := redisEnv(t)
+	env["LISTEN_ADDR"] = freeAddr(t)
+	env["OPS_ADDR"] = freeAddr(t)
+	env["ADMIN_TOKEN"] = testAdminToken
+	env["UPSTREAM_URL"] = double.APIURL()
+	env["OAUTH_TOKEN_URL"] = double.TokenURL()
+	env["OAUTH_CLIENT_ID"] = double.ClientID()
+	env["OAUTH_CLIENT_SECRET"] = double.ClientSecret()
+	env["REFRESH_TIMEOUT"] = "2s"
+	env["SHUTDOWN_TIMEOUT"] = "20s"
+
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	p := &instance{data: "http://" + env["LISTEN_ADDR"], ops: "http://" + env["OPS_ADDR"], logs: logs}
+	waitFor(t, "the proxy is ready", func() bool {
+		res, err := http.Get(p.ops + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == 200
+	})
+	p.importToken(t, "acme", double.NewGrant(), 3600)
+	stale := double.NewGrant()
+	p.importToken(t, "stale", stale, 0)
+
+	// Five slow requests in flight, and one waiting on a refresh that holds
+	// the refresh lock at a stalled token endpoint.
+	stall := make(chan struct{})
+	defer close(stall)
+	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall})
+	results := make(chan int, 6)
+	for range 5 {
+		go func() {
+			code, _, _ := p.call(t, "acme", "/slow")
+			results <- code
+		}()
+	}
+	go func() {
+		code, _, _ := p.call(t, "stale", "/ping")
+		results <- code
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := double.WaitAPIRequests(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := double.WaitTokenCalls(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "readiness goes false", func() bool {
+		res, err := http.Get(p.ops + "/readyz")
+		if err != nil {
+			return true // the ops listener closed: not ready either
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusServiceUnavailable
+	})
+	waitFor(t, "new connections are refused", func() bool {
+		c, err := net.DialTimeout("tcp", env["LISTEN_ADDR"], time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	close(release)
+	codes := map[int]int{}
+	for range 6 {
+		codes[<-results]++
+	}
+	// The five slow requests complete; the caller of the stalled refresh
+	// is told to retry when the refresh times out.
+	if codes[http.StatusOK] != 5 || codes[http.StatusServiceUnavailable] != 1 {
+		t.Errorf("in-flight requests ended with %v; want 5 × 200 and 1 × 503", codes)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("the proxy exited with %v; want 0\n%s", err, logs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the proxy did not exit after SIGTERM\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "shutting down") || !strings.Contains(logs.String(), "stopped") {
+		t.Errorf("the logs do not record the shutdown:\n%s", logs)
+	}
+
+	// The refresh lock was released, not left to expire (its lease is 10s).
+	client, err := store.OpenRedisURL(env["REDIS_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	keys, _ := store.ParseKeys(env["TOKEN_ENCRYPTION_KEY"])
+	sealer, _ := store.NewSealer(keys)
+	st := store.NewRedis(client, env["REDIS_KEY_PREFIX"], sealer)
+	if ok, err := st.TryLock(t.Context(), "stale", "test", time.Second); err != nil || !ok {
+		t.Errorf("the refresh lock of the stalled refresh is still held after exit (%v)", err)
+	}
+}

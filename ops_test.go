@@ -324,3 +324,45 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		t.Errorf("the refresh lock of the stalled refresh is still held after exit (%v)", err)
 	}
 }
+
+func TestEncryptionKeyRotation(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	oldKey, newKey := env["TOKEN_ENCRYPTION_KEY"], randomKey(t)
+	first := start(t, double, env)
+	tenants := []string{"acme", "globex", "initech"}
+	for _, tenant := range tenants {
+		first.importToken(t, tenant, double.NewGrant(), 3600)
+	}
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// New key first, old second: every tenant keeps working.
+	env["TOKEN_ENCRYPTION_KEY"] = newKey + "," + oldKey
+	both := start(t, double, env)
+	for _, tenant := range tenants {
+		if code, _, body := both.call(t, tenant, "/ping"); code != http.StatusOK {
+			t.Errorf("%s with keys new,old: %d %s", tenant, code, body)
+		}
+	}
+	both.stop()
+
+	// The documented command re-seals every record under the new key.
+	var out syncBuffer
+	if err := run(t.Context(), []string{"reseal"}, func(k string) string { return env[k] }, &out); err != nil {
+		t.Fatalf("reseal: %v\n%s", err, &out)
+	}
+	if !strings.Contains(out.String(), "resealed 3 records") {
+		t.Errorf("reseal said %q; want 3 records resealed", out.String())
+	}
+
+	// The old key can go.
+	env["TOKEN_ENCRYPTION_KEY"] = newKey
+	only := start(t, double, env)
+	for _, tenant := range tenants {
+		if code, _, body := only.call(t, tenant, "/ping"); code != http.StatusOK {
+			t.Errorf("%s with the new key only, after reseal: %d %s", tenant, code, body)
+		}
+	}
+}

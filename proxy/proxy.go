@@ -363,10 +363,32 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.Set("X-Request-ID", c.requestID)
 }
 
-// modifyResponse removes what the upstream must not say in the proxy's name.
+// modifyResponse removes what the upstream must not say in the proxy's name,
+// in the headers and in the trailers.
 func (h *Handler) modifyResponse(res *http.Response) error {
 	res.Header.Del(ErrorHeader)
+	res.Trailer.Del(ErrorHeader)
+	if res.ContentLength < 0 {
+		// A chunked answer may carry trailers, declared or not, that the
+		// transport adds once the body has been read: drop it then too.
+		res.Body = &trailerFilter{ReadCloser: res.Body, res: res}
+	}
 	return nil
+}
+
+// trailerFilter removes the proxy's error header from the trailers once the
+// body has been read.
+type trailerFilter struct {
+	io.ReadCloser
+	res *http.Response
+}
+
+func (f *trailerFilter) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if err == io.EOF {
+		f.res.Trailer.Del(ErrorHeader)
+	}
+	return n, err
 }
 
 func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"thanksio-proxy/internal/thanksiotest"
@@ -364,5 +366,32 @@ func TestEncryptionKeyRotation(t *testing.T) {
 		if code, _, body := only.call(t, tenant, "/ping"); code != http.StatusOK {
 			t.Errorf("%s with the new key only, after reseal: %d %s", tenant, code, body)
 		}
+	}
+}
+
+func TestReadinessWithTheStoreDown(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("READY_REQUIRES_STORE=%v", strict), func(t *testing.T) {
+			m := miniredis.RunT(t)
+			env := redisEnv(t)
+			env["REDIS_URL"] = "redis://" + m.Addr()
+			env["READY_REQUIRES_STORE"] = strconv.FormatBool(strict)
+			p := start(t, nil, env)
+			if code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, ""); code != 200 || !strings.Contains(body, `"store":"ok"`) {
+				t.Fatalf("/readyz with the store up: %d %s", code, body)
+			}
+			m.Close()
+			want := http.StatusOK
+			if strict {
+				want = http.StatusServiceUnavailable
+			}
+			code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+			if code != want || !strings.Contains(body, `"store":"unreachable"`) {
+				t.Errorf("/readyz with the store down: %d %s; want %d saying the store is unreachable", code, body, want)
+			}
+			if code, _, _ := do(t, http.MethodGet, p.ops+"/healthz", nil, ""); code != 200 {
+				t.Errorf("/healthz with the store down: %d; want 200", code)
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -430,7 +431,7 @@ type replayTransport struct {
 func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callFrom(req.Context())
 	res, err := t.roundTrip(req, c)
-	if err != nil || res.StatusCode != http.StatusUnauthorized || c == nil || !c.replayable || c.replayed {
+	if err != nil || c == nil || !c.replayable || c.replayed || !refusesToken(res) {
 		return res, err
 	}
 	token, err := t.h.cfg.Tokens.Refused(req.Context(), c.tenant, c.token)
@@ -467,6 +468,38 @@ func (t *replayTransport) roundTrip(req *http.Request, c *call) (*http.Response,
 		c.upstream += d
 	}
 	return res, err
+}
+
+// refusesToken reports whether res says the injected token is no good:
+// Passport's 401, or the 403 {"message":"Unauthorized"} that thanks.io's
+// API description documents for a bad token. Any other 403 is a permission
+// answer about the request, and stands.
+func refusesToken(res *http.Response) bool {
+	switch res.StatusCode {
+	case http.StatusUnauthorized:
+		return true
+	case http.StatusForbidden:
+	default:
+		return false
+	}
+	const limit = 256
+	if res.ContentLength > limit {
+		return false
+	}
+	head, err := io.ReadAll(io.LimitReader(res.Body, limit+1))
+	// Put back what was read, whatever it was.
+	res.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(head), res.Body), res.Body}
+	if err != nil || len(head) > limit {
+		return false
+	}
+	var body map[string]any
+	if json.Unmarshal(head, &body) != nil || len(body) != 1 {
+		return false
+	}
+	return body["message"] == "Unauthorized"
 }
 
 // drain reads a little of a discarded body so that its connection can be

@@ -446,3 +446,52 @@ func TestValidTenant(t *testing.T) {
 		}
 	}
 }
+
+func TestReplaysAfterThanksio403ForBadToken(t *testing.T) {
+	upstream, got := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/api/v2/forbidden":
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = io.WriteString(w, `{"message":"This action is unauthorized.","failure":true}`)
+		case r.Header.Get("Authorization") != "Bearer fresh":
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = io.WriteString(w, `{"message":"Unauthorized"}`)
+		default:
+			_, _ = io.WriteString(w, `{"ok":true}`)
+		}
+	})
+	var refused atomic.Int32
+	tokens := &fakeTokens{
+		token: func(context.Context, string) (string, error) { return "stale", nil },
+		refused: func(context.Context, string, string) (string, error) {
+			refused.Add(1)
+			return "fresh", nil
+		},
+	}
+	srv := newProxy(t, tokens, upstream)
+	for _, tt := range []struct {
+		path      string
+		status    int
+		upstreams int
+		body      string
+	}{
+		{"/ping", http.StatusOK, 2, `{"ok":true}`},
+		{"/forbidden", http.StatusForbidden, 1, `{"message":"This action is unauthorized.","failure":true}`},
+	} {
+		before := got.count()
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+tt.path, nil)
+		req.Header.Set("X-Tenant-ID", "acme")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tt.status || string(body) != tt.body || got.count()-before != tt.upstreams {
+			t.Errorf("GET %s: %d %s after %d upstream calls; want %d %s after %d", tt.path, res.StatusCode, body, got.count()-before, tt.status, tt.body, tt.upstreams)
+		}
+	}
+	if n := refused.Load(); n != 1 {
+		t.Errorf("Refused called %d times; want once (only for the bad-token 403)", n)
+	}
+}

@@ -83,16 +83,22 @@ func (c *cache) put(tenant string, s *snapshot) *entry {
 	defer c.mu.Unlock()
 	e, ok := c.m[tenant]
 	if !ok {
-		if len(c.m) >= c.max {
-			for k := range c.m {
-				delete(c.m, k)
-				break
-			}
-		}
-		e = &entry{}
-		c.m[tenant] = e
+		e = c.addLocked(tenant)
 	}
 	e.snap.Store(s)
+	return e
+}
+
+// addLocked adds an empty entry for tenant, evicting another when full.
+func (c *cache) addLocked(tenant string) *entry {
+	if len(c.m) >= c.max {
+		for k := range c.m {
+			delete(c.m, k)
+			break
+		}
+	}
+	e := &entry{}
+	c.m[tenant] = e
 	return e
 }
 
@@ -107,15 +113,7 @@ func (c *cache) entryFor(tenant string) *entry {
 	if e, ok := c.m[tenant]; ok {
 		return e
 	}
-	if len(c.m) >= c.max {
-		for k := range c.m {
-			delete(c.m, k)
-			break
-		}
-	}
-	e := &entry{}
-	c.m[tenant] = e
-	return e
+	return c.addLocked(tenant)
 }
 
 // drop forgets the tenant if its cached version is older than version (or

@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -385,5 +386,31 @@ func TestRefusedTokenIsReplaced(t *testing.T) {
 	}
 	if n := double.RefreshCalls(); n != 2 {
 		t.Errorf("refresh calls = %d; want 2", n)
+	}
+}
+
+func TestCacheIsBounded(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	st := &countingStore{Store: store.NewMemory()}
+	tokens := replica(t, st, double, func(c *auth.Config) { c.CacheSize = 10 })
+	want := map[string]string{}
+	for i := range 50 {
+		tenant := "t" + strconv.Itoa(i)
+		g := double.NewGrant()
+		importGrant(t, tokens, tenant, g, g.Expiry)
+		want[tenant] = g.AccessToken
+	}
+	for range 3 {
+		for tenant, tok := range want {
+			if got, err := tokens.Token(t.Context(), tenant); err != nil || got != tok {
+				t.Fatalf("Token(%q) = %v; want its own token", tenant, err)
+			}
+		}
+	}
+	if n := tokens.CachedTenants(); n > 10 {
+		t.Errorf("cached tenants = %d; want at most CacheSize 10", n)
+	}
+	if st.gets.Load() == 0 {
+		t.Errorf("evicted tenants were served without reading the store")
 	}
 }

@@ -166,6 +166,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &statusWriter{ResponseWriter: w}
 	c := &call{requestID: requestID(r)}
 	rw.Header().Set("X-Request-ID", c.requestID)
+	if len(r.TransferEncoding) > 0 {
+		// net/http drops a Content-Length sent beside Transfer-Encoding
+		// before a handler runs, so such a request looks like any chunked
+		// one: close the connection after every chunked request (RFC 9112
+		// section 6.1), so that bytes a front end framed by Content-Length
+		// are never read here as another request.
+		rw.Header().Set("Connection", "close")
+	}
 	defer func() {
 		d := time.Since(start)
 		h.obs.Served(r.Method, rw.status(), d)
@@ -362,6 +370,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.Del("Cookie")
 	out.Set("Authorization", "Bearer "+c.token)
 	out.Set("X-Request-ID", c.requestID)
+	// Request trailers could carry the tenant header, the caller key or
+	// credentials past the deletions above; the upstream needs none.
+	pr.Out.Trailer = nil
 }
 
 // modifyResponse removes what the upstream must not say in the proxy's name,

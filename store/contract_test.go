@@ -103,7 +103,8 @@ type redisFixture struct {
 }
 
 // backends returns every implementation to test: Memory; Redis at REDIS_URL
-// when set, else miniredis; Redis Cluster at REDIS_CLUSTER_URL when set.
+// when set, else miniredis; Redis Cluster at REDIS_CLUSTER_URL and Redis
+// through Sentinel at REDIS_SENTINEL_URL when set.
 func backends(t *testing.T) []backend {
 	bs := []backend{{name: "memory", setup: setupMemory}}
 	if u := os.Getenv("REDIS_URL"); u != "" {
@@ -118,6 +119,12 @@ func backends(t *testing.T) []backend {
 		bs = append(bs, backend{name: "redis-cluster", setup: setupRedisServer("REDIS_CLUSTER_URL", u)})
 	} else {
 		t.Log("REDIS_CLUSTER_URL is not set: the Redis Cluster tests were not run")
+	}
+	if u := os.Getenv("REDIS_SENTINEL_URL"); u != "" {
+		mustReach(t, "REDIS_SENTINEL_URL", u)
+		bs = append(bs, backend{name: "redis-sentinel", setup: setupRedisServer("REDIS_SENTINEL_URL", u)})
+	} else {
+		t.Log("REDIS_SENTINEL_URL is not set: the Redis Sentinel tests were not run")
 	}
 	return bs
 }

@@ -1,0 +1,437 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// result is what one target did at one tenant count, over all rounds.
+type result struct {
+	tenants   int
+	name      string
+	redis     bool
+	closed    series // saturated, closed loop
+	paced     series // open loop at pacedRate
+	pacedRate float64
+}
+
+// series is one target's measurements of one kind, round by round, with
+// their sums and their ratios to the floor's measurement of the same round.
+type series struct {
+	rounds     []*measurement
+	sample     sample
+	cpu        time.Duration
+	gcCycles   float64
+	allocBytes float64
+	redisBy    map[string]int64
+	// Paired with the floor's measurement of the same round.
+	rps, cpuPer, p50, p99 []float64
+}
+
+func (s *series) add(m *measurement) {
+	s.rounds = append(s.rounds, m)
+	s.sample.merge(m.s)
+	s.cpu += m.cpu
+	s.gcCycles += m.gcCycles
+	s.allocBytes += m.allocBytes
+	if m.redisBy != nil {
+		if s.redisBy == nil {
+			s.redisBy = map[string]int64{}
+		}
+		for k, v := range m.redisBy {
+			s.redisBy[k] += v
+		}
+	}
+}
+
+// pair computes the ratios of each round to the floor's same round.
+func (s *series) pair(floor *series) {
+	for i, m := range s.rounds {
+		if i >= len(floor.rounds) {
+			break
+		}
+		f := floor.rounds[i]
+		s.rps = append(s.rps, m.s.rps()/f.s.rps())
+		s.cpuPer = append(s.cpuPer, perRequest(m.cpu, m.s.requests)/perRequest(f.cpu, f.s.requests))
+		s.p50 = append(s.p50, float64(m.s.percentile(0.5))/float64(f.s.percentile(0.5)))
+		s.p99 = append(s.p99, float64(m.s.percentile(0.99))/float64(f.s.percentile(0.99)))
+	}
+}
+
+func perRequest(d time.Duration, n int64) float64 {
+	return float64(d.Nanoseconds()) / 1e3 / float64(max(n, 1))
+}
+
+// cpuPerRequest is in microseconds.
+func (s *series) cpuPerRequest() float64 { return perRequest(s.cpu, s.sample.requests) }
+
+// periodic reports whether a Redis command is one the proxy sends on a
+// clock, whatever the load: PING keeps the pub/sub subscription alive
+// (go-redis, every few seconds) and ZRANGEBYSCORE is the background
+// refresher's look at the expiry index (BACKGROUND_REFRESH_INTERVAL, 30s).
+// Neither is on a request's path.
+func periodic(cmd string) bool { return cmd == "ping" || cmd == "zrangebyscore" }
+
+// redisPerRequest returns the Redis commands per request, leaving out the
+// periodic ones, and the counts of both.
+func (s *series) redisPerRequest() (float64, int64, int64) {
+	var calls, timed int64
+	for k, v := range s.redisBy {
+		if periodic(k) {
+			timed += v
+		} else {
+			calls += v
+		}
+	}
+	return float64(calls) / float64(max(s.sample.requests, 1)), calls, timed
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	c := slices.Clone(v)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
+}
+
+type memResult struct {
+	store         string
+	tenants       int
+	before, after memPoint
+	tokenBytes    int64
+	tokenNote     string
+}
+
+// benchLine is one result line of go test -bench.
+type benchLine struct {
+	name   string
+	n      int64
+	values map[string]float64 // by unit: ns/op, B/op, allocs/op, custom
+}
+
+type report struct {
+	machine       []string
+	importRate    float64
+	results       []*result
+	memory        []memResult
+	allocs        []benchLine
+	herd          []benchLine
+	perf          []perfResult
+	discarded     int // rounds run again because other processes took CPU
+	disturbedKept int // rounds kept although they were disturbed (no retry left)
+	waited        time.Duration
+	took          time.Duration
+}
+
+// parseBench reads the result lines of go test -bench output.
+func parseBench(out string) []benchLine {
+	var lines []benchLine
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		bl := benchLine{name: strings.TrimPrefix(name, "Benchmark"), n: n, values: map[string]float64{}}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				break
+			}
+			bl.values[f[i+1]] = v
+		}
+		lines = append(lines, bl)
+	}
+	return lines
+}
+
+func describeMachine(o *options) []string {
+	model := "unknown"
+	cpus := 0
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(l, ":")
+			if !ok {
+				continue
+			}
+			switch strings.TrimSpace(k) {
+			case "processor":
+				cpus++
+			case "model name":
+				model = strings.TrimSpace(v)
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	redis := "unknown"
+	if out, err := exec.Command("redis-server", "--version").Output(); err == nil {
+		redis = strings.TrimSpace(string(out))
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if l, _, ok := strings.Cut(string(b), "\n"); ok {
+			mem = strings.Join(strings.Fields(l)[1:], " ")
+		}
+	}
+	return []string{
+		fmt.Sprintf("CPU: %s, %d logical CPUs (nproc), MemTotal %s", model, cpus, mem),
+		fmt.Sprintf("Linux %s, %s, %s", strings.TrimSpace(string(kernel)), runtime.Version(), redis),
+		fmt.Sprintf("proxies under test (the floor, the proxy processes, the go test benchmarks): taskset -c %s", o.proxyCore),
+		fmt.Sprintf("load generator (this program), the upstream and the benchmark's redis-server: taskset -c %s", o.loadCore),
+		fmt.Sprintf("load: %d keep-alive connections, closed loop, GET %s, requests spread round robin over the tenants; access tokens of %d bytes",
+			o.conns, requestPath, o.tokenBytes),
+		fmt.Sprintf("rounds of %s, interleaved (floor, memory, Redis, floor, memory, Redis, ...): %d saturated and %d paced per tenant count, after %s of unmeasured load on each target",
+			o.duration, o.rounds, max(1, (o.rounds+1)/2), o.warmup),
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1e3) }
+
+func check(ok bool) string {
+	if ok {
+		return "✓"
+	}
+	return "✗"
+}
+
+// spread formats the median of per-round ratios and their range.
+func spread(v []float64) string {
+	if len(v) == 0 {
+		return "–"
+	}
+	if slices.Min(v) == slices.Max(v) {
+		return fmt.Sprintf("%.3f", v[0])
+	}
+	return fmt.Sprintf("%.3f (%.2f–%.2f)", median(v), slices.Min(v), slices.Max(v))
+}
+
+func (rep *report) write(w io.Writer, o *options) {
+	fmt.Fprintf(w, "## thanksio-proxy against its floor\n\n")
+	for _, m := range rep.machine {
+		fmt.Fprintf(w, "- %s\n", m)
+	}
+	fmt.Fprintf(w, "- rounds run again because other processes took more than %.2f of a core: %d; disturbed rounds kept (no retry left): %d\n",
+		maxForeign, rep.discarded, rep.disturbedKept)
+	fmt.Fprintf(w, "- waited for other processes of the machine to go quiet: %s in all\n", rep.waited.Round(time.Second))
+	fmt.Fprintf(w, "- whole run: %s; token import through the admin API (Redis store, 16 at a time): %.0f tenants/s\n\n",
+		rep.took.Round(time.Second), rep.importRate)
+	fmt.Fprintln(w, "×floor is the median, over rounds, of the ratio to the floor's measurement in the same round (range in brackets); absolute figures are over all rounds. CPU is the process's user+system time (/proc/<pid>/stat) per request; alloc and GC are the process's own runtime counters.")
+	fmt.Fprintln(w)
+
+	byTenants := map[int][]*result{}
+	for _, r := range rep.results {
+		byTenants[r.tenants] = append(byTenants[r.tenants], r)
+	}
+	counts := slices.Sorted(maps.Keys(byTenants))
+
+	table := func(pick func(*result) *series, paced bool) {
+		if paced {
+			fmt.Fprintln(w, "| tenants | server | req/s offered → done | p50 | ×floor | p99 | ×floor | CPU/req | ×floor | alloc/req | GC/10k req | failures |")
+			fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		} else {
+			fmt.Fprintln(w, "| tenants | server | req/s | ×floor | p50 | ×floor | p99 | ×floor | CPU/req | ×floor | alloc/req | GC/10k req | Redis cmds/req | failures |")
+			fmt.Fprintln(w, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		}
+		for _, n := range counts {
+			for _, r := range byTenants[n] {
+				s := pick(r)
+				req := float64(max(s.sample.requests, 1))
+				rpsCol := fmt.Sprintf("%.0f | %s", s.sample.rps(), spread(s.rps))
+				if paced {
+					rpsCol = fmt.Sprintf("%.0f → %.0f", r.pacedRate, s.sample.rps())
+				}
+				fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %.1f µs | %s | %.1f KiB | %.1f |",
+					n, r.name, rpsCol, ms(s.sample.percentile(0.5)), spread(s.p50),
+					ms(s.sample.percentile(0.99)), spread(s.p99), s.cpuPerRequest(), spread(s.cpuPer),
+					s.allocBytes/req/1024, s.gcCycles/req*1e4)
+				if !paced {
+					cmds := "–"
+					if r.redis {
+						per, _, _ := s.redisPerRequest()
+						cmds = fmt.Sprintf("%.4f", per)
+						var parts, timed []string
+						for _, k := range slices.Sorted(maps.Keys(s.redisBy)) {
+							if periodic(k) {
+								timed = append(timed, fmt.Sprintf("%s %d", strings.ToUpper(k), s.redisBy[k]))
+							} else {
+								parts = append(parts, fmt.Sprintf("%s %d", strings.ToUpper(k), s.redisBy[k]))
+							}
+						}
+						if len(parts) > 0 {
+							cmds += " (" + strings.Join(parts, ", ") + ")"
+						}
+						if len(timed) > 0 {
+							cmds += "; periodic: " + strings.Join(timed, ", ")
+						}
+					}
+					fmt.Fprintf(w, " %s |", cmds)
+				}
+				fmt.Fprintf(w, " %d |\n", s.sample.failures)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintf(w, "### Saturated (closed loop, %d connections)\n\n", o.conns)
+	table(func(r *result) *series { return &r.closed }, false)
+	if o.pacedFrac > 0 {
+		fmt.Fprintf(w, "### At %.0f%% of the floor's saturated throughput (open loop; latency counted from when each request was due)\n\n", 100*o.pacedFrac)
+		table(func(r *result) *series { return &r.paced }, true)
+	}
+
+	fmt.Fprintln(w, "### Targets (Redis store, saturated; medians of per-round ratios)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| tenants | server | CPU/req ≤ 1.05× floor | req/s ≥ 0.95× floor | p99 ≤ 1.1× floor | 0 Redis cmds/req (periodic PING and ZRANGEBYSCORE aside) |")
+	fmt.Fprintln(w, "| ---: | --- | --- | --- | --- | --- |")
+	for _, n := range counts {
+		for _, r := range byTenants[n] {
+			if r.name != "proxy, Redis store" && !strings.HasPrefix(r.name, "candidate") {
+				continue
+			}
+			s := &r.closed
+			c, t, p := median(s.cpuPer), median(s.rps), median(s.p99)
+			_, calls, timed := s.redisPerRequest()
+			fmt.Fprintf(w, "| %d | %s | %s %.3f | %s %.3f | %s %.3f | %s %d in %d requests (and %d periodic) |\n", n, r.name,
+				check(c <= 1.05), c, check(t >= 0.95), t, check(p <= 1.1), p,
+				check(calls == 0), calls, s.sample.requests, timed)
+		}
+	}
+	fmt.Fprintln(w)
+
+	if len(rep.memory) > 0 {
+		fmt.Fprintln(w, "### Resident memory per cached tenant")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Read after a load on one tenant, and again after all tenants were imported, cached and loaded (VmRSS from /proc; heap in use from the proxy's go_memstats_heap_inuse_bytes).")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| store | tenants | VmRSS before → after | per tenant | token bytes subtracted | per tenant beyond tokens (target ≤ 2 KiB) | heap in use per tenant, beyond tokens |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | --- | ---: | ---: |")
+		for _, m := range rep.memory {
+			per := float64(m.after.rss-m.before.rss) / float64(m.tenants)
+			heap := (m.after.heapInuse-m.before.heapInuse)/float64(m.tenants) - float64(m.tokenBytes)
+			beyond := per - float64(m.tokenBytes)
+			fmt.Fprintf(w, "| %s | %d | %.1f → %.1f MiB | %.0f B | %d B: %s | %s %.0f B | %.0f B |\n",
+				m.store, m.tenants, float64(m.before.rss)/(1<<20), float64(m.after.rss)/(1<<20), per,
+				m.tokenBytes, m.tokenNote, check(beyond <= 2048), beyond, heap)
+		}
+		fmt.Fprintln(w)
+	}
+
+	if len(rep.perf) >= 2 {
+		cpuOf := func(pr perfResult) float64 {
+			for _, r := range rep.results {
+				if r.tenants == pr.tenants && r.name == pr.name {
+					return r.closed.cpuPerRequest()
+				}
+			}
+			return 0
+		}
+		f := rep.perf[0]
+		fc := cpuOf(f)
+		fmt.Fprintf(w, "### Where the CPU goes (perf record -e cpu-clock on the processes, saturated, %d tenants)\n\n", f.tenants)
+		fmt.Fprintln(w, "Share of each process's samples, times its CPU per request in the measured rounds; then the difference from the floor.")
+		fmt.Fprintln(w)
+		head, sep := "| area | "+f.name+" | µs/req |", "| --- | ---: | ---: |"
+		union := map[string]float64{}
+		for _, pr := range rep.perf {
+			for k := range pr.areas {
+				union[k] = 0
+			}
+			if pr.name != f.name {
+				head += " " + pr.name + " | µs/req | added |"
+				sep += " ---: | ---: | ---: |"
+			}
+		}
+		fmt.Fprintln(w, head)
+		fmt.Fprintln(w, sep)
+		for _, a := range append(sortedAreas(union), "total") {
+			fmt.Fprintf(w, "| %s |", a)
+			for _, pr := range rep.perf {
+				pct, base := pr.areas[a], f.areas[a]
+				if a == "total" {
+					pct, base = 100, 100
+				}
+				c := cpuOf(pr)
+				fmt.Fprintf(w, " %.1f%% | %.1f |", pct, pct/100*c)
+				if pr.name != f.name {
+					fmt.Fprintf(w, " %+.1f |", pct/100*c-base/100*fc)
+				}
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Counted by perf stat over a round of their own, per request:")
+		fmt.Fprintln(w)
+		head, sep = "| |", "| --- |"
+		for _, pr := range rep.perf {
+			head += " " + pr.name + " |"
+			sep += " ---: |"
+		}
+		fmt.Fprintln(w, head)
+		fmt.Fprintln(w, sep)
+		for _, row := range []struct {
+			name string
+			get  func(perfResult) float64
+			f    string
+		}{
+			{"system calls", func(p perfResult) float64 { return p.syscalls }, " %.2f |"},
+			{"context switches", func(p perfResult) float64 { return p.switches }, " %.3f |"},
+			{"page faults", func(p perfResult) float64 { return p.faults }, " %.4f |"},
+		} {
+			fmt.Fprintf(w, "| %s |", row.name)
+			for _, pr := range rep.perf {
+				fmt.Fprintf(w, row.f, row.get(pr))
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w)
+	}
+
+	if len(rep.allocs) > 0 {
+		fmt.Fprintln(w, "### Per request, in process (go test -bench -benchmem, GOMAXPROCS=1)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Handler: ServeHTTP called directly, upstream answered by an in-memory RoundTripper (what the proxy adds, nothing else). Loopback: client, server, handler, http.Transport and upstream over 127.0.0.1 in one process.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| benchmark | ns/op | B/op | allocs/op |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: |")
+		for _, l := range rep.allocs {
+			fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f |\n", l.name, l.values["ns/op"], l.values["B/op"], l.values["allocs/op"])
+		}
+		fmt.Fprintln(w)
+	}
+	if len(rep.herd) > 0 {
+		fmt.Fprintln(w, "### Refresh herd (token endpoint answers after 50 ms)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| benchmark | herds | token-endpoint calls per herd (max) | added latency p50 | p99 (target < 10 ms) | max |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+		for _, l := range rep.herd {
+			v := l.values
+			fmt.Fprintf(w, "| %s | %d | %s %.0f | %.2f ms | %s %.2f ms | %.2f ms |\n", l.name, l.n,
+				check(v["max-token-calls"] == 1), v["max-token-calls"], v["added-p50-ms"],
+				check(v["added-p99-ms"] < 10), v["added-p99-ms"], v["added-max-ms"])
+		}
+		fmt.Fprintln(w)
+	}
+}

@@ -62,7 +62,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return fmt.Errorf("unknown command %q (the commands are healthcheck, caller-key and reseal)", args[0])
 		}
 	}
-	log := newLogger(cfg, stdout)
+	logOut, closeLog := newLogOutput(stdout)
+	defer closeLog()
+	log := newLogger(cfg, logOut)
 	var callers *proxy.Callers
 	if cfg.callerKeys != nil {
 		callers = proxy.NewCallers(cfg.callerKeys)

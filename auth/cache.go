@@ -12,7 +12,11 @@ import (
 // The refresh token is deliberately absent: refreshes re-read the store under
 // the lock, so a cached refresh token would only be a stale one.
 type snapshot struct {
-	access      string
+	access string
+	// bearer is "Bearer " + access, the Authorization header value, built
+	// once per token rather than once per request; access is a substring of
+	// it, so the token is held once.
+	bearer      string
 	expiry      time.Time // zero: never expires
 	refreshable bool
 	state       store.State
@@ -23,14 +27,18 @@ type snapshot struct {
 }
 
 func snapshotOf(rec store.TokenRecord) *snapshot {
+	bearer := bearerPrefix + rec.AccessToken
 	return &snapshot{
-		access:      rec.AccessToken,
+		access:      bearer[len(bearerPrefix):],
+		bearer:      bearer,
 		expiry:      rec.Expiry,
 		refreshable: rec.Refreshable(),
 		state:       rec.State,
 		version:     rec.Version,
 	}
 }
+
+const bearerPrefix = "Bearer "
 
 // usable reports whether the access token can be sent at now.
 func (s *snapshot) usable(now time.Time) bool {

@@ -216,20 +216,39 @@ func (t *Tokens) Close() {
 // The errors are ErrUnknownTenant, ErrReauthorizationRequired, an
 // *UnavailableError, or ctx's error.
 func (t *Tokens) Token(ctx context.Context, tenant string) (string, error) {
+	s, err := t.current(ctx, tenant)
+	if err != nil {
+		return "", err
+	}
+	return s.access, nil
+}
+
+// Authorization is Token, returned as the value of an Authorization header
+// ("Bearer " and the token), built once per token rather than per call.
+func (t *Tokens) Authorization(ctx context.Context, tenant string) (string, error) {
+	s, err := t.current(ctx, tenant)
+	if err != nil {
+		return "", err
+	}
+	return s.bearer, nil
+}
+
+// current returns the snapshot whose token Token hands out.
+func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) {
 	now := t.now()
 	if e := t.cache.get(tenant); e != nil {
 		if s := e.snap.Load(); s != nil {
 			switch {
 			case s.state == store.StateReauthorizationRequired:
 				t.obs.CacheLookup("memory", "hit")
-				return "", ErrReauthorizationRequired
+				return nil, ErrReauthorizationRequired
 			case s.usable(now):
 				t.obs.CacheLookup("memory", "hit")
 				if s.due(now, t.cfg.RefreshAhead) {
 					t.refreshInBackground(tenant, e, now)
 				}
 				t.injected(s, now)
-				return s.access, nil
+				return s, nil
 			}
 			t.obs.CacheLookup("memory", "stale")
 		}
@@ -241,7 +260,7 @@ func (t *Tokens) Token(ctx context.Context, tenant string) (string, error) {
 		return t.load(ctx, tenant)
 	}))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	now = t.now()
 	if s.due(now, t.cfg.RefreshAhead) {
@@ -250,7 +269,7 @@ func (t *Tokens) Token(ctx context.Context, tenant string) (string, error) {
 		}
 	}
 	t.injected(s, now)
-	return s.access, nil
+	return s, nil
 }
 
 func (t *Tokens) injected(s *snapshot, now time.Time) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,40 @@ type Metrics struct {
 	staticInjections prometheus.Counter
 
 	memoryHit prometheus.Counter
+
+	// The children of the per-request series, looked up once instead of
+	// hashing their label values on every request: by known method (see
+	// methods) and status 100 to 599, made on first use.
+	durationBy [len(methods)]prometheus.Observer
+	requestsBy [len(methods)][500]atomic.Pointer[prometheus.Counter]
+	answersBy  [500]atomic.Pointer[prometheus.Counter]
+}
+
+// methods are the method label's values; any other method counts as
+// "other", so that the label stays bounded.
+var methods = [...]string{
+	http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete,
+	http.MethodPatch, http.MethodHead, http.MethodOptions, "other",
+}
+
+func methodIndex(m string) int {
+	for i, k := range methods[:len(methods)-1] {
+		if m == k {
+			return i
+		}
+	}
+	return len(methods) - 1
+}
+
+// child returns the counter in slot, taking it from vec with labels the
+// first time.
+func child(slot *atomic.Pointer[prometheus.Counter], vec *prometheus.CounterVec, labels ...string) prometheus.Counter {
+	if c := slot.Load(); c != nil {
+		return *c
+	}
+	c := vec.WithLabelValues(labels...)
+	slot.Store(&c)
+	return c
 }
 
 // New registers the proxy's collectors, with the Go and process collectors
@@ -100,6 +135,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		}),
 	}
 	m.memoryHit = m.lookups.WithLabelValues("memory", "hit")
+	for i, method := range methods {
+		m.durationBy[i] = m.requestDuration.WithLabelValues(method)
+	}
 	for _, r := range []string{"success", "lost_race", "revoked", "error"} {
 		m.refreshes.WithLabelValues(r)
 	}
@@ -132,18 +170,25 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 
 // Served records a finished request.
 func (m *Metrics) Served(method string, status int, d time.Duration) {
-	method = knownMethod(method)
-	m.requests.WithLabelValues(method, strconv.Itoa(status)).Inc()
-	m.requestDuration.WithLabelValues(method).Observe(d.Seconds())
+	i := methodIndex(method)
+	if status >= 100 && status < 600 {
+		child(&m.requestsBy[i][status-100], m.requests, methods[i], strconv.Itoa(status)).Inc()
+	} else {
+		m.requests.WithLabelValues(methods[i], strconv.Itoa(status)).Inc()
+	}
+	m.durationBy[i].Observe(d.Seconds())
 }
 
 // Upstream records one upstream round trip; status 0 means no answer.
 func (m *Metrics) Upstream(status int, d time.Duration) {
-	code := "error"
-	if status != 0 {
-		code = strconv.Itoa(status)
+	switch {
+	case status >= 100 && status < 600:
+		child(&m.answersBy[status-100], m.upstreamAnswers, strconv.Itoa(status)).Inc()
+	case status == 0:
+		m.upstreamAnswers.WithLabelValues("error").Inc()
+	default:
+		m.upstreamAnswers.WithLabelValues(strconv.Itoa(status)).Inc()
 	}
-	m.upstreamAnswers.WithLabelValues(code).Inc()
 	m.upstreamDuration.Observe(d.Seconds())
 }
 
@@ -185,16 +230,6 @@ func (m *Metrics) Injected(left time.Duration, expires bool) {
 		return
 	}
 	m.tokenTimeLeft.Observe(max(left, 0).Seconds())
-}
-
-// knownMethod bounds the method label.
-func knownMethod(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete,
-		http.MethodPatch, http.MethodHead, http.MethodOptions:
-		return m
-	}
-	return "other"
 }
 
 // Handler serves the registry's metrics.

@@ -16,8 +16,10 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"thanksio-proxy/auth"
@@ -31,6 +33,13 @@ type Tokens interface {
 	// Refused returns a replacement for token, which the upstream answered
 	// 401 to; auth.ErrNoBetterToken means the refusal stands.
 	Refused(ctx context.Context, tenant, token string) (string, error)
+}
+
+// authorizer is implemented by Tokens that hand out the Authorization header
+// value ready-made ("Bearer <token>", built once per token), which spares
+// the proxy building it for every request. *auth.Tokens implements it.
+type authorizer interface {
+	Authorization(ctx context.Context, tenant string) (string, error)
 }
 
 // Observer is told about each request, for metrics. Methods must be cheap and
@@ -89,8 +98,10 @@ type Handler struct {
 	basePath     string // upstream path without its trailing slash
 	baseRawPath  string
 	rp           *httputil.ReverseProxy
-	log          *slog.Logger
-	obs          Observer
+	// authorization returns the Authorization header value for a tenant.
+	authorization func(ctx context.Context, tenant string) (string, error)
+	log           *slog.Logger
+	obs           Observer
 }
 
 // New returns a Handler for cfg.
@@ -128,6 +139,14 @@ func New(cfg Config) (*Handler, error) {
 	if h.obs == nil {
 		h.obs = nopObserver{}
 	}
+	if a, ok := cfg.Tokens.(authorizer); ok {
+		h.authorization = a.Authorization
+	} else {
+		h.authorization = func(ctx context.Context, tenant string) (string, error) {
+			token, err := cfg.Tokens.Token(ctx, tenant)
+			return bearerPrefix + token, err
+		}
+	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      &replayTransport{h: h, base: cfg.Transport},
@@ -141,16 +160,18 @@ func New(cfg Config) (*Handler, error) {
 
 // call is what the proxy knows of one request while it is proxied.
 type call struct {
-	tenant     string
-	caller     string
-	token      string
-	requestID  string
-	path       string // escaped path, relative to the upstream base
-	rawQuery   string
-	body       []byte // the buffered body, when replayable
-	replayable bool
-	replayed   bool
-	upstream   time.Duration
+	w             statusWriter // the caller's ResponseWriter, in the same allocation
+	authorization string       // "Bearer " + token
+	tenant        string
+	caller        string
+	token         string
+	requestID     string
+	path          string // escaped path, relative to the upstream base
+	rawQuery      string
+	body          []byte // the buffered body, when replayable
+	replayable    bool
+	replayed      bool
+	upstream      time.Duration
 }
 
 type callKey struct{}
@@ -163,9 +184,11 @@ func callFrom(ctx context.Context) *call {
 // ServeHTTP proxies one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rw := &statusWriter{ResponseWriter: w}
-	c := &call{requestID: requestID(r)}
-	rw.Header().Set("X-Request-ID", c.requestID)
+	c := &call{w: statusWriter{ResponseWriter: w}, requestID: requestID(r)}
+	rw := &c.w
+	// Canonical keys, set directly: Header.Set would canonicalize (and
+	// allocate for "X-Request-ID") on every request.
+	rw.Header()[requestIDHeader] = []string{c.requestID}
 	if len(r.TransferEncoding) > 0 {
 		// net/http drops a Content-Length sent beside Transfer-Encoding
 		// before a handler runs, so such a request looks like any chunked
@@ -196,12 +219,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(rw, r, c, e)
 		return
 	}
-	token, err := h.cfg.Tokens.Token(r.Context(), c.tenant)
+	authorization, err := h.authorization(r.Context(), c.tenant)
 	if err != nil {
 		h.fail(rw, r, c, tokenError(err))
 		return
 	}
-	c.token = token
+	c.authorization = authorization
+	c.token = strings.TrimPrefix(authorization, bearerPrefix)
 	if e := h.bufferBody(r, c); e != nil {
 		h.fail(rw, r, c, e)
 		return
@@ -289,14 +313,18 @@ func relativePath(r *http.Request) (string, *Error) {
 			return bad("The request path holds a character that is not allowed.")
 		}
 	}
-	segments := strings.Split(p[1:], "/")
-	for i, s := range segments {
+	for rest := p[1:]; ; {
+		s, tail, more := strings.Cut(rest, "/")
 		if s == "." || s == ".." {
 			return bad("The request path must not contain '.' or '..' segments.")
 		}
-		if s == "" && i != len(segments)-1 {
+		if s == "" && more {
 			return bad("The request path must not contain empty segments.")
 		}
+		if !more {
+			break
+		}
+		rest = tail
 	}
 	escaped := r.URL.EscapedPath()
 	if lower := strings.ToLower(escaped); strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") {
@@ -362,14 +390,16 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL = &u
 	pr.Out.Host = ""
 
+	// The server canonicalized the inbound header keys, and these are
+	// canonical, so map operations do what Del and Set do without
+	// canonicalizing again on every request.
 	out := pr.Out.Header
-	out.Del(h.tenantHeader)
-	out.Del(h.callerHeader)
-	out.Del("Authorization")
-	out.Del("Proxy-Authorization")
-	out.Del("Cookie")
-	out.Set("Authorization", "Bearer "+c.token)
-	out.Set("X-Request-ID", c.requestID)
+	delete(out, h.tenantHeader)
+	delete(out, h.callerHeader)
+	delete(out, "Proxy-Authorization")
+	delete(out, "Cookie")
+	out["Authorization"] = []string{c.authorization}
+	out[requestIDHeader] = []string{c.requestID}
 	// Request trailers could carry the tenant header, the caller key or
 	// credentials past the deletions above; the upstream needs none.
 	pr.Out.Trailer = nil
@@ -378,7 +408,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse removes what the upstream must not say in the proxy's name,
 // in the headers and in the trailers.
 func (h *Handler) modifyResponse(res *http.Response) error {
-	res.Header.Del(ErrorHeader)
+	delete(res.Header, ErrorHeader) // canonical, as the transport's keys are
 	res.Trailer.Del(ErrorHeader)
 	if res.ContentLength < 0 {
 		// A chunked answer may carry trailers, declared or not, that the
@@ -456,7 +486,7 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c.token, c.replayed = token, true
 	t.h.obs.Replayed()
 	again := req.Clone(req.Context())
-	again.Header.Set("Authorization", "Bearer "+token)
+	again.Header.Set("Authorization", bearerPrefix+token)
 	if c.body != nil {
 		again.Body = io.NopCloser(bytes.NewReader(c.body))
 		again.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(c.body)), nil }
@@ -523,7 +553,8 @@ func drain(body io.ReadCloser) {
 // requestID returns the caller's X-Request-ID when it is short and printable,
 // else a new random one.
 func requestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-ID"); id != "" && len(id) <= 128 {
+	if ids := r.Header[requestIDHeader]; len(ids) > 0 && ids[0] != "" && len(ids[0]) <= 128 {
+		id := ids[0]
 		ok := true
 		for i := 0; i < len(id); i++ {
 			if id[i] <= 0x20 || id[i] >= 0x7f {
@@ -535,9 +566,26 @@ func requestID(r *http.Request) string {
 			return id
 		}
 	}
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return newRequestID()
+}
+
+// Request ids made here are a random prefix drawn once per process and a
+// counter: unique across replicas and restarts without a random draw per
+// request. They are labels, not secrets.
+var (
+	requestIDPrefix  = randomHex(8) + "-"
+	requestIDCounter atomic.Uint64
+)
+
+func newRequestID() string {
+	var b [16]byte
+	return requestIDPrefix + string(strconv.AppendUint(b[:0], requestIDCounter.Add(1), 16))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // statusWriter remembers the status written through it.
@@ -578,6 +626,11 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 
 func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+const (
+	bearerPrefix    = "Bearer "
+	requestIDHeader = "X-Request-Id" // X-Request-ID, canonical
+)
 
 type nopObserver struct{}
 

@@ -124,8 +124,9 @@ func (c *cache) entryFor(tenant string) *entry {
 	return c.addLocked(tenant)
 }
 
-// drop forgets the tenant if its cached version is older than version (or
-// version is 0, a deletion) and reports whether it did.
+// drop forgets the tenant's token if its cached version is older than
+// version, or the whole entry if version is 0 (a deletion), and reports
+// whether it did.
 func (c *cache) drop(tenant string, version int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -133,10 +134,16 @@ func (c *cache) drop(tenant string, version int64) bool {
 	if !ok {
 		return false
 	}
-	if s := e.snap.Load(); version != 0 && s != nil && s.version >= version {
+	if version == 0 {
+		delete(c.m, tenant)
+		return true
+	}
+	if s := e.snap.Load(); s == nil || s.version >= version {
 		return false
 	}
-	delete(c.m, tenant)
+	// Keep the entry, and with it the refresh backoff: a status write
+	// (a refresh failure noted in the record) must not reset the backoff.
+	e.snap.Store(nil)
 	return true
 }
 
@@ -145,8 +152,8 @@ func (c *cache) dropToken(tenant, access string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[tenant]; ok {
-		if s := e.snap.Load(); s == nil || s.access == access {
-			delete(c.m, tenant)
+		if s := e.snap.Load(); s != nil && s.access == access {
+			e.snap.Store(nil)
 		}
 	}
 }

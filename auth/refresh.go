@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,6 +137,11 @@ func (t *Tokens) keepLock(ctx context.Context, tenant, owner string) (context.Co
 // redeem calls the token endpoint with rec's refresh token and stores the
 // rotated pair. The caller holds the lock.
 func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecord) (*snapshot, error) {
+	// Once the refresh token is sent, thanks.io may rotate it: the call and
+	// the write of its answer go on even when Tokens closes meanwhile, or
+	// the rotated token would be lost.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout+5*time.Second)
+	defer cancel()
 	sent := rec.RefreshToken
 	start := t.now()
 	tok, err := t.callTokenEndpoint(ctx, sent)
@@ -164,7 +170,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	}
 	t.pendingMu.Unlock()
 
-	v, err := t.write(ctx, tenant, next, rec.Version, stored)
+	v, err := t.write(ctx, tenant, next, rec.Version, stored, sent)
 	if err != nil {
 		if errors.Is(err, errSuperseded) {
 			cur, gerr := t.get(ctx, tenant)
@@ -200,9 +206,11 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 var errSuperseded = errors.New("auth: record superseded")
 
 // write stores rec if the record is still at prev. On a conflict it looks:
-// when the stored refresh token is still the one this refresh redeemed, the
-// conflicting write only touched status fields, and rec is written on top.
-func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord, prev int64, redeemed string) (int64, error) {
+// when the stored refresh token is still one this process rotated from
+// (ours), the conflicting write only touched status fields or stored an
+// earlier rotation of ours, and rec is written on top. A tenant deleted
+// meanwhile is errSuperseded too: its token must not come back.
+func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord, prev int64, ours ...string) (int64, error) {
 	for range 5 {
 		v, err := t.store.Put(ctx, tenant, rec, prev)
 		if err == nil {
@@ -213,10 +221,14 @@ func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord
 			return 0, err
 		}
 		cur, err := t.store.Get(ctx, tenant)
+		if errors.Is(err, store.ErrNotFound) {
+			t.clearPending(tenant)
+			return 0, errSuperseded
+		}
 		if err != nil {
 			return 0, err
 		}
-		if cur.RefreshToken != redeemed {
+		if !slices.Contains(ours, cur.RefreshToken) {
 			t.clearPending(tenant)
 			return 0, errSuperseded
 		}
@@ -367,7 +379,19 @@ func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed stri
 			select {
 			case <-time.After(pause):
 			case <-t.ctx.Done():
-				t.log.Error("shutting down with a refreshed token not yet stored", "tenant", tenant)
+				// One last bounded attempt: the old refresh token is revoked
+				// already, so this write is the only copy that survives.
+				t.pendingMu.Lock()
+				p, ok := t.pending[tenant]
+				t.pendingMu.Unlock()
+				if ok {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					_, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed, p.rec.RefreshToken)
+					cancel()
+					if err != nil && !errors.Is(err, errSuperseded) {
+						t.log.Error("shutting down with a refreshed token not yet stored", "tenant", tenant)
+					}
+				}
 				return
 			}
 			pause = min(2*pause, 10*time.Second)
@@ -378,7 +402,7 @@ func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed stri
 				return
 			}
 			ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
-			v, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed)
+			v, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed, p.rec.RefreshToken)
 			cancel()
 			switch {
 			case err == nil:

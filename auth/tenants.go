@@ -200,7 +200,7 @@ func (t *Tokens) refreshDue() {
 			}
 			// An unknown version (-1): if another replica holds the lock, its
 			// usable token is taken rather than refreshing again.
-			s, err := t.wait(ctx, t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
+			s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
 				return t.refresh(ctx, tenant, -1, false)
 			}))
 			if err != nil {

@@ -236,20 +236,23 @@ func (t *Tokens) Authorization(ctx context.Context, tenant string) (string, erro
 // current returns the snapshot whose token Token hands out.
 func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) {
 	now := t.now()
+	var s *snapshot
 	if e := t.cache.get(tenant); e != nil {
-		if s := e.snap.Load(); s != nil {
-			switch {
-			case s.state == store.StateReauthorizationRequired:
-				t.obs.CacheLookup("memory", "hit")
-				return nil, ErrReauthorizationRequired
-			case s.usable(now):
-				t.obs.CacheLookup("memory", "hit")
-				if s.due(now, t.cfg.RefreshAhead) {
-					t.refreshInBackground(tenant, e, now)
-				}
-				t.injected(s, now)
-				return s, nil
+		s = e.snap.Load()
+		switch {
+		case s == nil:
+			t.obs.CacheLookup("memory", "miss")
+		case s.state == store.StateReauthorizationRequired:
+			t.obs.CacheLookup("memory", "hit")
+			return nil, ErrReauthorizationRequired
+		case s.usable(now):
+			t.obs.CacheLookup("memory", "hit")
+			if s.due(now, t.cfg.RefreshAhead) {
+				t.refreshInBackground(tenant, e, now)
 			}
+			t.injected(s, now)
+			return s, nil
+		default:
 			t.obs.CacheLookup("memory", "stale")
 		}
 	} else {
@@ -361,6 +364,9 @@ func (t *Tokens) noteForced(tenant, access string) {
 	t.forced[tenant] = forcedRefresh{access: access, at: now}
 }
 
+// refreshFlight suffixes the flight key of background refreshes.
+const refreshFlight = "\x00refresh"
+
 // minForcedRefreshInterval is the least time between a refresh and a second
 // one forced by the upstream refusing the new token.
 const minForcedRefreshInterval = 30 * time.Second
@@ -370,7 +376,7 @@ const minForcedRefreshInterval = 30 * time.Second
 func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
-		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) {
+		if p := t.pendingRecord(tenant); p != nil && errors.Is(err, ErrTokenUnavailable) && snapshotOf(*p).usable(t.now()) {
 			// The store is unreachable but holds an outdated record anyway:
 			// the rotated token awaiting its write is the current one.
 			s := snapshotOf(*p)
@@ -451,7 +457,9 @@ func (t *Tokens) refreshInBackground(tenant string, e *entry, now time.Time) {
 		return
 	}
 	s := e.snap.Load()
-	f := t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
+	// A flight of its own: a caller who finds no cached token loads the
+	// stored one and does not wait for this refresh.
+	f := t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
 		return t.refresh(ctx, tenant, s.version, false)
 	})
 	t.wg.Go(func() {

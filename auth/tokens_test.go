@@ -330,6 +330,7 @@ func TestTransientFailuresKeepServingValidToken(t *testing.T) {
 		if got, err := tokens.Token(t.Context(), "acme"); err != nil || got != g.AccessToken {
 			t.Fatalf("Token while the token endpoint fails = %q, %v; want the valid current token", got, err)
 		}
+		time.Sleep(10 * time.Millisecond) // callers spread over half a second, as real traffic is
 	}
 	eventually(t, "the failure is recorded", func() bool {
 		s, _ := tokens.Status(t.Context(), "acme")
@@ -412,5 +413,66 @@ func TestCacheIsBounded(t *testing.T) {
 	}
 	if st.gets.Load() == 0 {
 		t.Errorf("evicted tenants were served without reading the store")
+	}
+}
+
+func TestDeletedTenantStaysDeletedDuringARefresh(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	tokens := replica(t, store.NewMemory(), double, func(c *auth.Config) { c.RefreshAhead = 2 * time.Hour })
+	g := double.NewGrant()
+	importGrant(t, tokens, "acme", g, time.Now().Add(time.Hour))
+
+	stall := make(chan struct{})
+	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
+	if _, err := tokens.Token(t.Context(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := double.WaitTokenCalls(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := tokens.Forget(t.Context(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	close(stall)
+	eventually(t, "the refresh has ended", func() bool {
+		s, err := tokens.Status(t.Context(), "acme")
+		return errors.Is(err, auth.ErrUnknownTenant) && !s.RefreshPending
+	})
+	for range 20 {
+		if got, err := tokens.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) {
+			t.Fatalf("Token after Forget = %q, %v; want ErrUnknownTenant", got, err)
+		}
+		time.Sleep(5 * time.Millisecond) // let a late write show itself, if there were one
+	}
+}
+
+func TestCloseDuringARefreshKeepsTheRotatedToken(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	st := store.NewMemory()
+	tokens := replica(t, st, double)
+	g := double.NewGrant()
+	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+
+	stall := make(chan struct{})
+	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
+	go func() { _, _ = tokens.Token(context.Background(), "acme") }()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := double.WaitTokenCalls(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { tokens.Close(); close(closed) }()
+	close(stall)
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	rec, err := st.Get(t.Context(), "acme")
+	if err != nil || rec.RefreshToken == g.RefreshToken || double.IsRevoked(rec.RefreshToken) {
+		t.Errorf("after Close during a refresh, the store holds a revoked refresh token (%v); the rotated one was lost", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"thanksio-proxy/internal/thanksiotest"
+	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
 )
 
@@ -393,5 +395,40 @@ func TestReadinessWithTheStoreDown(t *testing.T) {
 				t.Errorf("/healthz with the store down: %d; want 200", code)
 			}
 		})
+	}
+}
+
+func TestHealthcheckCommand(t *testing.T) {
+	p := start(t, nil, nil)
+	ops := strings.TrimPrefix(p.ops, "http://")
+	if err := run(t.Context(), []string{"healthcheck"}, func(k string) string {
+		return map[string]string{"OPS_ADDR": ops}[k]
+	}, io.Discard); err != nil {
+		t.Errorf("healthcheck of a running proxy: %v", err)
+	}
+	dead := freeAddr(t)
+	if err := run(t.Context(), []string{"healthcheck"}, func(k string) string {
+		return map[string]string{"OPS_ADDR": dead}[k]
+	}, io.Discard); err == nil {
+		t.Errorf("healthcheck of nothing listening: nil; want an error")
+	}
+	if err := run(t.Context(), []string{"frobnicate"}, func(string) string { return "" }, io.Discard); err == nil || !strings.Contains(err.Error(), "healthcheck") {
+		t.Errorf("an unknown command: %v; want an error listing the commands", err)
+	}
+}
+
+func TestCallerKeyCommand(t *testing.T) {
+	var out syncBuffer
+	if err := run(t.Context(), []string{"caller-key", "billing", "acme", "eu-*"}, func(string) string { return "" }, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	key := strings.TrimPrefix(lines[1], "# ")
+	entry := lines[len(lines)-1]
+	if !strings.HasPrefix(entry, "billing "+proxy.HashCallerKey(key)+" acme eu-*") || len(key) < 40 {
+		t.Errorf("caller-key printed key %q and line %q; want a long key and its hash with the patterns", key, entry)
+	}
+	if err := run(t.Context(), []string{"caller-key", "billing", "ac/me"}, func(string) string { return "" }, io.Discard); err == nil {
+		t.Errorf("caller-key with a bad pattern: nil; want an error")
 	}
 }

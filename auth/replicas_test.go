@@ -249,11 +249,7 @@ func TestStalledHolderPastItsLeaseLosesCleanly(t *testing.T) {
 		aGot, err = a.Token(context.Background(), "acme")
 		aDone <- err
 	}()
-	waitCtx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := double.WaitTokenCalls(waitCtx, 1); err != nil {
-		t.Fatal(err)
-	}
+	waitTokenCalls(t, double, 1)
 	// b takes over once a's lease has run out, and its refresh wins.
 	bGot, err := b.Token(t.Context(), "acme")
 	if err != nil || !double.AccessValid(bGot) {
@@ -334,18 +330,21 @@ func startStoppableRedis(t *testing.T) stoppableRedis {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Log("redis-server is not installed: the outage is played by miniredis")
-		return &stoppableMiniredis{m: miniredis.RunT(t)}
+		return &stoppableMiniredis{t: t, m: miniredis.RunT(t)}
 	}
 	return startRedisProcess(t)
 }
 
-type stoppableMiniredis struct{ m *miniredis.Miniredis }
+type stoppableMiniredis struct {
+	t *testing.T
+	m *miniredis.Miniredis
+}
 
 func (r *stoppableMiniredis) url() string { return "redis://" + r.m.Addr() }
 func (r *stoppableMiniredis) stop()       { r.m.Close() }
 func (r *stoppableMiniredis) start() {
 	if err := r.m.Restart(); err != nil {
-		panic(err)
+		r.t.Fatalf("restarting miniredis: %v", err)
 	}
 }
 

@@ -203,17 +203,7 @@ func (t *Tokens) refreshDue() {
 			s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
 				return t.refresh(ctx, tenant, -1, false)
 			}))
-			if err != nil {
-				if errors.Is(err, ErrTokenUnavailable) {
-					t.backoff(e)
-				}
-				return
-			}
-			e.failures.Store(0)
-			e.retryAt.Store(0)
-			if cur := e.snap.Load(); cur == nil || cur.version <= s.version {
-				t.cache.put(tenant, s)
-			}
+			t.settle(tenant, e, s, err)
 		})
 	}
 	wg.Wait()

@@ -248,7 +248,7 @@ func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) 
 		case s.usable(now):
 			t.obs.CacheLookup("memory", "hit")
 			if s.due(now, t.cfg.RefreshAhead) {
-				t.refreshInBackground(tenant, e, now)
+				t.refreshInBackground(tenant, e, s, now)
 			}
 			t.injected(s, now)
 			return s, nil
@@ -268,7 +268,7 @@ func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) 
 	now = t.now()
 	if s.due(now, t.cfg.RefreshAhead) {
 		if e := t.cache.get(tenant); e != nil {
-			t.refreshInBackground(tenant, e, now)
+			t.refreshInBackground(tenant, e, s, now)
 		}
 	}
 	t.injected(s, now)
@@ -449,14 +449,13 @@ func (t *Tokens) get(ctx context.Context, tenant string) (store.TokenRecord, err
 
 // refreshInBackground starts a refresh of a token that is still valid,
 // unless one is running or a failure holds it back.
-func (t *Tokens) refreshInBackground(tenant string, e *entry, now time.Time) {
+func (t *Tokens) refreshInBackground(tenant string, e *entry, s *snapshot, now time.Time) {
 	if t.cfg.OAuth == nil || now.UnixNano() < e.retryAt.Load() {
 		return
 	}
 	if !e.refreshing.CompareAndSwap(false, true) {
 		return
 	}
-	s := e.snap.Load()
 	// A flight of its own: a caller who finds no cached token loads the
 	// stored one and does not wait for this refresh.
 	f := t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
@@ -465,16 +464,23 @@ func (t *Tokens) refreshInBackground(tenant string, e *entry, now time.Time) {
 	t.wg.Go(func() {
 		defer e.refreshing.Store(false)
 		<-f.done
-		if f.err != nil {
-			t.backoff(e)
-			return
-		}
-		e.failures.Store(0)
-		e.retryAt.Store(0)
-		if cur := e.snap.Load(); cur == nil || cur.version <= f.snap.version {
-			t.cache.put(tenant, f.snap)
-		}
+		t.settle(tenant, e, f.snap, f.err)
 	})
+}
+
+// settle records the outcome of a background refresh in the tenant's entry:
+// a backoff after a failure; after a success, a reset backoff and the new
+// token, unless a newer one is cached already.
+func (t *Tokens) settle(tenant string, e *entry, s *snapshot, err error) {
+	if err != nil {
+		t.backoff(e)
+		return
+	}
+	e.failures.Store(0)
+	e.retryAt.Store(0)
+	if cur := e.snap.Load(); cur == nil || cur.version <= s.version {
+		t.cache.put(tenant, s)
+	}
 }
 
 // backoff holds the next attempt back exponentially, with jitter, from 1s to

@@ -64,6 +64,17 @@ func importGrant(t *testing.T, tokens *auth.Tokens, tenant string, g thanksiotes
 	}
 }
 
+// waitTokenCalls waits until the double has received n token requests,
+// failing the test after 10 seconds.
+func waitTokenCalls(t *testing.T, double *thanksiotest.Server, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := double.WaitTokenCalls(ctx, n); err != nil {
+		t.Fatalf("waiting for %d token requests: %v", n, err)
+	}
+}
+
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -129,9 +140,7 @@ func TestRefreshAheadIsOneBackgroundRefresh(t *testing.T) {
 	for err := range errs {
 		t.Errorf("Token during refresh-ahead: %v", err)
 	}
-	if err := double.WaitTokenCalls(t.Context(), 1); err != nil {
-		t.Fatalf("no refresh started: %v", err)
-	}
+	waitTokenCalls(t, double, 1)
 	if n := double.RefreshCalls(); n != 1 {
 		t.Errorf("refresh calls while stalled = %d; want 1", n)
 	}
@@ -292,9 +301,7 @@ func TestRefreshRefusedAfterLostRaceIsNotRevocation(t *testing.T) {
 		got, err = tokens.Token(context.Background(), "acme")
 		done <- err
 	}()
-	if err := double.WaitTokenCalls(t.Context(), 1); err != nil {
-		t.Fatal(err)
-	}
+	waitTokenCalls(t, double, 1)
 	winner, ok := double.Rotate(g.RefreshToken)
 	if !ok {
 		t.Fatal("Rotate failed")
@@ -427,11 +434,7 @@ func TestDeletedTenantStaysDeletedDuringARefresh(t *testing.T) {
 	if _, err := tokens.Token(t.Context(), "acme"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := double.WaitTokenCalls(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	waitTokenCalls(t, double, 1)
 	if err := tokens.Forget(t.Context(), "acme"); err != nil {
 		t.Fatal(err)
 	}
@@ -458,11 +461,7 @@ func TestCloseDuringARefreshKeepsTheRotatedToken(t *testing.T) {
 	stall := make(chan struct{})
 	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
 	go func() { _, _ = tokens.Token(context.Background(), "acme") }()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := double.WaitTokenCalls(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	waitTokenCalls(t, double, 1)
 	closed := make(chan struct{})
 	go func() { tokens.Close(); close(closed) }()
 	close(stall)

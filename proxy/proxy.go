@@ -164,7 +164,6 @@ type call struct {
 	authorization string       // "Bearer " + token
 	tenant        string
 	caller        string
-	token         string
 	requestID     string
 	path          string // escaped path, relative to the upstream base
 	rawQuery      string
@@ -225,7 +224,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.authorization = authorization
-	c.token = strings.TrimPrefix(authorization, bearerPrefix)
 	if e := h.bufferBody(r, c); e != nil {
 		h.fail(rw, r, c, e)
 		return
@@ -475,7 +473,7 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || c == nil || !c.replayable || c.replayed || !refusesToken(res) {
 		return res, err
 	}
-	token, err := t.h.cfg.Tokens.Refused(req.Context(), c.tenant, c.token)
+	token, err := t.h.cfg.Tokens.Refused(req.Context(), c.tenant, strings.TrimPrefix(c.authorization, bearerPrefix))
 	if errors.Is(err, auth.ErrNoBetterToken) {
 		return res, nil
 	}
@@ -483,10 +481,10 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	c.token, c.replayed = token, true
+	c.authorization, c.replayed = bearerPrefix+token, true
 	t.h.obs.Replayed()
 	again := req.Clone(req.Context())
-	again.Header.Set("Authorization", bearerPrefix+token)
+	again.Header["Authorization"] = []string{c.authorization}
 	if c.body != nil {
 		again.Body = io.NopCloser(bytes.NewReader(c.body))
 		again.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(c.body)), nil }

@@ -9,8 +9,6 @@ import (
 )
 
 // snapshot is an immutable view of a tenant's token, as the hot path needs it.
-// The refresh token is deliberately absent: refreshes re-read the store under
-// the lock, so a cached refresh token would only be a stale one.
 type snapshot struct {
 	access string
 	// bearer is "Bearer " + access, the Authorization header value, built
@@ -24,6 +22,11 @@ type snapshot struct {
 	// redeemed is set on the snapshot a refresh in this process produced
 	// (not one read from the store).
 	redeemed bool
+	// refresh and lastRefresh are kept only to write the record back when
+	// the store lost its data. A refresh never uses this refresh token: it
+	// re-reads the store under the lock, as a cached one may be stale.
+	refresh     string
+	lastRefresh time.Time
 }
 
 func snapshotOf(rec store.TokenRecord) *snapshot {
@@ -35,6 +38,22 @@ func snapshotOf(rec store.TokenRecord) *snapshot {
 		refreshable: rec.Refreshable(),
 		state:       rec.State,
 		version:     rec.Version,
+		refresh:     rec.RefreshToken,
+		lastRefresh: rec.LastRefresh,
+	}
+}
+
+// record is the token record s was made from, as far as s knows it, for a
+// write-back after the store lost its data.
+func (s *snapshot) record(now time.Time) store.TokenRecord {
+	return store.TokenRecord{
+		AccessToken:  s.access,
+		RefreshToken: s.refresh,
+		Expiry:       s.expiry,
+		State:        s.state,
+		Version:      s.version,
+		LastRefresh:  s.lastRefresh,
+		UpdatedAt:    now,
 	}
 }
 
@@ -158,10 +177,39 @@ func (c *cache) dropToken(tenant, access string) {
 	}
 }
 
-func (c *cache) clear() {
+// cached is one tenant's snapshot, as cache.snapshots lists it.
+type cached struct {
+	tenant string
+	snap   *snapshot
+}
+
+// snapshots lists the tenants cached with a snapshot.
+func (c *cache) snapshots() []cached {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]cached, 0, len(c.m))
+	for tenant, e := range c.m {
+		if s := e.snap.Load(); s != nil {
+			out = append(out, cached{tenant, s})
+		}
+	}
+	return out
+}
+
+// refill puts s for tenant if the tenant is still cached and its snapshot is
+// older than s (or missing), and reports whether it did.
+func (c *cache) refill(tenant string, s *snapshot) bool {
 	c.mu.Lock()
-	clear(c.m)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	e, ok := c.m[tenant]
+	if !ok {
+		return false
+	}
+	if cur := e.snap.Load(); cur != nil && cur.version >= s.version {
+		return false
+	}
+	e.snap.Store(s)
+	return true
 }
 
 func (c *cache) len() int {

@@ -15,28 +15,38 @@ import (
 	"thanksio-proxy/store"
 )
 
+// refreshCause says why a refresh runs.
+type refreshCause int
+
+const (
+	// causeDue: the token is within RefreshAhead of expiry, or expired.
+	causeDue refreshCause = iota
+	// causeAdmin: an operator asked for a refresh now.
+	causeAdmin
+	// causeRefused: thanks.io refused the access token before it expired.
+	causeRefused
+)
+
 // refresh runs the refresh-token grant for tenant under the tenant's lock, so
 // that one replica at a time refreshes. seen is the version of the record the
 // caller judged due (or refused): if the record changed since, another replica
-// refreshed and its token is used instead. force refreshes a token that is not
-// yet due (the upstream refused it).
-func (t *Tokens) refresh(ctx context.Context, tenant string, seen int64, force bool) (*snapshot, error) {
+// refreshed and its token is used instead. A cause other than causeDue
+// refreshes a token that is not yet due.
+func (t *Tokens) refresh(ctx context.Context, tenant string, seen int64, cause refreshCause) (*snapshot, error) {
+	force := cause != causeDue
 	if t.cfg.OAuth == nil {
 		return nil, unavailable("no OAuth client is configured to refresh the token", time.Minute, ErrNotConfigured)
 	}
-	owner := randomOwner()
-	s, locked, err := t.acquire(ctx, tenant, owner, seen)
-	if err != nil || !locked {
+	s, lock, err := t.acquire(ctx, tenant, seen)
+	if err != nil || lock == nil {
 		return s, err
 	}
-	ctx, stopRenewing := t.keepLock(ctx, tenant, owner)
+	// The lock is released when this returns, unless a rotated token's
+	// write is still pending: the pending write then holds it.
+	kept := false
 	defer func() {
-		stopRenewing()
-		// Release even when ctx ended: a fresh, short context.
-		uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := t.store.Unlock(uctx, tenant, owner); err != nil {
-			t.obs.StoreError("unlock")
+		if !kept {
+			lock.Release()
 		}
 	}()
 
@@ -60,83 +70,59 @@ func (t *Tokens) refresh(ctx context.Context, tenant string, seen int64, force b
 	case !force && !cur.due(now, t.cfg.RefreshAhead):
 		return cur, nil
 	}
-	return t.redeem(ctx, tenant, rec)
+	s, kept, err = t.redeem(ctx, tenant, rec, cause == causeRefused, lock)
+	return s, err
 }
 
-// acquire takes the tenant's refresh lock for owner. While another replica
-// holds it, acquire waits (up to LockWait) and returns that replica's token as
-// soon as the record moves past seen.
-func (t *Tokens) acquire(ctx context.Context, tenant, owner string, seen int64) (*snapshot, bool, error) {
+// acquire takes the tenant's refresh lock. While another replica holds it,
+// acquire waits (up to LockWait) and returns that replica's token, with a
+// nil lock, as soon as the record moves past seen.
+func (t *Tokens) acquire(ctx context.Context, tenant string, seen int64) (*snapshot, *heldLock, error) {
 	start := t.now()
 	deadline := time.Now().Add(t.cfg.LockWait)
 	pause := 20 * time.Millisecond
 	for {
-		ok, err := t.store.TryLock(ctx, tenant, owner, t.cfg.LockLease)
+		lock, err := t.tryLock(ctx, tenant)
 		if err != nil {
 			t.obs.StoreError("lock")
 			// Rule: never refresh without the lock.
-			return nil, false, unavailable("the token store is unreachable, so the token cannot be refreshed", 5*time.Second, err)
+			return nil, nil, unavailable("the token store is unreachable, so the token cannot be refreshed", 5*time.Second, err)
 		}
-		if ok {
+		if lock != nil {
 			t.obs.LockWaited(true, t.now().Sub(start))
-			return nil, true, nil
+			return nil, lock, nil
 		}
 		rec, err := t.get(ctx, tenant)
 		if err == nil && rec.Version != seen {
 			s := snapshotOf(rec)
 			if rec.State == store.StateReauthorizationRequired {
 				t.obs.LockWaited(false, t.now().Sub(start))
-				return nil, false, ErrReauthorizationRequired
+				return nil, nil, ErrReauthorizationRequired
 			}
 			if s.usable(t.now()) {
 				t.obs.LockWaited(false, t.now().Sub(start))
-				return s, false, nil
+				return s, nil, nil
 			}
 		}
 		if time.Now().After(deadline) {
 			t.obs.LockWaited(false, t.now().Sub(start))
-			return nil, false, unavailable("another replica is refreshing the token", time.Second, nil)
+			return nil, nil, unavailable("another replica is refreshing the token", time.Second, nil)
 		}
 		select {
 		case <-time.After(pause + rand.N(pause)):
 		case <-ctx.Done():
-			return nil, false, unavailable("gave up waiting for another replica's refresh", time.Second, ctx.Err())
+			return nil, nil, unavailable("gave up waiting for another replica's refresh", time.Second, ctx.Err())
 		}
 		pause = min(2*pause, 250*time.Millisecond)
 	}
 }
 
-// keepLock renews the lock every third of its lease until the returned
-// function is called. If the lock is lost (the lease ran out while the store
-// was unreachable), the refresh goes on: its conditional write protects a
-// newer record.
-func (t *Tokens) keepLock(ctx context.Context, tenant, owner string) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(t.cfg.LockLease / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				ok, err := t.store.RenewLock(ctx, tenant, owner, t.cfg.LockLease)
-				if err != nil {
-					t.obs.StoreError("lock")
-				} else if !ok {
-					t.log.Warn("refresh lock lost while refreshing", "tenant", tenant)
-				}
-			}
-		}
-	}()
-	return ctx, func() { cancel(); <-done }
-}
-
 // redeem calls the token endpoint with rec's refresh token and stores the
-// rotated pair. The caller holds the lock.
-func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecord) (*snapshot, error) {
+// rotated pair, under lock; refused marks a refresh forced by thanks.io
+// refusing the access token. kept reports that the write did not land and
+// is pending: the pending write then holds lock until it lands, and the
+// caller must not release it.
+func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecord, refused bool, lock *heldLock) (s *snapshot, kept bool, err error) {
 	// Once the refresh token is sent, thanks.io may rotate it: the call and
 	// the write of its answer go on even when Tokens closes meanwhile, or
 	// the rotated token would be lost.
@@ -146,75 +132,72 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	start := t.now()
 	tok, err := t.callTokenEndpoint(ctx, sent)
 	if err != nil {
-		return t.refreshFailed(ctx, tenant, sent, start, err)
+		s, err := t.refreshFailed(ctx, tenant, sent, start, err)
+		return s, false, err
 	}
+	// From the answer to the write, nothing else: no log line, no metric,
+	// no other I/O. A process killed in between loses the only copy of
+	// the new refresh token.
 	now := t.now()
 	next := rec
 	next.AccessToken = tok.AccessToken
-	if tok.RefreshToken != "" {
-		next.RefreshToken = tok.RefreshToken
-	}
+	next.RefreshToken = tok.RefreshToken
 	next.Expiry = tok.Expiry
 	next.State = store.StateActive
 	next.LastRefresh = now
+	next.RefreshForced = refused
 	next.UpdatedAt = now
 	next.LastError = ""
 	next.LastErrorAt = time.Time{}
+	v, err := t.write(ctx, tenant, next, rec.Version, sent)
 
-	// What the store holds: the token just redeemed, or, while an earlier
-	// rotation awaits its write, the one that rotation started from.
-	stored := sent
-	t.pendingMu.Lock()
-	if p, ok := t.pending[tenant]; ok {
-		stored = p.redeemed
-	}
-	t.pendingMu.Unlock()
-
-	v, err := t.write(ctx, tenant, next, rec.Version, stored, sent)
-	if err != nil {
-		if errors.Is(err, errSuperseded) {
-			cur, gerr := t.get(ctx, tenant)
-			if gerr != nil {
-				return nil, gerr
-			}
-			t.obs.Refreshed("lost_race", t.now().Sub(start))
-			return snapshotOf(cur), nil
+	if errors.Is(err, errSuperseded) {
+		// A newer grant (an import, a connect) or a deletion won: the
+		// rotated pair is of no use.
+		t.obs.Refreshed("lost_race", t.now().Sub(start))
+		cur, gerr := t.get(ctx, tenant)
+		if gerr != nil {
+			return nil, false, gerr
 		}
+		return snapshotOf(cur), false, nil
+	}
+	t.obs.Refreshed("success", t.now().Sub(start))
+	if err != nil {
 		// Rule: a rotated refresh token is never dropped. The old one is
-		// revoked already, so the new pair is served from memory while the
-		// write is retried until it lands.
+		// revoked already, so the new pair is served from memory and its
+		// write retried, under the lock, until it lands.
 		t.obs.StoreError("put")
 		next.Version = rec.Version
-		t.keepPending(tenant, next, stored)
-		t.obs.Refreshed("success", t.now().Sub(start))
+		t.keepPending(tenant, next, sent, lock)
 		t.log.Warn("refreshed token kept in memory until the store accepts it", "tenant", tenant, "err", err)
 		s := snapshotOf(next)
 		s.redeemed = true
-		return s, nil
+		return s, true, nil
 	}
 	next.Version = v
-	t.obs.Refreshed("success", t.now().Sub(start))
 	t.log.Info("token refreshed", "tenant", tenant, "expires_in", tok.Expiry.Sub(now).Round(time.Second).String())
-	s := snapshotOf(next)
+	s = snapshotOf(next)
 	s.redeemed = true
-	return s, nil
+	return s, false, nil
 }
 
 // errSuperseded means another writer replaced the tenant's grant (an import,
-// a connect, a refresh by a replica whose lock had run out) while this
-// refresh ran: its record wins.
+// a connect, a refresh by a replica whose lock had run out) or deleted the
+// tenant while this refresh ran: its record wins.
 var errSuperseded = errors.New("auth: record superseded")
 
 // write stores rec if the record is still at prev. On a conflict it looks:
-// when the stored refresh token is still one this process rotated from
-// (ours), the conflicting write only touched status fields or stored an
-// earlier rotation of ours, and rec is written on top. A tenant deleted
-// meanwhile is errSuperseded too: its token must not come back.
+// when the stored refresh token is one this process rotated from or to
+// (ours), the conflicting write only touched status fields, or was this
+// write itself landing unconfirmed, and rec is written on top. A tenant
+// deleted meanwhile is errSuperseded: its token must not come back. A tenant
+// the store holds nothing of at all (not even the tombstone a deletion
+// leaves) was lost with the store's data, and rec is written back.
 func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord, prev int64, ours ...string) (int64, error) {
+	ours = append(ours, rec.RefreshToken)
 	for range 5 {
 		v, err := t.store.Put(ctx, tenant, rec, prev)
 		if err == nil {
-			t.clearPending(tenant)
 			return v, nil
 		}
 		if !errors.Is(err, store.ErrConflict) {
@@ -222,14 +205,25 @@ func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord
 		}
 		cur, err := t.store.Get(ctx, tenant)
 		if errors.Is(err, store.ErrNotFound) {
-			t.clearPending(tenant)
-			return 0, errSuperseded
+			back := rec
+			back.Version = prev + 1
+			ok, rerr := t.store.Restore(ctx, tenant, back)
+			if rerr != nil {
+				return 0, rerr
+			}
+			if ok {
+				return back.Version, nil
+			}
+			// A tombstone, or a record restored meanwhile: look again.
+			cur, err = t.store.Get(ctx, tenant)
+			if errors.Is(err, store.ErrNotFound) {
+				return 0, errSuperseded
+			}
 		}
 		if err != nil {
 			return 0, err
 		}
 		if !slices.Contains(ours, cur.RefreshToken) {
-			t.clearPending(tenant)
 			return 0, errSuperseded
 		}
 		prev = cur.Version
@@ -345,7 +339,17 @@ func describeTokenError(err error) string {
 type pendingWrite struct {
 	rec      store.TokenRecord // Version: the stored version it replaces
 	redeemed string            // the refresh token it was rotated from
+	lock     *heldLock         // held until the write lands or is superseded
 }
+
+// pendingRetryMax is the longest pause between two attempts of a pending
+// write, so that it lands within moments of the store accepting writes again,
+// long before the lock's lease could run out.
+const pendingRetryMax = 2 * time.Second
+
+// pendingCloseGrace is how long a pending write goes on being retried after
+// Close, before the process gives up on it.
+const pendingCloseGrace = 10 * time.Second
 
 func (t *Tokens) pendingRecord(tenant string) *store.TokenRecord {
 	t.pendingMu.Lock()
@@ -357,63 +361,84 @@ func (t *Tokens) pendingRecord(tenant string) *store.TokenRecord {
 	return nil
 }
 
+// clearPending forgets the tenant's pending write (an import or a deletion
+// replaced the grant); its writer then releases the lock and stops.
 func (t *Tokens) clearPending(tenant string) {
 	t.pendingMu.Lock()
 	delete(t.pending, tenant)
 	t.pendingMu.Unlock()
 }
 
-// keepPending holds rec in memory and retries its write, with backoff, until
-// it lands, is superseded, or Tokens closes.
-func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed string) {
+// stillPending reports whether p is the tenant's pending write.
+func (t *Tokens) stillPending(tenant string, p *pendingWrite) bool {
 	t.pendingMu.Lock()
-	_, running := t.pending[tenant]
-	t.pending[tenant] = &pendingWrite{rec: rec, redeemed: redeemed}
-	t.pendingMu.Unlock()
-	if running {
-		return
+	defer t.pendingMu.Unlock()
+	return t.pending[tenant] == p
+}
+
+// finishPending forgets p if it is still the tenant's pending write.
+func (t *Tokens) finishPending(tenant string, p *pendingWrite) {
+	t.pendingMu.Lock()
+	if t.pending[tenant] == p {
+		delete(t.pending, tenant)
 	}
-	t.wg.Go(func() {
-		pause := 100 * time.Millisecond
-		for {
-			select {
-			case <-time.After(pause):
-			case <-t.ctx.Done():
-				// One last bounded attempt: the old refresh token is revoked
-				// already, so this write is the only copy that survives.
-				t.pendingMu.Lock()
-				p, ok := t.pending[tenant]
-				t.pendingMu.Unlock()
-				if ok {
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed, p.rec.RefreshToken)
-					cancel()
-					if err != nil && !errors.Is(err, errSuperseded) {
-						t.log.Error("shutting down with a refreshed token not yet stored", "tenant", tenant)
-					}
-				}
-				return
-			}
-			pause = min(2*pause, 10*time.Second)
-			t.pendingMu.Lock()
-			p, ok := t.pending[tenant]
-			t.pendingMu.Unlock()
-			if !ok {
-				return
-			}
-			ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
-			v, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed, p.rec.RefreshToken)
-			cancel()
-			switch {
-			case err == nil:
-				t.log.Info("refreshed token stored after retrying", "tenant", tenant)
-				rec := p.rec
-				rec.Version = v
-				t.cache.put(tenant, snapshotOf(rec))
-				return
-			case errors.Is(err, errSuperseded):
-				return
-			}
+	t.pendingMu.Unlock()
+}
+
+// keepPending holds rec in memory, with lock, and retries its write until it
+// lands or is superseded. After Close it goes on for pendingCloseGrace.
+func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed string, lock *heldLock) {
+	p := &pendingWrite{rec: rec, redeemed: redeemed, lock: lock}
+	t.pendingMu.Lock()
+	t.pending[tenant] = p
+	t.pendingMu.Unlock()
+	t.wg.Go(func() { t.retryPending(tenant, p) })
+}
+
+func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
+	t.obs.PendingWrite(1)
+	defer t.obs.PendingWrite(-1)
+	closing := t.ctx.Done()
+	var giveUp time.Time
+	pause := 100 * time.Millisecond
+	for {
+		timer := time.NewTimer(pause)
+		select {
+		case <-timer.C:
+		case <-closing:
+			timer.Stop()
+			closing = nil
+			giveUp = time.Now().Add(pendingCloseGrace)
 		}
-	})
+		pause = min(2*pause, pendingRetryMax)
+		if !t.stillPending(tenant, p) {
+			p.lock.Release()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		v, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed)
+		cancel()
+		switch {
+		case err == nil:
+			t.finishPending(tenant, p)
+			rec := p.rec
+			rec.Version = v
+			t.cache.put(tenant, snapshotOf(rec))
+			p.lock.Release()
+			t.log.Info("refreshed token stored after retrying", "tenant", tenant)
+			return
+		case errors.Is(err, errSuperseded):
+			t.finishPending(tenant, p)
+			p.lock.Release()
+			return
+		case !giveUp.IsZero() && time.Now().After(giveUp):
+			// The lock is left to run out rather than released: until it
+			// does, no replica presents the refresh token the store still
+			// holds, which thanks.io has revoked.
+			t.finishPending(tenant, p)
+			p.lock.Abandon()
+			t.log.Error("stopping with a refreshed token the store never accepted: the tenant will need reauthorization", "tenant", tenant)
+			return
+		}
+	}
 }

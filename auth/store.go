@@ -32,7 +32,9 @@ type Store interface {
 	// and returns the new version: one more than the stored one, or than the
 	// deleted record's. A lost condition is store.ErrConflict and writes
 	// nothing. A nil error means the record is stored; any other error leaves
-	// it unknown whether it was, so re-read before deciding again.
+	// it unknown whether it was, so re-read before deciding again; among
+	// those, store.ErrUnconfirmed means the primary holds the write but it
+	// was not confirmed durable (replicas, AOF) in time.
 	//
 	// After the write, Put updates the tenant list, the expiry index and the
 	// per-state counts, and publishes an Invalidation, best effort: those are
@@ -47,6 +49,16 @@ type Store interface {
 	// come after the record was deleted (the index update or the
 	// invalidation failed); Delete can be repeated.
 	Delete(ctx context.Context, tenant string) error
+	// Restore writes rec back under its own Version (at least 1) where the
+	// tenant has no record at all (the store lost it) or a live one of a
+	// lower version, never over a deletion's tombstone, and reports whether
+	// it wrote. An error may come after the write, as with Put.
+	Restore(ctx context.Context, tenant string, rec store.TokenRecord) (bool, error)
+	// Epoch returns a value that stays the same for as long as the store
+	// keeps its data: a new one means the store lost what it held (a Redis
+	// restarted without persistence, a FLUSHALL).
+	Epoch(ctx context.Context) (string, error)
+
 	// List returns up to limit tenant ids in ascending byte order, starting
 	// after the id named by after ("" from the start), and whether more
 	// follow. Deleted tenants are not listed.

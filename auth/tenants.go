@@ -144,7 +144,7 @@ func (t *Tokens) RefreshNow(ctx context.Context, tenant string) (TenantStatus, e
 		return TenantStatus{}, ErrNotConfigured
 	}
 	s, err := t.wait(ctx, t.flight(tenant+"\x00now", func(ctx context.Context) (*snapshot, error) {
-		return t.refresh(ctx, tenant, rec.Version, true)
+		return t.refresh(ctx, tenant, rec.Version, causeAdmin)
 	}))
 	if err != nil {
 		return TenantStatus{}, err
@@ -201,7 +201,7 @@ func (t *Tokens) refreshDue() {
 			// An unknown version (-1): if another replica holds the lock, its
 			// usable token is taken rather than refreshing again.
 			s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-				return t.refresh(ctx, tenant, -1, false)
+				return t.refresh(ctx, tenant, -1, causeDue)
 			}))
 			t.settle(tenant, e, s, err)
 		})

@@ -39,6 +39,12 @@ type Observer interface {
 	// Injected records how long the token handed to a caller has left; zero
 	// for a token that never expires.
 	Injected(left time.Duration, expires bool)
+	// PendingWrite adds delta (1 or -1) to the rotated tokens held in
+	// memory because the store has not accepted their write yet.
+	PendingWrite(delta int)
+	// StoreDataLost counts a loss of the store's data noticed by this
+	// replica (its epoch changed).
+	StoreDataLost()
 }
 
 // Config configures Tokens. Zero values take the documented defaults.
@@ -58,8 +64,12 @@ type Config struct {
 	RefreshAhead time.Duration
 	// RefreshTimeout bounds one call to the token endpoint (default 10s).
 	RefreshTimeout time.Duration
-	// LockLease is the refresh lock's lifetime; it is renewed every third of
-	// it while the refresh runs (default 10s).
+	// LockLease is the refresh lock's lifetime (default 45s). The lock is
+	// renewed every third of it, or every 5s if that is sooner, for as long
+	// as the refresh and the write of its result last. A store that refuses
+	// writes refuses renewals too, so the lease is what bounds the write
+	// outage a holder survives; it is also how long other replicas wait
+	// before taking over from a holder that died.
 	LockLease time.Duration
 	// LockWait bounds how long a replica waits for another replica's refresh
 	// before it gives up (default 15s).
@@ -96,8 +106,10 @@ type Tokens struct {
 	pendingMu sync.Mutex
 	pending   map[string]*pendingWrite
 
-	forcedMu sync.Mutex
-	forced   map[string]forcedRefresh
+	// epoch is the store's epoch as this replica last saw it; resync
+	// asks the store watcher to check it and re-validate the cache.
+	epoch  string
+	resync chan struct{}
 
 	// ctx outlives every caller: refreshes run under it, never under a
 	// request's context. stop ends it.
@@ -116,7 +128,7 @@ func New(cfg Config) *Tokens {
 		cfg.RefreshTimeout = 10 * time.Second
 	}
 	if cfg.LockLease <= 0 {
-		cfg.LockLease = 10 * time.Second
+		cfg.LockLease = 45 * time.Second
 	}
 	if cfg.LockWait <= 0 {
 		cfg.LockWait = 15 * time.Second
@@ -139,7 +151,7 @@ func New(cfg Config) *Tokens {
 		cache:   newCache(cfg.CacheSize),
 		flights: make(map[string]*flight),
 		pending: make(map[string]*pendingWrite),
-		forced:  make(map[string]forcedRefresh),
+		resync:  make(chan struct{}, 1),
 	}
 	if t.now == nil {
 		t.now = time.Now
@@ -154,27 +166,30 @@ func New(cfg Config) *Tokens {
 	return t
 }
 
-// Start follows other replicas' writes (and starts the background refresher
-// when configured). When the store cannot be reached within ctx, Start returns
-// nil and keeps trying in the background: a replica that starts during a
-// store outage becomes useful when the store returns.
+// Start follows other replicas' writes, watches the store for a loss of its
+// data, and starts the background refresher when configured. When the store
+// cannot be reached within ctx, Start returns nil and keeps trying in the
+// background: a replica that starts during a store outage becomes useful
+// when the store returns.
 func (t *Tokens) Start(ctx context.Context) error {
 	first := make(chan error, 1)
 	t.wg.Go(func() {
 		for attempt := 0; ; attempt++ {
 			err := t.store.Subscribe(t.ctx, func(inv store.Invalidation) {
+				if inv.Version == 0 {
+					// A deletion: a rotation of this tenant still waiting
+					// for its write must not bring it back.
+					t.clearPending(inv.Tenant)
+				}
 				t.cache.drop(inv.Tenant, inv.Version)
-			}, func() {
-				// Messages may have been missed while disconnected.
-				t.cache.clear()
-			})
+			}, t.askResync)
 			if attempt == 0 {
 				first <- err
 			}
 			if err == nil {
 				if attempt > 0 {
 					// Writes may have been missed until now.
-					t.cache.clear()
+					t.askResync()
 				}
 				return
 			}
@@ -188,6 +203,12 @@ func (t *Tokens) Start(ctx context.Context) error {
 			}
 		}
 	})
+	epochCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if ep, err := t.store.Epoch(epochCtx); err == nil {
+		t.epoch = ep
+	}
+	cancel()
+	t.wg.Go(t.watchStore)
 	if t.cfg.BackgroundInterval > 0 {
 		t.wg.Go(t.runBackground)
 	}
@@ -201,8 +222,10 @@ func (t *Tokens) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops background work and waits for it. Refreshes in flight are
-// cancelled and their locks released.
+// Close stops background work and waits for it. A refresh already sent to
+// the token endpoint runs to its end, and its write is retried for a while
+// if the store refuses it (with the tenant's lock held throughout): Close
+// can take RefreshTimeout plus about 15 seconds.
 func (t *Tokens) Close() {
 	t.stop()
 	t.wg.Wait()
@@ -320,55 +343,26 @@ func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot
 	if !rec.Refreshable() || t.cfg.OAuth == nil {
 		return nil, ErrNoBetterToken
 	}
-	// A token that a forced refresh produced moments ago and that is refused
-	// at once will not be cured by another refresh: the refusal stands, so
-	// that a broken account cannot turn every request into a refresh.
-	if t.forcedRecently(tenant, refused) {
+	// A token that a forced refresh produced moments ago and that is
+	// refused at once will not be cured by another refresh: the refusal
+	// stands, so that a broken account cannot turn every request into a
+	// refresh. The mark is in the record, so this holds across replicas.
+	if rec.RefreshForced && t.now().Sub(rec.LastRefresh) < minForcedRefreshInterval {
 		return nil, ErrNoBetterToken
 	}
-	s, err = t.refresh(ctx, tenant, rec.Version, true)
+	s, err = t.refresh(ctx, tenant, rec.Version, causeRefused)
 	if err != nil {
 		return nil, err
-	}
-	if s.redeemed {
-		t.noteForced(tenant, s.access)
 	}
 	t.cache.put(tenant, s)
 	return s, nil
 }
 
-// forcedRefresh remembers the token a forced refresh produced.
-type forcedRefresh struct {
-	access string
-	at     time.Time
-}
-
-func (t *Tokens) forcedRecently(tenant, access string) bool {
-	t.forcedMu.Lock()
-	defer t.forcedMu.Unlock()
-	f, ok := t.forced[tenant]
-	return ok && f.access == access && t.now().Sub(f.at) < minForcedRefreshInterval
-}
-
-func (t *Tokens) noteForced(tenant, access string) {
-	t.forcedMu.Lock()
-	defer t.forcedMu.Unlock()
-	now := t.now()
-	if len(t.forced) >= 1024 {
-		for k, f := range t.forced {
-			if now.Sub(f.at) >= minForcedRefreshInterval {
-				delete(t.forced, k)
-			}
-		}
-	}
-	t.forced[tenant] = forcedRefresh{access: access, at: now}
-}
-
 // refreshFlight suffixes the flight key of background refreshes.
 const refreshFlight = "\x00refresh"
 
-// minForcedRefreshInterval is the least time between a refresh and a second
-// one forced by the upstream refusing the new token.
+// minForcedRefreshInterval is the least time between a refresh and another
+// one forced by the upstream refusing the token the first produced.
 const minForcedRefreshInterval = 30 * time.Second
 
 // load reads the tenant's record (after a cache miss, or with an expired
@@ -376,9 +370,11 @@ const minForcedRefreshInterval = 30 * time.Second
 func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
-		if p := t.pendingRecord(tenant); p != nil && errors.Is(err, ErrTokenUnavailable) && snapshotOf(*p).usable(t.now()) {
-			// The store is unreachable but holds an outdated record anyway:
-			// the rotated token awaiting its write is the current one.
+		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) &&
+			(errors.Is(err, ErrTokenUnavailable) || errors.Is(err, ErrUnknownTenant)) {
+			// The store is unreachable, or lost its data, and holds an
+			// outdated record at best: the rotated token awaiting its
+			// write is the current one.
 			s := snapshotOf(*p)
 			t.cache.put(tenant, s)
 			return s, nil
@@ -403,7 +399,7 @@ func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
 	if wait := time.Duration(e.retryAt.Load() - now.UnixNano()); wait > 0 {
 		return nil, unavailable("the token has expired and refreshing it failed; retrying", wait, nil)
 	}
-	s, err = t.refresh(ctx, tenant, rec.Version, false)
+	s, err = t.refresh(ctx, tenant, rec.Version, causeDue)
 	if err != nil {
 		if errors.Is(err, ErrTokenUnavailable) {
 			t.backoff(e)
@@ -459,7 +455,7 @@ func (t *Tokens) refreshInBackground(tenant string, e *entry, s *snapshot, now t
 	// A flight of its own: a caller who finds no cached token loads the
 	// stored one and does not wait for this refresh.
 	f := t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-		return t.refresh(ctx, tenant, s.version, false)
+		return t.refresh(ctx, tenant, s.version, causeDue)
 	})
 	t.wg.Go(func() {
 		defer e.refreshing.Store(false)
@@ -547,3 +543,5 @@ func (nopObserver) Refreshed(string, time.Duration) {}
 func (nopObserver) LockWaited(bool, time.Duration)  {}
 func (nopObserver) StoreError(string)               {}
 func (nopObserver) Injected(time.Duration, bool)    {}
+func (nopObserver) PendingWrite(int)                {}
+func (nopObserver) StoreDataLost()                  {}

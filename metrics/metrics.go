@@ -34,6 +34,8 @@ type Metrics struct {
 	storeErrors      *prometheus.CounterVec
 	tokenTimeLeft    prometheus.Histogram
 	staticInjections prometheus.Counter
+	pendingWrites    prometheus.Gauge
+	storeDataLosses  prometheus.Counter
 
 	memoryHit prometheus.Counter
 
@@ -133,6 +135,14 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: namespace, Name: "static_token_injections_total",
 			Help: "Requests that carried a token that never expires (a personal access token).",
 		}),
+		pendingWrites: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "refresh_pending_writes",
+			Help: "Rotated tokens held only in this replica's memory because the store has not accepted (or confirmed) their write yet; the tenant's lock is held meanwhile.",
+		}),
+		storeDataLosses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "store_data_losses_total",
+			Help: "Times this replica found that the store lost its data (its epoch changed) and wrote back the records it held.",
+		}),
 	}
 	m.memoryHit = m.lookups.WithLabelValues("memory", "hit")
 	for i, method := range methods {
@@ -161,7 +171,8 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	reg.MustRegister(
 		m.requests, m.requestDuration, m.upstreamDuration, m.upstreamAnswers, m.replays,
 		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
-		m.storeErrors, m.tokenTimeLeft, m.staticInjections, buildInfo,
+		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
+		m.storeDataLosses, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -231,6 +242,12 @@ func (m *Metrics) Injected(left time.Duration, expires bool) {
 	}
 	m.tokenTimeLeft.Observe(max(left, 0).Seconds())
 }
+
+// PendingWrite adds delta to the rotated tokens awaiting their write.
+func (m *Metrics) PendingWrite(delta int) { m.pendingWrites.Add(float64(delta)) }
+
+// StoreDataLost counts a loss of the store's data.
+func (m *Metrics) StoreDataLost() { m.storeDataLosses.Inc() }
 
 // Handler serves the registry's metrics.
 func Handler(g prometheus.Gatherer) http.Handler {

@@ -31,6 +31,8 @@ type Memory struct {
 	// measured against; nil means time.Now. Set it before the first call.
 	Now func() time.Time
 
+	epoch string
+
 	mu          sync.Mutex
 	records     map[string]memoryRecord
 	locks       map[string]memoryLease
@@ -65,6 +67,7 @@ type memoryState struct {
 // NewMemory returns an empty Memory that reads time.Now.
 func NewMemory() *Memory {
 	return &Memory{
+		epoch:       randomEpoch(),
 		records:     make(map[string]memoryRecord),
 		locks:       make(map[string]memoryLease),
 		states:      make(map[string]memoryState),
@@ -140,12 +143,49 @@ func (m *Memory) Delete(ctx context.Context, tenant string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if r, ok := m.records[tenant]; ok {
-		m.records[tenant] = memoryRecord{version: r.version, deleted: true}
-	}
+	// A tombstone even for an unknown tenant, as in Redis.
+	m.records[tenant] = memoryRecord{version: m.records[tenant].version, deleted: true}
 	delete(m.locks, tenant)
 	m.publishLocked(Invalidation{Tenant: tenant, Version: 0})
 	return nil
+}
+
+// Restore writes rec back under its own Version where the tenant has no
+// record at all, or a live one of a lower version; never over a tombstone.
+// It reports whether it wrote. A Memory never loses its records, so this
+// only serves callers that do not know which store they have.
+func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (bool, error) {
+	if err := checkCall(ctx, tenant); err != nil {
+		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
+	}
+	if rec.Version < 1 {
+		return false, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("store: restore %q: encode: %w", tenant, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.records[tenant]; ok && (cur.deleted || cur.version >= rec.Version) {
+		return false, nil
+	}
+	r := memoryRecord{version: rec.Version, data: data, due: dueIndexed(rec), state: indexedState(rec)}
+	if r.due {
+		r.expiryMilli = rec.Expiry.UnixMilli()
+	}
+	m.records[tenant] = r
+	m.publishLocked(Invalidation{Tenant: tenant, Version: r.version})
+	return true, nil
+}
+
+// Epoch returns the Memory's epoch, fixed for its life: a Memory never
+// loses its data.
+func (m *Memory) Epoch(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("store: epoch: %w", err)
+	}
+	return m.epoch, nil
 }
 
 // List returns up to limit tenant ids in ascending byte order, starting

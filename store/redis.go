@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,6 +83,19 @@ type Redis struct {
 	// wrote, and must not block. Set it before the first call.
 	OnIndexError func(op string, err error)
 
+	// MinReplicasAck is how many replicas must acknowledge (WAIT) a write
+	// of a record (Put, Delete, Restore) before it counts as done;
+	// AutoReplicas (what NewRedis sets) asks for one when the primary has
+	// a replica connected at the time of the write, and none otherwise.
+	// When the server has AOF on and knows WAITAOF (Redis 7.2 and later),
+	// the local fsync is confirmed too. A write that is not confirmed
+	// within DurableTimeout returns an error wrapping ErrUnconfirmed,
+	// although the primary holds it. Set it before the first call.
+	MinReplicasAck int
+	// DurableTimeout bounds the wait for those acknowledgements; zero
+	// means DefaultDurableTimeout.
+	DurableTimeout time.Duration
+
 	client redis.UniversalClient
 	prefix string
 	sealer *Sealer
@@ -90,6 +104,10 @@ type Redis struct {
 	del       *redis.Script
 	renewLock *redis.Script
 	unlock    *redis.Script
+	restore   *redis.Script
+
+	// noWaitAOF is set once the server refused WAITAOF (before Redis 7.2).
+	noWaitAOF atomic.Bool
 }
 
 // NewRedis returns a Redis store over client whose keys all start with
@@ -104,9 +122,10 @@ func NewRedis(client redis.UniversalClient, prefix string, sealer *Sealer) *Redi
 		prefix = DefaultPrefix
 	}
 	return &Redis{
-		client: client,
-		prefix: prefix,
-		sealer: sealer,
+		MinReplicasAck: AutoReplicas,
+		client:         client,
+		prefix:         prefix,
+		sealer:         sealer,
 		// KEYS[1] is the tenant's token hash; ARGV[1] the expected version
 		// (0: no record may exist, -1: any), ARGV[2] the sealed record. It
 		// returns the new version, or -1 when the expected version was not
@@ -127,11 +146,33 @@ redis.call('HSET', KEYS[1], 'v', tostring(cur), 'd', ARGV[2])
 return cur
 `),
 		// KEYS[1] is the tenant's token hash, KEYS[2] its lock. It leaves a
-		// tombstone and returns the version it keeps (0: none).
+		// tombstone, even for a tenant that had no hash (version 0), so that
+		// a replica that held the tenant before Redis lost its data cannot
+		// write it back; it returns the version the tombstone keeps.
 		del: redis.NewScript(`
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 redis.call('HDEL', KEYS[1], 'd')
+redis.call('HSET', KEYS[1], 'v', tostring(v))
 redis.call('DEL', KEYS[2])
-return tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+return v
+`),
+		// KEYS[1] is the tenant's token hash; ARGV[1] the version to
+		// restore, ARGV[2] the sealed record. It writes only where there
+		// is no hash at all (Redis lost it) or a live record of a lower
+		// version, never over a tombstone, and returns the version written,
+		// or -1 when it wrote nothing.
+		restore: redis.NewScript(`
+local want = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HEXISTS', KEYS[1], 'd') == 0 then
+    return -1
+  end
+  if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') >= want then
+    return -1
+  end
+end
+redis.call('HSET', KEYS[1], 'v', tostring(want), 'd', ARGV[2])
+return want
 `),
 		// KEYS[1] is the lock; ARGV[1] the owner, ARGV[2] the new TTL in ms.
 		renewLock: redis.NewScript(`
@@ -210,14 +251,14 @@ func (r *Redis) load(ctx context.Context, tenant string) (tokenHash, error) {
 	if vals[0] != nil {
 		vs, ok := vals[0].(string)
 		v, err := strconv.ParseInt(vs, 10, 64)
-		if !ok || err != nil || v < 1 {
+		if !ok || err != nil || v < 0 {
 			return tokenHash{}, fmt.Errorf("malformed record: %w", ErrSealed)
 		}
 		h.version = v
 	}
 	if vals[1] != nil {
 		sealed, ok := vals[1].(string)
-		if !ok || h.version == 0 {
+		if !ok || h.version < 1 {
 			return tokenHash{}, fmt.Errorf("malformed record: %w", ErrSealed)
 		}
 		h.live, h.sealed = true, []byte(sealed)
@@ -257,16 +298,89 @@ func (r *Redis) Put(ctx context.Context, tenant string, rec TokenRecord, prevVer
 		return 0, fmt.Errorf("store: put %q: encode: %w", tenant, err)
 	}
 	sealed := r.sealer.Seal(data, []byte(tenant))
-	version, err := r.put.Run(ctx, r.client, []string{r.tokenKey(tenant)}, prevVersion, sealed).Int64()
-	if err != nil {
+	key := r.tokenKey(tenant)
+	version, err := r.runDurable(ctx, r.put, key, []string{key}, wrote, prevVersion, sealed)
+	if err != nil && !errors.Is(err, ErrUnconfirmed) {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
 	}
 	if version < 0 {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
 	}
+	// An unconfirmed write is on the primary, where every replica reads:
+	// the indexes and the other replicas learn of it all the same.
 	indexErr, publishErr := r.followUp(ctx, tenant, written{version: version, rec: &rec})
 	r.reportFollowUp("put", tenant, indexErr, publishErr)
+	if err != nil {
+		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
+	}
 	return version, nil
+}
+
+// wrote reports whether the put or restore script's answer is a write.
+func wrote(n int64) bool { return n >= 0 }
+
+// Restore writes rec back under its own Version after Redis lost its data:
+// only where the tenant has no hash at all, or a live record of a lower
+// version; never over a tombstone (a tenant deleted after the loss stays
+// deleted). It reports whether it wrote. A restored record is indexed and
+// published like any write, and confirmed durable as Put is.
+func (r *Redis) Restore(ctx context.Context, tenant string, rec TokenRecord) (bool, error) {
+	if err := checkTenant(tenant); err != nil {
+		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
+	}
+	if rec.Version < 1 {
+		return false, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("store: restore %q: encode: %w", tenant, err)
+	}
+	sealed := r.sealer.Seal(data, []byte(tenant))
+	key := r.tokenKey(tenant)
+	version, err := r.runDurable(ctx, r.restore, key, []string{key}, wrote, rec.Version, sealed)
+	if err != nil && !errors.Is(err, ErrUnconfirmed) {
+		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
+	}
+	if version < 0 {
+		return false, nil
+	}
+	indexErr, publishErr := r.followUp(ctx, tenant, written{version: version, rec: &rec})
+	r.reportFollowUp("restore", tenant, indexErr, publishErr)
+	if err != nil {
+		return true, fmt.Errorf("store: restore %q: %w", tenant, err)
+	}
+	return true, nil
+}
+
+// Epoch returns the store's epoch: a random value written once, the first
+// time any replica asks. A Redis that lost its data (a restart without
+// persistence, FLUSHALL) has lost its epoch too, so the next call writes a
+// new one: a replica that sees the epoch change knows that records it
+// holds may be gone from the store. In Redis Cluster the epoch lives on
+// one shard, so it only tells of a loss on that shard.
+func (r *Redis) Epoch(ctx context.Context) (string, error) {
+	key := r.prefix + "epoch"
+	cur, err := r.client.Get(ctx, key).Result()
+	if err == nil {
+		return cur, nil
+	}
+	if !errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("store: epoch: %w", err)
+	}
+	fresh := randomEpoch()
+	ok, err := r.client.SetNX(ctx, key, fresh, 0).Result()
+	if err != nil {
+		return "", fmt.Errorf("store: epoch: %w", err)
+	}
+	if ok {
+		return fresh, nil
+	}
+	// Another replica wrote it first: its value is the epoch.
+	cur, err = r.client.Get(ctx, key).Result()
+	if err != nil {
+		return "", fmt.Errorf("store: epoch: %w", err)
+	}
+	return cur, nil
 }
 
 // Delete forgets the tenant: its record, leaving a tombstone that keeps the
@@ -284,9 +398,14 @@ func (r *Redis) Delete(ctx context.Context, tenant string) error {
 	}
 	// The record goes first, on its own, so that no replica re-reads it
 	// after hearing of the deletion.
-	version, err := r.del.Run(ctx, r.client, []string{r.tokenKey(tenant), r.lockKey(tenant)}).Int64()
-	if err != nil {
+	key := r.tokenKey(tenant)
+	version, err := r.runDurable(ctx, r.del, key, []string{key, r.lockKey(tenant)}, func(int64) bool { return true })
+	if err != nil && !errors.Is(err, ErrUnconfirmed) {
 		return fmt.Errorf("store: delete %q: %w", tenant, err)
+	}
+	unconfirmed := err
+	if unconfirmed != nil {
+		unconfirmed = fmt.Errorf("store: delete %q: %w", tenant, unconfirmed)
 	}
 	indexErr, publishErr := r.followUp(ctx, tenant, written{version: version})
 	if indexErr != nil {
@@ -295,7 +414,7 @@ func (r *Redis) Delete(ctx context.Context, tenant string) error {
 	if publishErr != nil {
 		publishErr = fmt.Errorf("store: delete %q: publish: %w", tenant, publishErr)
 	}
-	return errors.Join(indexErr, publishErr)
+	return errors.Join(unconfirmed, indexErr, publishErr)
 }
 
 // written is the state of a tenant's token hash that a write left.

@@ -70,6 +70,11 @@ type TokenRecord struct {
 
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
 	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	// RefreshForced reports that the last refresh was forced by thanks.io
+	// refusing the access token before it expired. Kept in the record, so
+	// that every replica knows a refused token already caused its one
+	// rotation.
+	RefreshForced bool `json:"refresh_forced,omitempty"`
 	// LastError says why the last refresh failed, in words that hold no secret;
 	// empty after a success.
 	LastError   string    `json:"last_error,omitempty"`

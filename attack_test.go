@@ -140,12 +140,12 @@ func TestAttackCallbackState(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{RequirePKCE: true})
 	a := newApp(t)
 	env := redisEnv(t)
-	env["LISTEN_ADDR"] = freeAddr(t)
-	callback := "http://" + env["LISTEN_ADDR"] + "/oauth/callback"
-	double.AddRedirectURL(callback)
-	env["OAUTH_REDIRECT_URL"] = callback
+	f := newFront(t)
+	double.AddRedirectURL(f.callbackURL())
+	env["OAUTH_REDIRECT_URL"] = f.callbackURL()
 	env["OAUTH_RETURN_URLS"] = a.srv.URL + "/settings"
 	p := start(t, double, env)
+	f.forwardTo(t, p)
 
 	returnTo := a.srv.URL + "/settings/thanksio"
 	body, _ := json.Marshal(map[string]string{"return_to": returnTo})

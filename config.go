@@ -231,7 +231,8 @@ func (c *Config) check() error {
 	if err := c.logLevel.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return bad("LOG_LEVEL", "must be debug, info, warn or error")
 	}
-	if c.ListenAddr == c.OpsAddr {
+	// Port 0 asks the kernel for a free port, a different one per listener.
+	if c.ListenAddr == c.OpsAddr && !strings.HasSuffix(c.OpsAddr, ":0") {
 		return bad("OPS_ADDR", "must differ from LISTEN_ADDR")
 	}
 	return nil

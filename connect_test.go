@@ -5,9 +5,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"thanksio-proxy/internal/thanksiotest"
@@ -32,6 +34,44 @@ func newApp(t *testing.T) *app {
 	return a
 }
 
+// front stands where a deployment's public OAUTH_REDIRECT_URL points (a load
+// balancer, say) and forwards to one proxy. A test needs it because the
+// redirect URL is configuration, known before the proxy starts, while the
+// proxy's own port is picked by the kernel when it starts.
+type front struct {
+	url   string // base URL, without a trailing slash
+	proxy atomic.Pointer[httputil.ReverseProxy]
+}
+
+func newFront(t *testing.T) *front {
+	t.Helper()
+	f := &front{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rp := f.proxy.Load()
+		if rp == nil {
+			http.Error(w, "front: no proxy behind it yet", http.StatusBadGateway)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	f.url = srv.URL
+	return f
+}
+
+// callbackURL returns the OAUTH_REDIRECT_URL that reaches the proxy behind f.
+func (f *front) callbackURL() string { return f.url + "/oauth/callback" }
+
+// forwardTo sends the requests f receives from now on to in's data plane.
+func (f *front) forwardTo(t *testing.T, in *instance) {
+	t.Helper()
+	u, err := url.Parse(in.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.proxy.Store(httputil.NewSingleHostReverseProxy(u))
+}
+
 // connectSetup is two proxy instances sharing one Redis, the second answering
 // the OAuth callback, and the application that connects tenants.
 type connectSetup struct {
@@ -45,15 +85,14 @@ func newConnectSetup(t *testing.T) *connectSetup {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{RequirePKCE: true})
 	a := newApp(t)
 	env := redisEnv(t)
-	twoAddr := freeAddr(t)
-	callback := "http://" + twoAddr + "/oauth/callback"
-	double.AddRedirectURL(callback)
-	env["OAUTH_REDIRECT_URL"] = callback
+	f := newFront(t)
+	double.AddRedirectURL(f.callbackURL())
+	env["OAUTH_REDIRECT_URL"] = f.callbackURL()
 	env["OAUTH_RETURN_URLS"] = a.srv.URL + "/settings"
 	env["OAUTH_SCOPES"] = "read write"
 	one := start(t, double, env)
-	env["LISTEN_ADDR"] = twoAddr
 	two := start(t, double, env)
+	f.forwardTo(t, two)
 	return &connectSetup{double: double, one: one, two: two, app: a}
 }
 

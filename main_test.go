@@ -7,12 +7,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,16 +26,62 @@ import (
 	"thanksio-proxy/proxy"
 )
 
-// syncBuffer collects a proxy's log output.
+// syncBuffer collects a proxy's log output, and lets a test wait for a line
+// of it. The zero value is empty and ready to use.
 type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{} // closed by the next Write; nil until someone waits
 }
 
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.written != nil {
+		close(b.written)
+		b.written = nil
+	}
 	return b.buf.Write(p)
+}
+
+// waitLine waits until a complete line of the output satisfies match, and
+// returns it and true. When ended is closed first (the writer is gone) and
+// no line written matches, it returns false; a nil ended never closes. It
+// fails the test, naming what it waited for, when 10 seconds pass first.
+func (b *syncBuffer) waitLine(t *testing.T, what string, ended <-chan struct{}, match func(line string) bool) (string, bool) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	searched := 0 // the lines before this offset did not match
+	for gone := false; ; {
+		b.mu.Lock()
+		out := b.buf.String()
+		if b.written == nil {
+			b.written = make(chan struct{})
+		}
+		written := b.written
+		b.mu.Unlock()
+		for {
+			line, _, ok := strings.Cut(out[searched:], "\n")
+			if !ok {
+				break
+			}
+			if match(line) {
+				return line, true
+			}
+			searched += len(line) + 1
+		}
+		if gone {
+			return "", false
+		}
+		select {
+		case <-written:
+		case <-ended:
+			gone, ended = true, nil
+		case <-deadline.C:
+			t.Fatalf("timed out waiting until %s:\n%s", what, out)
+		}
+	}
 }
 
 func (b *syncBuffer) String() string {
@@ -52,15 +99,94 @@ type instance struct {
 
 const testAdminToken = "test-admin-token-0123456789"
 
-// freeAddr returns a loopback address nobody listens on.
-func freeAddr(t *testing.T) string {
+// runProxy calls run in a goroutine with env as the whole environment and
+// logs as its output, and waits until the proxy logs that it started. It
+// returns the addresses the proxy listens on, as bound (so a LISTEN_ADDR or
+// OPS_ADDR with port 0 comes back with the port the kernel picked), and a
+// function that cancels run and returns what run returned. The test's
+// cleanup calls stop too; calls after the first return the same error.
+func runProxy(t *testing.T, env map[string]string, logs *syncBuffer) (data, ops string, stop func() error) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	returned := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(returned)
+		runErr = run(ctx, nil, func(k string) string { return env[k] }, logs)
+	}()
+	var once sync.Once
+	var stopErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-returned:
+				stopErr = runErr
+			case <-time.After(30 * time.Second):
+				stopErr = errors.New("run did not return within 30s of the shutdown")
+			}
+		})
+		return stopErr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	_, ok := logs.waitLine(t, "the proxy logs that it started", returned, func(line string) bool {
+		data, ops = startedAddrs(line)
+		return data != "" && ops != ""
+	})
+	if !ok {
+		t.Fatalf("the proxy stopped at start: %v\n%s", runErr, logs)
+	}
+	return data, ops, stop
+}
+
+// startedAddrs returns the addresses that the proxy's startup log line
+// names, or empty strings when line is another line.
+func startedAddrs(line string) (data, ops string) {
+	fields := logFields(line)
+	if fields["msg"] != "thanksio-proxy started" {
+		return "", ""
+	}
+	return fields["listen"], fields["ops"]
+}
+
+// logFields returns the string attributes of one line that slog's JSON
+// handler (LOG_FORMAT=json) or text handler (LOG_FORMAT=text) wrote.
+func logFields(line string) map[string]string {
+	fields := map[string]string{}
+	if strings.HasPrefix(line, "{") {
+		var attrs map[string]any
+		_ = json.Unmarshal([]byte(line), &attrs)
+		for k, v := range attrs {
+			if s, ok := v.(string); ok {
+				fields[k] = s
+			}
+		}
+		return fields
+	}
+	// key=value pairs separated by spaces; a value with a space, a quote or
+	// an equals sign is Go-quoted.
+	rest := line
+	for {
+		key, value, ok := strings.Cut(strings.TrimLeft(rest, " "), "=")
+		if !ok {
+			return fields
+		}
+		if strings.HasPrefix(value, `"`) {
+			quoted, err := strconv.QuotedPrefix(value)
+			if err != nil {
+				return fields
+			}
+			rest = value[len(quoted):]
+			value, _ = strconv.Unquote(quoted)
+		} else {
+			value, rest, _ = strings.Cut(value, " ")
+		}
+		fields[key] = value
+	}
 }
 
 // redisURL returns the Redis the tests were told to use (REDIS_URL), or a
@@ -97,13 +223,14 @@ func redisEnv(t *testing.T) map[string]string {
 	}
 }
 
-// start runs a proxy with env (plus loopback listeners and the admin token
-// unless env sets them) and waits until it answers /healthz.
+// start runs a proxy with env (plus loopback listeners on ports the kernel
+// picks and the admin token, unless env sets them) and waits until it has
+// started.
 func start(t *testing.T, double *thanksiotest.Server, env map[string]string) *instance {
 	t.Helper()
 	full := map[string]string{
-		"LISTEN_ADDR": freeAddr(t),
-		"OPS_ADDR":    freeAddr(t),
+		"LISTEN_ADDR": "127.0.0.1:0",
+		"OPS_ADDR":    "127.0.0.1:0",
 		"ADMIN_TOKEN": testAdminToken,
 		"LOG_LEVEL":   "debug",
 	}
@@ -118,47 +245,8 @@ func start(t *testing.T, double *thanksiotest.Server, env map[string]string) *in
 		full[k] = v
 	}
 	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return full[k] }, logs) }()
-	in := &instance{data: "http://" + full["LISTEN_ADDR"], ops: "http://" + full["OPS_ADDR"], logs: logs}
-	var once sync.Once
-	var runErr error
-	in.stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case runErr = <-done:
-			case <-time.After(30 * time.Second):
-				runErr = fmt.Errorf("run did not return within 30s of the shutdown")
-			}
-		})
-		return runErr
-	}
-	t.Cleanup(func() {
-		if err := in.stop(); err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res, err := http.Get(in.ops + "/healthz")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return in
-			}
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("proxy exited at start: %v\n%s", err, logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy did not become healthy: %v\n%s", err, logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	data, ops, stop := runProxy(t, full, logs)
+	return &instance{data: "http://" + data, ops: "http://" + ops, logs: logs, stop: stop}
 }
 
 // do sends a request and returns the status, headers and body.
@@ -469,6 +557,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"CALLER_KEYS_FILE": "/nonexistent/callers"}, "CALLER_KEYS_FILE"},
 		{map[string]string{"CALLER_KEY_HEADER": "X-Tenant-ID"}, "CALLER_KEY_HEADER"},
 		{map[string]string{"CACHE_SIZE": "many"}, "CACHE_SIZE"},
+		{map[string]string{"LISTEN_ADDR": "127.0.0.1:8080", "OPS_ADDR": "127.0.0.1:8080"}, "OPS_ADDR"},
 		{map[string]string{"REDIS_URL": "localhost:6379", "TOKEN_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "REDIS_URL"},
 	}
 	for _, tt := range tests {
@@ -532,13 +621,9 @@ func hangup(t *testing.T) {
 
 func waitForLog(t *testing.T, p *instance, text string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.logs.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("log never said %q:\n%s", text, p.logs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	p.logs.waitLine(t, fmt.Sprintf("the log says %q", text), nil, func(line string) bool {
+		return strings.Contains(line, text)
+	})
 }
 
 func TestAdminGuessingIsRateLimited(t *testing.T) {

@@ -204,8 +204,8 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		_, _ = w.Write([]byte(`{"slow":true}`))
 	})
 	env := redisEnv(t)
-	env["LISTEN_ADDR"] = freeAddr(t)
-	env["OPS_ADDR"] = freeAddr(t)
+	env["LISTEN_ADDR"] = "127.0.0.1:0"
+	env["OPS_ADDR"] = "127.0.0.1:0"
 	env["ADMIN_TOKEN"] = testAdminToken
 	env["UPSTREAM_URL"] = double.APIURL()
 	env["OAUTH_TOKEN_URL"] = double.TokenURL()
@@ -224,23 +224,31 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() {
+		defer close(exited)
+		waitErr = cmd.Wait()
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = cmd.Process.Kill()
 			<-exited
 		}
 	})
-	p := &instance{data: "http://" + env["LISTEN_ADDR"], ops: "http://" + env["OPS_ADDR"], logs: logs}
-	waitFor(t, "the proxy is ready", func() bool {
-		res, err := http.Get(p.ops + "/readyz")
-		if err != nil {
-			return false
-		}
-		res.Body.Close()
-		return res.StatusCode == 200
-	})
+	var dataAddr, opsAddr string
+	if _, ok := logs.waitLine(t, "the proxy logs that it started", exited, func(line string) bool {
+		dataAddr, opsAddr = startedAddrs(line)
+		return dataAddr != "" && opsAddr != ""
+	}); !ok {
+		t.Fatalf("the proxy exited at start: %v\n%s", waitErr, logs)
+	}
+	p := &instance{data: "http://" + dataAddr, ops: "http://" + opsAddr, logs: logs}
+	if code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, ""); code != http.StatusOK {
+		t.Fatalf("/readyz after the start: %d %s; want 200", code, body)
+	}
 	p.importToken(t, "acme", double.NewGrant(), 3600)
 	stale := double.NewGrant()
 	p.importToken(t, "stale", stale, 0)
@@ -282,7 +290,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		return res.StatusCode == http.StatusServiceUnavailable
 	})
 	waitFor(t, "new connections are refused", func() bool {
-		c, err := net.DialTimeout("tcp", env["LISTEN_ADDR"], time.Second)
+		c, err := net.DialTimeout("tcp", dataAddr, time.Second)
 		if err != nil {
 			return true
 		}
@@ -300,9 +308,9 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		t.Errorf("in-flight requests ended with %v; want 5 × 200 and 1 × 503", codes)
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("the proxy exited with %v; want 0\n%s", err, logs)
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("the proxy exited with %v; want 0\n%s", waitErr, logs)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the proxy did not exit after SIGTERM\n%s", logs)
@@ -402,15 +410,43 @@ func TestHealthcheckCommand(t *testing.T) {
 	}, io.Discard); err != nil {
 		t.Errorf("healthcheck of a running proxy: %v", err)
 	}
-	dead := freeAddr(t)
+	dead := refusingAddr(t)
 	if err := run(t.Context(), []string{"healthcheck"}, func(k string) string {
 		return map[string]string{"OPS_ADDR": dead}[k]
-	}, io.Discard); err == nil {
-		t.Errorf("healthcheck of nothing listening: nil; want an error")
+	}, io.Discard); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("healthcheck of nothing listening: %v; want connection refused", err)
 	}
 	if err := run(t.Context(), []string{"frobnicate"}, func(string) string { return "" }, io.Discard); err == nil || !strings.Contains(err.Error(), "healthcheck") {
 		t.Errorf("an unknown command: %v; want an error listing the commands", err)
 	}
+}
+
+// refusingAddr returns a loopback address that refuses connections for the
+// rest of the test. A socket bound to its port, and never listening, holds
+// the port: no listener can bind it and no outgoing connection is given it,
+// so a connection is refused for certain. (A port taken from a listener that
+// was then closed is free for anyone to take again; a listener that closes
+// what it accepts would test a proxy that hangs up, not one that is absent.)
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	syscall.ForkLock.RLock() // so that no child started meanwhile inherits it
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
 }
 
 func TestCallerKeyCommand(t *testing.T) {

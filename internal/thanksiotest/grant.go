@@ -98,6 +98,7 @@ func (s *Server) rotateLocked(refreshToken string) (*grant, bool) {
 		return nil, false
 	}
 	if g.refresh != refreshToken {
+		s.reuses++
 		if s.opts.StrictReuse {
 			g.revoked = true
 		}

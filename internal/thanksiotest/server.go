@@ -116,6 +116,7 @@ type Server struct {
 	authorizeCalls int
 	tokenCalls     int
 	refreshCalls   int
+	reuses         int
 	codeExchanges  int
 	tokenRequests  []TokenRequest
 	apiRequests    []APIRequest
@@ -249,6 +250,16 @@ func (s *Server) RefreshCalls() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.refreshCalls
+}
+
+// RefreshTokenReuses returns how many refresh requests presented a refresh
+// token that an earlier refresh had already rotated away: each is a refresh
+// token presented twice, which a strict server answers by revoking the grant
+// (StrictReuse). A client that never loses a rotated token keeps it at 0.
+func (s *Server) RefreshTokenReuses() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reuses
 }
 
 // CodeExchanges returns the number of authorization_code grant requests the

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,10 @@ type Config struct {
 	RedisURL string `env:"REDIS_URL"`
 	// RedisKeyPrefix starts every Redis key.
 	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX" envDefault:"thanksio-proxy:"`
+	// RedisMinReplicasAck is how many replicas must confirm (WAIT) the write
+	// of a token record before it counts as done; empty means 1 when the
+	// primary has a replica connected at the time of the write, else 0.
+	RedisMinReplicasAck string `env:"REDIS_MIN_REPLICAS_ACK"`
 	// TokenEncryptionKey is base64 of 32 bytes, or a comma-separated list of
 	// them (the first seals, all open). Required with Redis.
 	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
@@ -98,11 +103,12 @@ type Config struct {
 	AccessLog bool `env:"ACCESS_LOG" envDefault:"true"`
 
 	// Derived by load.
-	upstream   *url.URL
-	keys       [][]byte
-	returnURLs []*url.URL
-	logLevel   slog.Level
-	callerKeys *proxy.CallerKeys
+	upstream       *url.URL
+	minReplicasAck int
+	keys           [][]byte
+	returnURLs     []*url.URL
+	logLevel       slog.Level
+	callerKeys     *proxy.CallerKeys
 }
 
 // configError names the variable at fault in one line.
@@ -194,6 +200,14 @@ func (c *Config) check() error {
 	}
 	if c.RedisURL != "" && !strings.Contains(c.RedisURL, "://") {
 		return bad("REDIS_URL", "must be a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL")
+	}
+	c.minReplicasAck = store.AutoReplicas
+	if c.RedisMinReplicasAck != "" {
+		n, err := strconv.Atoi(c.RedisMinReplicasAck)
+		if err != nil || n < 0 {
+			return bad("REDIS_MIN_REPLICAS_ACK", "must be a whole number of replicas, 0 or more (empty: 1 when the primary has replicas)")
+		}
+		c.minReplicasAck = n
 	}
 	if c.RedisKeyPrefix == "" || strings.ContainsAny(c.RedisKeyPrefix, "{}*?[] \t\r\n") {
 		return bad("REDIS_KEY_PREFIX", "must be non-empty, without braces, glob characters or spaces")

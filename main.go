@@ -243,7 +243,9 @@ func openStore(cfg *Config) (auth.Store, func(), error) {
 		client.Close()
 		return nil, nil, &configError{"TOKEN_ENCRYPTION_KEY", err.Error()}
 	}
-	return store.NewRedis(client, cfg.RedisKeyPrefix, sealer), func() { client.Close() }, nil
+	st := store.NewRedis(client, cfg.RedisKeyPrefix, sealer)
+	st.MinReplicasAck = cfg.minReplicasAck
+	return st, func() { client.Close() }, nil
 }
 
 // oauthConfig returns the OAuth client, or nil when none is configured.

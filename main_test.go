@@ -557,6 +557,8 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"CALLER_KEYS_FILE": "/nonexistent/callers"}, "CALLER_KEYS_FILE"},
 		{map[string]string{"CALLER_KEY_HEADER": "X-Tenant-ID"}, "CALLER_KEY_HEADER"},
 		{map[string]string{"CACHE_SIZE": "many"}, "CACHE_SIZE"},
+		{map[string]string{"REDIS_MIN_REPLICAS_ACK": "-1"}, "REDIS_MIN_REPLICAS_ACK"},
+		{map[string]string{"REDIS_MIN_REPLICAS_ACK": "one"}, "REDIS_MIN_REPLICAS_ACK"},
 		{map[string]string{"LISTEN_ADDR": "127.0.0.1:8080", "OPS_ADDR": "127.0.0.1:8080"}, "OPS_ADDR"},
 		{map[string]string{"REDIS_URL": "localhost:6379", "TOKEN_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "REDIS_URL"},
 	}

@@ -1,10 +1,20 @@
-.PHONY: test run fuzz
+.PHONY: test run fuzz redis-server
 
 # test runs every test once, with the race detector. The store's tests use
-# the Redis servers named by REDIS_URL and REDIS_CLUSTER_URL when set
-# (.ci/run starts them), and miniredis otherwise.
-test:
+# the Redis servers named by REDIS_URL, REDIS_CLUSTER_URL and
+# REDIS_SENTINEL_URL when set (.ci/run starts them), and miniredis
+# otherwise; the fault tests start redis-server processes of their own.
+test: redis-server
 	go test -race -count=1 ./...
+
+# redis-server installs Redis from the distribution's packages when it is
+# missing (Debian or Ubuntu, as root or with sudo): the fault tests run it.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server (the fault tests start their own)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # run starts the proxy with the configuration in the environment.
 run:

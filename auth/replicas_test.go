@@ -5,15 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +18,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
@@ -307,99 +304,11 @@ func TestRotatedTokenIsKeptUntilItsWriteLands(t *testing.T) {
 	}
 }
 
-// redisProcess is a redis-server this test starts and stops.
-type redisProcess struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-// stoppableRedis is a Redis the test can stop and start again, keeping its
-// data, as a Redis restart or a network cut would.
-type stoppableRedis interface {
-	url() string
-	stop()
-	start()
-}
-
-// startStoppableRedis starts a redis-server of the test's own when one is
-// installed (CI installs it), else a miniredis, which can be closed and
-// restarted on the same address with its data.
-func startStoppableRedis(t *testing.T) stoppableRedis {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Log("redis-server is not installed: the outage is played by miniredis")
-		return &stoppableMiniredis{t: t, m: miniredis.RunT(t)}
-	}
-	return startRedisProcess(t)
-}
-
-type stoppableMiniredis struct {
-	t *testing.T
-	m *miniredis.Miniredis
-}
-
-func (r *stoppableMiniredis) url() string { return "redis://" + r.m.Addr() }
-func (r *stoppableMiniredis) stop()       { r.m.Close() }
-func (r *stoppableMiniredis) start() {
-	if err := r.m.Restart(); err != nil {
-		r.t.Fatalf("restarting miniredis: %v", err)
-	}
-}
-
-func startRedisProcess(t *testing.T) *redisProcess {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	r := &redisProcess{t: t, port: port, dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *redisProcess) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) }
-
-func (r *redisProcess) start() {
-	r.t.Helper()
-	// Append-only with fsync on every write, so that a restart keeps the data.
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--dir", r.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "")
-	r.cmd.Stdout, r.cmd.Stderr = nil, nil
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", r.port))
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server did not start: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (r *redisProcess) stop() {
-	if r.cmd == nil || r.cmd.Process == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
-
 func TestRedisOutageIsSurvived(t *testing.T) {
-	redis := startStoppableRedis(t)
+	// Append-only with fsync on every write, so that a restart keeps the data.
+	redis := testutil.StartRedis(t, "--appendonly", "yes", "--appendfsync", "always")
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, redis.url())
+	open := redisStores(t, redis.URL())
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	cached := double.NewGrant()
 	importGrant(t, a, "cached", cached, cached.Expiry)
@@ -411,7 +320,7 @@ func TestRedisOutageIsSurvived(t *testing.T) {
 	due := double.NewGrant()
 	importGrant(t, a, "due", due, time.Now().Add(2*time.Minute)) // within the 5m refresh-ahead window
 
-	redis.stop()
+	redis.Kill()
 	for range 100 {
 		for _, r := range []*auth.Tokens{a, b} {
 			if got, err := r.Token(t.Context(), "cached"); err != nil || got != cached.AccessToken {
@@ -429,7 +338,7 @@ func TestRedisOutageIsSurvived(t *testing.T) {
 		t.Errorf("Token for an uncached tenant with Redis down = %v; want ErrTokenUnavailable", err)
 	}
 
-	redis.start()
+	redis.Restart()
 	// Refresh works again without a restart.
 	eventually(t, "the due tenant is refreshed after Redis returned", func() bool {
 		_, _ = a.Token(t.Context(), "due")

@@ -3,8 +3,10 @@ package main
 // Checks of the Kubernetes examples under deploy/: every file parses; the
 // proxy containers set only variables the proxy reads, and it starts with
 // them; they are hardened and probed on the ops port; every Secret reference
-// resolves in its file; Services, PodDisruptionBudgets and ServiceMonitors
-// select what they should; and the alerts use only metrics that README.md
+// resolves in its file; their grace period covers the drain, a refresh in
+// flight and its write; Services, PodDisruptionBudgets and ServiceMonitors
+// select what they should; the example Redis persists (appendonly yes, on a
+// persistent volume); and the alerts use only metrics that README.md
 // documents. No network, no kubectl.
 
 import (
@@ -38,6 +40,16 @@ var deployUndocumentedMetrics = map[string]bool{"thanksio_proxy_tenants": true}
 
 // deployProxyImage marks the proxy's containers.
 const deployProxyImage = "thanksio-proxy"
+
+// deployPendingWriteGrace is how long the proxy goes on retrying the write of
+// a rotated refresh token after it was told to stop (pendingCloseGrace in
+// auth/refresh.go): the grace period must leave it that time after the drain
+// and a refresh in flight.
+const deployPendingWriteGrace = 10 * time.Second
+
+// deployRedisMinVersion is the oldest Redis the example may run: the proxy
+// confirms writes with WAITAOF, new in 7.2.
+var deployRedisMinVersion = [2]int{7, 2}
 
 type k8sMeta struct {
 	Name        string            `yaml:"name"`
@@ -152,8 +164,9 @@ type k8sSecurityContext struct {
 type k8sService struct {
 	Metadata k8sMeta `yaml:"metadata"`
 	Spec     struct {
-		Selector map[string]string `yaml:"selector"`
-		Ports    []struct {
+		Selector  map[string]string `yaml:"selector"`
+		ClusterIP string            `yaml:"clusterIP"`
+		Ports     []struct {
 			Name       string `yaml:"name"`
 			Port       int    `yaml:"port"`
 			TargetPort any    `yaml:"targetPort"`
@@ -255,7 +268,7 @@ func loadDeploySet(t *testing.T) *deploySet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"sidecar.yaml", "shared.yaml", "monitoring.yaml"} {
+	for _, want := range []string{"sidecar.yaml", "shared.yaml", "monitoring.yaml", "redis.yaml"} {
 		if !slices.Contains(files, filepath.Join("deploy", want)) {
 			t.Errorf("deploy/%s is missing", want)
 		}
@@ -400,6 +413,25 @@ func deployConfigVariables() map[string]string {
 	return vars
 }
 
+// proxyDuration returns the duration that the proxy reads from variable: its
+// value in env (a container's environment, from proxyEnv), or else Config's
+// default.
+func (set *deploySet) proxyDuration(env map[string]string, variable string) (time.Duration, error) {
+	def, ok := set.configVars[variable]
+	if !ok {
+		return 0, fmt.Errorf("the proxy reads no variable %s (see the env tags of Config in config.go)", variable)
+	}
+	v := env[variable]
+	if v == "" {
+		v = def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s %q: %v", variable, v, err)
+	}
+	return d, nil
+}
+
 // deployTestValue stands in for a value that comes from a Secret, so that the
 // rest of a container's configuration can be checked by loadConfig.
 func deployTestValue(variable string) string {
@@ -444,7 +476,7 @@ func (set *deploySet) proxyEnv(file string, c k8sContainer) (run, placeholder ma
 
 func TestDeployExamples(t *testing.T) {
 	set := loadDeploySet(t)
-	var proxies, rules, monitors int
+	var proxies, redises, rules, monitors int
 	for _, file := range set.files {
 		t.Run(file, func(t *testing.T) {
 			for _, m := range set.manifests {
@@ -456,6 +488,7 @@ func TestDeployExamples(t *testing.T) {
 					switch m.kind {
 					case "Deployment", "StatefulSet", "DaemonSet":
 						proxies += deployCheckWorkload(t, set, m)
+						redises += deployCheckRedis(t, set, m)
 					case "Service":
 						deployCheckService(t, set, m)
 					case "PodDisruptionBudget":
@@ -479,6 +512,9 @@ func TestDeployExamples(t *testing.T) {
 	}
 	if proxies < 2 {
 		t.Errorf("found %d proxy containers (image containing %q) under deploy/, want the sidecar's and the shared service's", proxies, deployProxyImage)
+	}
+	if redises == 0 {
+		t.Errorf("found no Redis container (image redis:<version>) under deploy/, want redis.yaml's example")
 	}
 	if rules == 0 || monitors == 0 {
 		t.Errorf("found %d PrometheusRules and %d ServiceMonitors under deploy/, want both", rules, monitors)
@@ -689,17 +725,29 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 		}
 	}
 
-	// The drain fits in the grace period.
+	// The whole stop fits in the grace period: the preStop sleep, the drain
+	// of requests (SHUTDOWN_TIMEOUT), a refresh in flight (REFRESH_TIMEOUT)
+	// and the retried write of its rotated token. A proxy killed before that
+	// write lands loses the tenant's only valid refresh token.
 	grace := 30 * time.Second // Kubernetes' default
 	if pod.TerminationGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
 	}
-	need := cfg.ShutdownTimeout
+	var preStop time.Duration
 	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
-		need += time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+		preStop = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
 	}
-	if grace <= need {
-		t.Errorf("%s: terminationGracePeriodSeconds (%s) is not above the preStop sleep plus SHUTDOWN_TIMEOUT (%s)", where, grace, need)
+	shutdown, err := set.proxyDuration(run, "SHUTDOWN_TIMEOUT")
+	if err != nil {
+		t.Errorf("%s: %v", where, err)
+	}
+	refresh, err := set.proxyDuration(run, "REFRESH_TIMEOUT")
+	if err != nil {
+		t.Errorf("%s: %v", where, err)
+	}
+	if need := preStop + shutdown + refresh + deployPendingWriteGrace; grace <= need {
+		t.Errorf("%s: terminationGracePeriodSeconds (%s) is not above the preStop sleep (%s) + SHUTDOWN_TIMEOUT (%s) + REFRESH_TIMEOUT (%s) + the rotated token's write (%s) = %s: leave a margin",
+			where, grace, preStop, shutdown, refresh, deployPendingWriteGrace, need)
 	}
 
 	// Scraping by annotation, where asked for, reaches /metrics on the ops
@@ -712,6 +760,248 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 			t.Errorf("%s: prometheus.io/path %q, want /metrics", where, p)
 		}
 	}
+}
+
+// k8sRedisWorkload is what deployCheckRedis reads of a workload beyond
+// k8sWorkload: how its containers start and what they mount, its volumes, and
+// a StatefulSet's governing Service and volume claim templates.
+type k8sRedisWorkload struct {
+	Spec struct {
+		ServiceName string `yaml:"serviceName"`
+		Template    struct {
+			Spec struct {
+				Containers []k8sRedisContainer `yaml:"containers"`
+				Volumes    []struct {
+					Name      string `yaml:"name"`
+					ConfigMap *struct {
+						Name  string `yaml:"name"`
+						Items []struct {
+							Key  string `yaml:"key"`
+							Path string `yaml:"path"`
+						} `yaml:"items"`
+					} `yaml:"configMap"`
+					PersistentVolumeClaim *struct {
+						ClaimName string `yaml:"claimName"`
+					} `yaml:"persistentVolumeClaim"`
+				} `yaml:"volumes"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+		VolumeClaimTemplates []struct {
+			Metadata k8sMeta `yaml:"metadata"`
+			Spec     struct {
+				Resources struct {
+					Requests map[string]string `yaml:"requests"`
+				} `yaml:"resources"`
+			} `yaml:"spec"`
+		} `yaml:"volumeClaimTemplates"`
+	} `yaml:"spec"`
+}
+
+type k8sRedisContainer struct {
+	Name         string      `yaml:"name"`
+	Command      []string    `yaml:"command"`
+	Args         []string    `yaml:"args"`
+	Env          []k8sEnvVar `yaml:"env"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+}
+
+var deployRedisVersion = regexp.MustCompile(`^([0-9]+)\.([0-9]+)`)
+
+// deployRedisImage reports whether image is Redis's (its repository's last
+// part is redis), and the version (major, minor) that its tag names, if any.
+func deployRedisImage(image string) (redis bool, version [2]int, versioned bool) {
+	image, _, _ = strings.Cut(image, "@")
+	repo, tag := image, ""
+	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		repo, tag = image[:i], image[i+1:]
+	}
+	if repo[strings.LastIndex(repo, "/")+1:] != "redis" {
+		return false, version, false
+	}
+	m := deployRedisVersion.FindStringSubmatch(tag)
+	if m == nil {
+		return true, version, false
+	}
+	version[0], _ = strconv.Atoi(m[1])
+	version[1], _ = strconv.Atoi(m[2])
+	return true, version, true
+}
+
+// deployRedisConfig adds the directives of a redis.conf to conf (lower-case
+// name: value; a later one replaces an earlier one, as in Redis).
+func deployRedisConfig(text string, conf map[string]string) {
+	for _, line := range strings.Split(text, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		conf[strings.ToLower(fields[0])] = strings.Trim(strings.Join(fields[1:], " "), `"'`)
+	}
+}
+
+// deployCheckRedis checks the Redis containers of a workload (image redis:
+// 7.2 or later) and returns how many it holds. Every token lives in that
+// Redis, so it must persist them: appendonly yes, fsynced every second or on
+// every write, no eviction, and its data directory on a persistent volume.
+// Its password comes from a Secret, and it is probed, bounded and hardened.
+func deployCheckRedis(t *testing.T, set *deploySet, m *k8sManifest) int {
+	var w *deployWorkload
+	for _, x := range set.workloads {
+		if x.file == m.file && x.name == m.name {
+			w = x
+		}
+	}
+	var rw k8sRedisWorkload
+	m.decode(t, &rw)
+	pod := w.spec.Spec.Template.Spec
+	redises := 0
+	for _, c := range pod.Containers {
+		redis, version, versioned := deployRedisImage(c.Image)
+		if !redis {
+			continue
+		}
+		redises++
+		where := fmt.Sprintf("%s: container %q", m, c.Name)
+		if !versioned || version[0] < deployRedisMinVersion[0] || version[0] == deployRedisMinVersion[0] && version[1] < deployRedisMinVersion[1] {
+			t.Errorf("%s: image %q: want Redis %d.%d or later (the proxy confirms writes with WAITAOF), pinned in the tag", where, c.Image, deployRedisMinVersion[0], deployRedisMinVersion[1])
+		}
+		i := slices.IndexFunc(rw.Spec.Template.Spec.Containers, func(x k8sRedisContainer) bool { return x.Name == c.Name })
+		rc := rw.Spec.Template.Spec.Containers[i]
+		start := slices.Concat(rc.Command, rc.Args)
+		startText := strings.Join(start, "\n")
+
+		// The configuration Redis starts with: the ConfigMap files that its
+		// command names, then --name value options.
+		conf := map[string]string{}
+		for _, vm := range rc.VolumeMounts {
+			for _, v := range rw.Spec.Template.Spec.Volumes {
+				if v.Name != vm.Name || v.ConfigMap == nil {
+					continue
+				}
+				data := set.configMaps[m.file][v.ConfigMap.Name]
+				files := map[string]string{} // path in the container: key
+				for k := range data {
+					files[k] = k
+				}
+				if len(v.ConfigMap.Items) > 0 {
+					files = map[string]string{}
+					for _, item := range v.ConfigMap.Items {
+						files[item.Path] = item.Key
+					}
+				}
+				for path, key := range files {
+					if strings.Contains(startText, strings.TrimSuffix(vm.MountPath, "/")+"/"+path) {
+						deployRedisConfig(data[key], conf)
+					}
+				}
+			}
+		}
+		for j := 0; j+1 < len(start); j++ {
+			if name, ok := strings.CutPrefix(start[j], "--"); ok && name != "" {
+				conf[strings.ToLower(name)] = start[j+1]
+			}
+		}
+
+		if conf["appendonly"] != "yes" {
+			t.Errorf("%s: appendonly is %q, want yes: without persistence a restart of Redis loses every token", where, conf["appendonly"])
+		}
+		if f, ok := conf["appendfsync"]; ok && f != "everysec" && f != "always" {
+			t.Errorf("%s: appendfsync %q, want everysec or always", where, f)
+		}
+		if p, ok := conf["maxmemory-policy"]; ok && p != "noeviction" {
+			t.Errorf("%s: maxmemory-policy %q evicts keys, that is tokens: want noeviction", where, p)
+		}
+		if _, ok := conf["requirepass"]; ok {
+			t.Errorf("%s: requirepass is set in a ConfigMap or the command line: take the password from a Secret", where)
+		}
+
+		// The data directory is on a persistent volume.
+		dir := conf["dir"]
+		if !strings.HasPrefix(dir, "/") {
+			t.Errorf("%s: dir %q: set it to an absolute path on the persistent volume", where, dir)
+		} else {
+			mount, longest := "", -1 // the volume of the deepest mount that holds dir
+			for _, vm := range rc.VolumeMounts {
+				p := strings.TrimSuffix(vm.MountPath, "/")
+				if (dir == p || strings.HasPrefix(dir, p+"/")) && len(p) > longest {
+					mount, longest = vm.Name, len(p)
+				}
+			}
+			persistent := false
+			for _, v := range rw.Spec.Template.Spec.Volumes {
+				if v.Name == mount && v.PersistentVolumeClaim != nil {
+					persistent = true
+				}
+			}
+			for _, tpl := range rw.Spec.VolumeClaimTemplates {
+				if tpl.Metadata.Name == mount {
+					persistent = true
+					if tpl.Spec.Resources.Requests["storage"] == "" {
+						t.Errorf("%s: volumeClaimTemplate %q requests no storage", where, tpl.Metadata.Name)
+					}
+				}
+			}
+			if !persistent {
+				t.Errorf("%s: dir %s is not on a persistent volume (a volumeClaimTemplate or a persistentVolumeClaim volume)", where, dir)
+			}
+		}
+
+		// The password, from a Secret, set as requirepass.
+		fromSecret := false
+		for _, e := range rc.Env {
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+				continue
+			}
+			for _, ref := range []string{"$" + e.Name, "${" + e.Name + "}", "$(" + e.Name + ")"} {
+				if strings.Contains(startText, ref) {
+					fromSecret = true
+				}
+			}
+		}
+		if !fromSecret || !strings.Contains(startText, "requirepass") {
+			t.Errorf("%s: its command does not set requirepass from a variable that a Secret fills", where)
+		}
+
+		// Probed, bounded and hardened.
+		if c.LivenessProbe == nil || c.ReadinessProbe == nil {
+			t.Errorf("%s: no liveness or readiness probe", where)
+		}
+		if c.Resources.Requests["cpu"] == "" || c.Resources.Requests["memory"] == "" || c.Resources.Limits["memory"] == "" {
+			t.Errorf("%s: resources.requests.cpu, requests.memory and limits.memory must be set", where)
+		}
+		sc, podSC := c.SecurityContext, pod.SecurityContext
+		if sc == nil {
+			sc = &k8sSecurityContext{}
+		}
+		if podSC == nil {
+			podSC = &k8sSecurityContext{}
+		}
+		if nonRoot := deployOrPod(sc.RunAsNonRoot, podSC.RunAsNonRoot); nonRoot == nil || !*nonRoot {
+			t.Errorf("%s: securityContext.runAsNonRoot is not true", where)
+		}
+		if uid := deployOrPod(sc.RunAsUser, podSC.RunAsUser); uid == nil || *uid == 0 {
+			t.Errorf("%s: securityContext.runAsUser is not a non-root user (999, the image's redis)", where)
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+			t.Errorf("%s: securityContext.allowPrivilegeEscalation is not false", where)
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			t.Errorf("%s: securityContext.capabilities.drop lacks ALL", where)
+		}
+	}
+
+	// A StatefulSet's governing Service is headless and in its file.
+	if redises > 0 && m.kind == "StatefulSet" {
+		if !slices.ContainsFunc(set.services, func(s *deployService) bool {
+			return s.file == m.file && s.name == rw.Spec.ServiceName && s.workload == w && s.spec.Spec.ClusterIP == "None"
+		}) {
+			t.Errorf("%s: serviceName %q names no headless Service (clusterIP: None) in %s that selects its pods", m, rw.Spec.ServiceName, m.file)
+		}
+	}
+	return redises
 }
 
 func deployCheckService(t *testing.T, set *deploySet, m *k8sManifest) {

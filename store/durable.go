@@ -25,8 +25,9 @@ var ErrUnconfirmed = errors.New("store: write not confirmed durable")
 const AutoReplicas = -1
 
 // DefaultDurableTimeout is how long a write waits for its acknowledgements
-// when Redis.DurableTimeout is zero.
-const DefaultDurableTimeout = time.Second
+// when Redis.DurableTimeout is zero: longer than a replica's round trip, and
+// than the one second an AOF with appendfsync everysec may take to sync.
+const DefaultDurableTimeout = 2 * time.Second
 
 // durability is what one write must wait for.
 type durability struct {
@@ -52,14 +53,24 @@ func (r *Redis) durableConn(ctx context.Context, key string) (conn *redis.Conn, 
 	}
 }
 
-// needed reads from the primary on conn what a write must wait for.
+// needed reads from the primary on conn what a write must wait for. A
+// server that refuses an INFO section (a user without @dangerous, which
+// holds INFO; a test double) tells nothing of it: it is taken to have no
+// replica and no AOF, so only an explicit MinReplicasAck is waited for,
+// as before the store waited at all, rather than every write failing.
 func (r *Redis) needed(ctx context.Context, conn *redis.Conn) (durability, error) {
 	var repl, pers *redis.StringCmd
-	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
+	// The error of each command is looked at below.
+	_, _ = conn.Pipelined(ctx, func(p redis.Pipeliner) error {
 		repl = p.Info(ctx, "replication")
 		pers = p.Info(ctx, "persistence")
 		return nil
 	})
+	replInfo, err := infoAnswer(repl)
+	if err != nil {
+		return durability{}, err
+	}
+	persInfo, err := infoAnswer(pers)
 	if err != nil {
 		return durability{}, err
 	}
@@ -67,11 +78,22 @@ func (r *Redis) needed(ctx context.Context, conn *redis.Conn) (durability, error
 	switch {
 	case r.MinReplicasAck >= 0:
 		d.replicas = r.MinReplicasAck
-	case infoInt(repl.Val(), "connected_slaves") > 0:
+	case infoInt(replInfo, "connected_slaves") > 0:
 		d.replicas = 1
 	}
-	d.aof = infoInt(pers.Val(), "aof_enabled") == 1 && !r.noWaitAOF.Load()
+	d.aof = infoInt(persInfo, "aof_enabled") == 1 && !r.noWaitAOF.Load()
 	return d, nil
+}
+
+// infoAnswer returns the answer of an INFO command: "" when the server
+// refused it (an error reply), and the error when it was not answered.
+func infoAnswer(cmd *redis.StringCmd) (string, error) {
+	info, err := cmd.Result()
+	var refused redis.Error
+	if errors.As(err, &refused) {
+		return "", nil
+	}
+	return info, err
 }
 
 // confirm waits on conn, bounded by DurableTimeout, until the write just

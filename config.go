@@ -54,6 +54,9 @@ type Config struct {
 	// of a token record before it counts as done; empty means 1 when the
 	// primary has a replica connected at the time of the write, else 0.
 	RedisMinReplicasAck string `env:"REDIS_MIN_REPLICAS_ACK"`
+	// RedisRequirePubSub refuses to start when the Redis user may not
+	// PUBLISH or SUBSCRIBE on the invalidation channel, or run scripts.
+	RedisRequirePubSub bool `env:"REDIS_REQUIRE_PUBSUB" envDefault:"true"`
 	// TokenEncryptionKey is base64 of 32 bytes, or a comma-separated list of
 	// them (the first seals, all open). Required with Redis.
 	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
@@ -65,6 +68,9 @@ type Config struct {
 	// BackgroundRefreshInterval is how often tenants due for a refresh are
 	// refreshed without waiting for a request; 0 switches that off.
 	BackgroundRefreshInterval time.Duration `env:"BACKGROUND_REFRESH_INTERVAL" envDefault:"30s"`
+	// CacheRevalidate bounds how long a cached token is served without
+	// reading the store while invalidations do not reach this replica.
+	CacheRevalidate time.Duration `env:"CACHE_REVALIDATE" envDefault:"30s"`
 	// CacheSize bounds the tenants whose tokens are kept in process.
 	CacheSize int `env:"CACHE_SIZE" envDefault:"100000"`
 
@@ -224,7 +230,7 @@ func (c *Config) check() error {
 		{"BACKGROUND_REFRESH_INTERVAL", c.BackgroundRefreshInterval, true},
 		{"UPSTREAM_TIMEOUT", c.UpstreamTimeout, false}, {"UPSTREAM_DIAL_TIMEOUT", c.UpstreamDialTimeout, false},
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false}, {"IDLE_TIMEOUT", c.IdleTimeout, false},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, false},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, false}, {"CACHE_REVALIDATE", c.CacheRevalidate, false},
 	} {
 		if d.value < 0 || d.value == 0 && !d.zero {
 			return bad(d.name, "must be a positive duration such as 30s or 5m")

@@ -74,14 +74,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		log.Warn("caller authentication is off and LISTEN_ADDR is not loopback: anyone who reaches the proxy can act for any tenant; set CALLER_KEYS_FILE", "listen", cfg.ListenAddr)
 	}
 
-	st, closeStore, err := openStore(cfg)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, version)
+	st, closeStore, err := openStore(ctx, cfg, m, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, version)
 	if c, ok := st.(stateCounter); ok {
 		metrics.NewTenantStates(reg, func(ctx context.Context) (map[string]int64, error) {
 			counts, err := c.CountByState(ctx)
@@ -100,6 +100,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		RefreshAhead:       cfg.RefreshAhead,
 		RefreshTimeout:     cfg.RefreshTimeout,
 		CacheSize:          cfg.CacheSize,
+		CacheRevalidate:    cfg.CacheRevalidate,
 		BackgroundInterval: cfg.BackgroundRefreshInterval,
 		Observer:           m,
 		Logger:             log.With("component", "auth"),
@@ -136,7 +137,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
 	})
-	ops.Handle("GET /readyz", readiness(st, &shuttingDown, cfg.ReadyRequiresStore))
+	ops.Handle("GET /readyz", readiness(st, tokens, &shuttingDown, cfg.ReadyRequiresStore))
 	if cfg.AdminToken != "" {
 		admin, err := proxy.NewAdmin(tokens, cfg.AdminToken, log.With("component", "admin"))
 		if err != nil {
@@ -230,7 +231,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 }
 
 // openStore returns the configured store and a function that closes it.
-func openStore(cfg *Config) (auth.Store, func(), error) {
+func openStore(ctx context.Context, cfg *Config, m *metrics.Metrics, log *slog.Logger) (auth.Store, func(), error) {
 	if cfg.RedisURL == "" {
 		return store.NewMemory(), func() {}, nil
 	}
@@ -245,6 +246,29 @@ func openStore(cfg *Config) (auth.Store, func(), error) {
 	}
 	st := store.NewRedis(client, cfg.RedisKeyPrefix, sealer)
 	st.MinReplicasAck = cfg.minReplicasAck
+	// A record is stored, but what follows it failed: an index (hints for
+	// the background refresher and the tenants metric) or the invalidation
+	// that tells other replicas to drop their copy.
+	st.OnIndexError = func(op string, err error) {
+		m.StoreError(op)
+		log.Warn("a token record was written, but a step after it failed", "step", op, "err", err)
+	}
+	if cfg.RedisRequirePubSub {
+		checkCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := st.CheckAccess(checkCtx)
+		cancel()
+		switch {
+		case err == nil:
+		case strings.Contains(err.Error(), "NOPERM"):
+			client.Close()
+			return nil, nil, &configError{"REDIS_URL", "the Redis user lacks a permission the proxy needs: " + err.Error() +
+				" (grant it, e.g. ACL SETUSER <user> &" + cfg.RedisKeyPrefix + "* +@pubsub +@scripting, or set REDIS_REQUIRE_PUBSUB=false to start without invalidations)"}
+		default:
+			// Unreachable now: start anyway, cached tokens serve when Redis
+			// returns.
+			log.Warn("could not check the Redis user's permissions at start", "err", err)
+		}
+	}
 	return st, func() { client.Close() }, nil
 }
 
@@ -286,13 +310,21 @@ func upstreamTransport(cfg *Config) *http.Transport {
 // readiness answers /readyz: not ready while shutting down; with the store
 // unreachable, ready (cached tokens still serve) unless strict, and the body
 // says so either way.
-func readiness(st auth.Store, shuttingDown *atomic.Bool, strict bool) http.Handler {
+func readiness(st auth.Store, tokens *auth.Tokens, shuttingDown *atomic.Bool, strict bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		status := struct {
 			Ready bool   `json:"ready"`
 			Store string `json:"store"`
-			Note  string `json:"note,omitempty"`
-		}{Ready: true, Store: "ok"}
+			// Invalidations is "subscribed" while other replicas' writes
+			// and deletions reach this one, "down" otherwise (cached
+			// tokens are then re-read every CACHE_REVALIDATE); it does not
+			// make the replica unready.
+			Invalidations string `json:"invalidations"`
+			Note          string `json:"note,omitempty"`
+		}{Ready: true, Store: "ok", Invalidations: "subscribed"}
+		if ok, _ := tokens.Invalidations(); !ok {
+			status.Invalidations = "down"
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		if err := st.Ping(ctx); err != nil {
@@ -411,7 +443,7 @@ func reseal(ctx context.Context, cfg *Config, stdout io.Writer) error {
 	if cfg.RedisURL == "" {
 		return &configError{"REDIS_URL", "reseal works on the Redis store; REDIS_URL is empty"}
 	}
-	st, closeStore, err := openStore(cfg)
+	st, closeStore, err := openStore(ctx, cfg, metrics.New(prometheus.NewRegistry(), version), slog.New(slog.NewTextHandler(stdout, nil)))
 	if err != nil {
 		return err
 	}

@@ -72,8 +72,20 @@ func (s *snapshot) due(now time.Time, ahead time.Duration) bool {
 
 // entry is one tenant's place in the cache. The snapshot is swapped whole, so
 // the hot path reads it without a lock.
+//
+// A fill (a store read, a refresh) takes the tenant's entry before it starts
+// and puts its result into that entry only if it is still the tenant's entry
+// (a deletion removes it) and the result is not older than the newest version
+// an invalidation announced meanwhile (floor): a fill that started before an
+// invalidation cannot undo it.
 type entry struct {
 	snap atomic.Pointer[snapshot]
+	// floor is the lowest version a fill may bring: the newest version an
+	// invalidation announced. Written under cache.mu.
+	floor atomic.Int64
+	// filledAt (unix nanoseconds) is when the snapshot was last read from,
+	// or checked against, the store.
+	filledAt atomic.Int64
 	// refreshing is set while a background refresh for the tenant runs in
 	// this process.
 	refreshing atomic.Bool
@@ -90,10 +102,11 @@ type cache struct {
 	mu  sync.RWMutex
 	m   map[string]*entry
 	max int
+	now func() time.Time
 }
 
-func newCache(max int) *cache {
-	return &cache{m: make(map[string]*entry), max: max}
+func newCache(max int, now func() time.Time) *cache {
+	return &cache{m: make(map[string]*entry), max: max, now: now}
 }
 
 func (c *cache) get(tenant string) *entry {
@@ -103,7 +116,8 @@ func (c *cache) get(tenant string) *entry {
 	return e
 }
 
-// put stores s for tenant, keeping the entry (and its backoff) if there is
+// put stores s for tenant unconditionally, for the writer of the tenant's
+// newest record (an import), keeping the entry (and its backoff) if there is
 // one, and returns the entry.
 func (c *cache) put(tenant string, s *snapshot) *entry {
 	c.mu.Lock()
@@ -112,8 +126,30 @@ func (c *cache) put(tenant string, s *snapshot) *entry {
 	if !ok {
 		e = c.addLocked(tenant)
 	}
-	e.snap.Store(s)
+	e.floor.Store(max(e.floor.Load(), s.version))
+	c.storeLocked(e, s)
 	return e
+}
+
+// fill stores s in e, the entry the fill started with, if e is still the
+// tenant's entry, s is not older than what an invalidation announced since,
+// nor than what e holds. It reports whether it did.
+func (c *cache) fill(tenant string, e *entry, s *snapshot) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m[tenant] != e || s.version < e.floor.Load() {
+		return false
+	}
+	if cur := e.snap.Load(); cur != nil && cur.version > s.version {
+		return false
+	}
+	c.storeLocked(e, s)
+	return true
+}
+
+func (c *cache) storeLocked(e *entry, s *snapshot) {
+	e.snap.Store(s)
+	e.filledAt.Store(c.now().UnixNano())
 }
 
 // addLocked adds an empty entry for tenant, evicting another when full.
@@ -129,8 +165,9 @@ func (c *cache) addLocked(tenant string) *entry {
 	return e
 }
 
-// entryFor returns the tenant's entry, adding an empty one if needed, so that
-// failures are remembered even before any token was cached.
+// entryFor returns the tenant's entry, adding an empty one if needed: the
+// entry a fill starts with, and where failures are remembered even before
+// any token was cached.
 func (c *cache) entryFor(tenant string) *entry {
 	if e := c.get(tenant); e != nil {
 		return e
@@ -143,30 +180,53 @@ func (c *cache) entryFor(tenant string) *entry {
 	return c.addLocked(tenant)
 }
 
-// drop forgets the tenant's token if its cached version is older than
-// version, or the whole entry if version is 0 (a deletion), and reports
-// whether it did.
-func (c *cache) drop(tenant string, version int64) bool {
+// written handles the invalidation of a write of version: fills of older
+// versions are refused from now on, and an older cached token is dropped. The
+// entry stays, and with it the refresh backoff: a status write (a refresh
+// failure noted in the record) must not reset the backoff.
+func (c *cache) written(tenant string, version int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[tenant]
 	if !ok {
-		return false
+		return
 	}
-	if version == 0 {
-		delete(c.m, tenant)
-		return true
+	e.floor.Store(max(e.floor.Load(), version))
+	if s := e.snap.Load(); s != nil && s.version < version {
+		e.snap.Store(nil)
 	}
-	if s := e.snap.Load(); s == nil || s.version >= version {
-		return false
-	}
-	// Keep the entry, and with it the refresh backoff: a status write
-	// (a refresh failure noted in the record) must not reset the backoff.
-	e.snap.Store(nil)
-	return true
 }
 
-// dropToken forgets the tenant if it still caches access.
+// deleted handles the deletion of the tenant, whose tombstone keeps version
+// tombstone (negative: unknown, as for this replica's own deletion): the
+// entry goes, so that every fill that started with it is refused. An entry
+// holding a newer record (written after the deletion, announced first) stays.
+func (c *cache) deleted(tenant string, tombstone int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[tenant]
+	if !ok {
+		return
+	}
+	if tombstone >= 0 {
+		if s := e.snap.Load(); s != nil && s.version > tombstone {
+			return
+		}
+	}
+	delete(c.m, tenant)
+}
+
+// checked records that the tenant's snapshot s was found current in the
+// store just now.
+func (c *cache) checked(tenant string, s *snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[tenant]; ok && e.snap.Load() == s {
+		e.filledAt.Store(c.now().UnixNano())
+	}
+}
+
+// dropToken forgets the tenant's token if it still caches access.
 func (c *cache) dropToken(tenant, access string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -179,8 +239,10 @@ func (c *cache) dropToken(tenant, access string) {
 
 // cached is one tenant's snapshot, as cache.snapshots lists it.
 type cached struct {
-	tenant string
-	snap   *snapshot
+	tenant   string
+	entry    *entry
+	snap     *snapshot
+	filledAt time.Time
 }
 
 // snapshots lists the tenants cached with a snapshot.
@@ -190,26 +252,10 @@ func (c *cache) snapshots() []cached {
 	out := make([]cached, 0, len(c.m))
 	for tenant, e := range c.m {
 		if s := e.snap.Load(); s != nil {
-			out = append(out, cached{tenant, s})
+			out = append(out, cached{tenant, e, s, time.Unix(0, e.filledAt.Load())})
 		}
 	}
 	return out
-}
-
-// refill puts s for tenant if the tenant is still cached and its snapshot is
-// older than s (or missing), and reports whether it did.
-func (c *cache) refill(tenant string, s *snapshot) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[tenant]
-	if !ok {
-		return false
-	}
-	if cur := e.snap.Load(); cur != nil && cur.version >= s.version {
-		return false
-	}
-	e.snap.Store(s)
-	return true
 }
 
 func (c *cache) len() int {

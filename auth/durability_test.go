@@ -259,6 +259,7 @@ func (*lossObserver) LockWaited(bool, time.Duration)  {}
 func (*lossObserver) StoreError(string)               {}
 func (*lossObserver) Injected(time.Duration, bool)    {}
 func (*lossObserver) PendingWrite(int)                {}
+func (*lossObserver) Invalidations(bool, time.Time)   {}
 func (o *lossObserver) StoreDataLost()                { o.losses.Add(1) }
 
 func TestRedisRestartedEmptyUnderLoad(t *testing.T) {

@@ -268,7 +268,7 @@ func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start t
 	} else {
 		cur.Version = v
 	}
-	t.cache.put(tenant, snapshotOf(cur))
+	t.cache.fill(tenant, t.cache.entryFor(tenant), snapshotOf(cur))
 	t.log.Warn("refresh token revoked; tenant needs reauthorization", "tenant", tenant)
 	return nil, ErrReauthorizationRequired
 }
@@ -423,7 +423,7 @@ func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 			t.finishPending(tenant, p)
 			rec := p.rec
 			rec.Version = v
-			t.cache.put(tenant, snapshotOf(rec))
+			t.cache.fill(tenant, t.cache.entryFor(tenant), snapshotOf(rec))
 			p.lock.Release()
 			t.log.Info("refreshed token stored after retrying", "tenant", tenant)
 			return

@@ -45,7 +45,7 @@ type Store interface {
 	Put(ctx context.Context, tenant string, rec store.TokenRecord, prevVersion int64) (int64, error)
 	// Delete forgets the tenant (record, lock, index entries), leaving a
 	// tombstone that keeps its version, and publishes an Invalidation with
-	// Version 0. Deleting an unknown tenant is not an error. An error may
+	// Deleted set and the tombstone's version. Deleting an unknown tenant is not an error. An error may
 	// come after the record was deleted (the index update or the
 	// invalidation failed); Delete can be repeated.
 	Delete(ctx context.Context, tenant string) error
@@ -88,6 +88,11 @@ type Store interface {
 	// subscription is active. The callbacks run on one goroutine and must not
 	// block.
 	Subscribe(ctx context.Context, onInvalidate func(store.Invalidation), onResync func()) error
+
+	// Heartbeat publishes a heartbeat carrying id to every subscriber
+	// (an Invalidation with Heartbeat set), so that a subscriber that hears
+	// its own knows invalidations reach it.
+	Heartbeat(ctx context.Context, id string) error
 
 	// PutOAuthState keeps st under the one-time name state for ttl, replacing
 	// any state of that name.

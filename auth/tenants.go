@@ -115,14 +115,19 @@ func (t *Tokens) List(ctx context.Context, after string, limit int) ([]string, b
 	return ids, more, nil
 }
 
-// Forget deletes the tenant's token. Later calls for it are ErrUnknownTenant.
+// Forget deletes the tenant's token. Later calls for it are
+// ErrUnknownTenant. This replica stops serving the tenant whatever the store
+// answers: an error may come after the record was deleted (the invalidation
+// that tells other replicas failed), and an *UnavailableError then says that
+// the deletion should be repeated.
 func (t *Tokens) Forget(ctx context.Context, tenant string) error {
-	if err := t.store.Delete(ctx, tenant); err != nil {
-		t.obs.StoreError("delete")
-		return unavailable("the token store is unreachable", 5*time.Second, err)
-	}
+	err := t.store.Delete(ctx, tenant)
 	t.clearPending(tenant)
-	t.cache.drop(tenant, 0)
+	t.cache.deleted(tenant, -1)
+	if err != nil {
+		t.obs.StoreError("delete")
+		return unavailable("the token store did not confirm the deletion to every replica", 5*time.Second, err)
+	}
 	return nil
 }
 
@@ -143,13 +148,14 @@ func (t *Tokens) RefreshNow(ctx context.Context, tenant string) (TenantStatus, e
 	if t.cfg.OAuth == nil {
 		return TenantStatus{}, ErrNotConfigured
 	}
+	e := t.cache.entryFor(tenant)
 	s, err := t.wait(ctx, t.flight(tenant+"\x00now", func(ctx context.Context) (*snapshot, error) {
 		return t.refresh(ctx, tenant, rec.Version, causeAdmin)
 	}))
 	if err != nil {
 		return TenantStatus{}, err
 	}
-	t.cache.put(tenant, s)
+	t.cache.fill(tenant, e, s)
 	return t.Status(ctx, tenant)
 }
 

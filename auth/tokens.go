@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -45,6 +46,9 @@ type Observer interface {
 	// StoreDataLost counts a loss of the store's data noticed by this
 	// replica (its epoch changed).
 	StoreDataLost()
+	// Invalidations reports, every heartbeat, whether invalidations reach
+	// this replica, and when it last heard its own heartbeat (zero: never).
+	Invalidations(subscribed bool, lastHeard time.Time)
 }
 
 // Config configures Tokens. Zero values take the documented defaults.
@@ -76,6 +80,11 @@ type Config struct {
 	LockWait time.Duration
 	// CacheSize bounds the tenants cached in process (default 100000).
 	CacheSize int
+	// CacheRevalidate is how long a cached token is served without reading
+	// the store again while invalidations do not reach this replica
+	// (default 30s). While they do, a cached token is served until it
+	// expires or an invalidation drops it.
+	CacheRevalidate time.Duration
 	// BackgroundInterval is how often idle tenants due for a refresh are
 	// looked for; zero or negative switches the background refresher off.
 	BackgroundInterval time.Duration
@@ -111,6 +120,14 @@ type Tokens struct {
 	epoch  string
 	resync chan struct{}
 
+	// id names this replica's heartbeats; heardAt (unix nanoseconds) is
+	// when it last heard one of them, and subscribed whether that was
+	// recent enough for invalidations to count as reaching it.
+	id         string
+	heardAt    atomic.Int64
+	subscribed atomic.Bool
+	subErr     atomic.Pointer[error]
+
 	// ctx outlives every caller: refreshes run under it, never under a
 	// request's context. stop ends it.
 	ctx  context.Context
@@ -133,6 +150,9 @@ func New(cfg Config) *Tokens {
 	if cfg.LockWait <= 0 {
 		cfg.LockWait = 15 * time.Second
 	}
+	if cfg.CacheRevalidate <= 0 {
+		cfg.CacheRevalidate = 30 * time.Second
+	}
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = 100_000
 	}
@@ -142,19 +162,21 @@ func New(cfg Config) *Tokens {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.RefreshTimeout}
 	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
 	t := &Tokens{
 		cfg:     cfg,
 		store:   cfg.Store,
-		now:     cfg.Now,
+		now:     now,
 		obs:     cfg.Observer,
 		log:     cfg.Logger,
-		cache:   newCache(cfg.CacheSize),
+		cache:   newCache(cfg.CacheSize, now),
 		flights: make(map[string]*flight),
 		pending: make(map[string]*pendingWrite),
 		resync:  make(chan struct{}, 1),
-	}
-	if t.now == nil {
-		t.now = time.Now
+		id:      randomOwner(),
 	}
 	if t.obs == nil {
 		t.obs = nopObserver{}
@@ -175,16 +197,12 @@ func (t *Tokens) Start(ctx context.Context) error {
 	first := make(chan error, 1)
 	t.wg.Go(func() {
 		for attempt := 0; ; attempt++ {
-			err := t.store.Subscribe(t.ctx, func(inv store.Invalidation) {
-				if inv.Version == 0 {
-					// A deletion: a rotation of this tenant still waiting
-					// for its write must not bring it back.
-					t.clearPending(inv.Tenant)
-				}
-				t.cache.drop(inv.Tenant, inv.Version)
-			}, t.askResync)
+			err := t.store.Subscribe(t.ctx, t.invalidated, t.askResync)
 			if attempt == 0 {
 				first <- err
+			}
+			if err != nil {
+				t.subErr.Store(&err)
 			}
 			if err == nil {
 				if attempt > 0 {
@@ -208,7 +226,12 @@ func (t *Tokens) Start(ctx context.Context) error {
 		t.epoch = ep
 	}
 	cancel()
+	// Counted as heard at start, so that a replica is not reported cut off
+	// before its first heartbeat had the time to come back.
+	t.heardAt.Store(t.now().UnixNano())
+	t.subscribed.Store(true)
 	t.wg.Go(t.watchStore)
+	t.wg.Go(t.watchInvalidations)
 	if t.cfg.BackgroundInterval > 0 {
 		t.wg.Go(t.runBackground)
 	}
@@ -220,6 +243,23 @@ func (t *Tokens) Start(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// invalidated applies an invalidation published by any replica.
+func (t *Tokens) invalidated(inv store.Invalidation) {
+	switch {
+	case inv.Heartbeat != "":
+		if inv.Heartbeat == t.id {
+			t.heardAt.Store(t.now().UnixNano())
+		}
+	case inv.Deleted:
+		// A rotation of this tenant still waiting for its write must not
+		// bring it back.
+		t.clearPending(inv.Tenant)
+		t.cache.deleted(inv.Tenant, inv.Version)
+	default:
+		t.cache.written(inv.Tenant, inv.Version)
+	}
 }
 
 // Close stops background work and waits for it. A refresh already sent to
@@ -266,8 +306,13 @@ func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) 
 		case s == nil:
 			t.obs.CacheLookup("memory", "miss")
 		case s.state == store.StateReauthorizationRequired:
-			t.obs.CacheLookup("memory", "hit")
-			return nil, ErrReauthorizationRequired
+			if now.UnixNano()-e.filledAt.Load() < int64(negativeTTL) {
+				t.obs.CacheLookup("memory", "hit")
+				return nil, ErrReauthorizationRequired
+			}
+			// Held long enough: the owner may have connected again and
+			// the invalidation been missed. Read the store again.
+			t.obs.CacheLookup("memory", "stale")
 		case s.usable(now):
 			t.obs.CacheLookup("memory", "hit")
 			if s.due(now, t.cfg.RefreshAhead) {
@@ -298,6 +343,12 @@ func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) 
 	return s, nil
 }
 
+// negativeTTL is how long a tenant that cannot serve
+// (reauthorization_required) is answered from the cache before the store is
+// read again: a missed invalidation must not keep a reconnected tenant
+// refused.
+const negativeTTL = 30 * time.Second
+
 func (t *Tokens) injected(s *snapshot, now time.Time) {
 	if s.expiry.IsZero() {
 		t.obs.Injected(0, false)
@@ -327,17 +378,18 @@ func (t *Tokens) Refused(ctx context.Context, tenant, token string) (string, err
 
 // replace finds a token other than refused for tenant.
 func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot, error) {
+	e := t.cache.entryFor(tenant)
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
 	s := snapshotOf(rec)
 	if rec.State == store.StateReauthorizationRequired {
-		t.cache.put(tenant, s)
+		t.cache.fill(tenant, e, s)
 		return nil, ErrReauthorizationRequired
 	}
 	if rec.AccessToken != refused && s.usable(t.now()) {
-		t.cache.put(tenant, s)
+		t.cache.fill(tenant, e, s)
 		return s, nil
 	}
 	if !rec.Refreshable() || t.cfg.OAuth == nil {
@@ -354,7 +406,7 @@ func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot
 	if err != nil {
 		return nil, err
 	}
-	t.cache.put(tenant, s)
+	t.cache.fill(tenant, e, s)
 	return s, nil
 }
 
@@ -366,8 +418,22 @@ const refreshFlight = "\x00refresh"
 const minForcedRefreshInterval = 30 * time.Second
 
 // load reads the tenant's record (after a cache miss, or with an expired
-// cached token) and refreshes it first when it has expired.
+// cached token) and refreshes it first when it has expired. When an
+// invalidation of the tenant arrives while it runs (a deletion, a newer
+// write), its result is not cached, and it reads again once.
 func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
+	s, filled, err := t.loadOnce(ctx, tenant)
+	if err != nil || filled {
+		return s, err
+	}
+	s, _, err = t.loadOnce(ctx, tenant)
+	return s, err
+}
+
+// loadOnce is one attempt of load; filled reports whether its result went
+// into the cache.
+func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, filled bool, err error) {
+	e := t.cache.entryFor(tenant)
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
 		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) &&
@@ -376,28 +442,27 @@ func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
 			// outdated record at best: the rotated token awaiting its
 			// write is the current one.
 			s := snapshotOf(*p)
-			t.cache.put(tenant, s)
-			return s, nil
+			return s, t.cache.fill(tenant, e, s), nil
 		}
-		return nil, err
+		if errors.Is(err, ErrUnknownTenant) {
+			t.cache.deleted(tenant, -1) // no empty entry for an unknown tenant
+		}
+		return nil, true, err
 	}
-	s := snapshotOf(rec)
+	s = snapshotOf(rec)
 	now := t.now()
 	switch {
 	case rec.State == store.StateReauthorizationRequired:
-		t.cache.put(tenant, s)
-		return nil, ErrReauthorizationRequired
+		return nil, t.cache.fill(tenant, e, s), ErrReauthorizationRequired
 	case s.usable(now):
-		t.cache.put(tenant, s)
-		return s, nil
+		return s, t.cache.fill(tenant, e, s), nil
 	case !rec.Refreshable():
-		return nil, ErrReauthorizationRequired
+		return nil, true, ErrReauthorizationRequired
 	case t.cfg.OAuth == nil:
-		return nil, unavailable("the token has expired and no OAuth client is configured to refresh it", time.Minute, nil)
+		return nil, true, unavailable("the token has expired and no OAuth client is configured to refresh it", time.Minute, nil)
 	}
-	e := t.cache.entryFor(tenant)
 	if wait := time.Duration(e.retryAt.Load() - now.UnixNano()); wait > 0 {
-		return nil, unavailable("the token has expired and refreshing it failed; retrying", wait, nil)
+		return nil, true, unavailable("the token has expired and refreshing it failed; retrying", wait, nil)
 	}
 	s, err = t.refresh(ctx, tenant, rec.Version, causeDue)
 	if err != nil {
@@ -408,12 +473,11 @@ func (t *Tokens) load(ctx context.Context, tenant string) (*snapshot, error) {
 				ue.RetryAfter = max(ue.RetryAfter, time.Duration(e.retryAt.Load()-t.now().UnixNano()))
 			}
 		}
-		return nil, err
+		return nil, true, err
 	}
 	e.failures.Store(0)
 	e.retryAt.Store(0)
-	t.cache.put(tenant, s)
-	return s, nil
+	return s, t.cache.fill(tenant, e, s), nil
 }
 
 // get reads a record, turning store errors into the lifecycle's own.
@@ -474,9 +538,7 @@ func (t *Tokens) settle(tenant string, e *entry, s *snapshot, err error) {
 	}
 	e.failures.Store(0)
 	e.retryAt.Store(0)
-	if cur := e.snap.Load(); cur == nil || cur.version <= s.version {
-		t.cache.put(tenant, s)
-	}
+	t.cache.fill(tenant, e, s)
 }
 
 // backoff holds the next attempt back exponentially, with jitter, from 1s to
@@ -545,3 +607,4 @@ func (nopObserver) StoreError(string)               {}
 func (nopObserver) Injected(time.Duration, bool)    {}
 func (nopObserver) PendingWrite(int)                {}
 func (nopObserver) StoreDataLost()                  {}
+func (nopObserver) Invalidations(bool, time.Time)   {}

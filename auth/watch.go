@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -93,18 +94,90 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 // dropped, a newer record replaces the cached one. It runs when
 // invalidations may have been missed, so the cache keeps serving meanwhile.
 func (t *Tokens) revalidate(ctx context.Context) {
-	t.each(ctx, t.cache.snapshots(), func(c cached) {
+	t.revalidateBefore(ctx, time.Time{})
+}
+
+// revalidateBefore re-reads the records of the tenants last read from the
+// store before cutoff (zero: every cached tenant).
+func (t *Tokens) revalidateBefore(ctx context.Context, cutoff time.Time) {
+	held := t.cache.snapshots()
+	if !cutoff.IsZero() {
+		held = slices.DeleteFunc(held, func(c cached) bool { return !c.filledAt.Before(cutoff) })
+	}
+	t.each(ctx, held, func(c cached) {
 		if t.pendingRecord(c.tenant) != nil {
 			return // Its writer knows better than the store.
 		}
 		rec, err := t.store.Get(ctx, c.tenant)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			t.cache.drop(c.tenant, 0)
+			t.cache.deleted(c.tenant, -1)
+		case err == nil && rec.Version == c.snap.version:
+			t.cache.checked(c.tenant, c.snap)
 		case err == nil:
-			t.cache.refill(c.tenant, snapshotOf(rec))
+			t.cache.fill(c.tenant, c.entry, snapshotOf(rec))
 		}
 	})
+}
+
+// heartbeatInterval is how often each replica publishes a heartbeat on the
+// invalidation channel; invalidationsDownAfter without hearing its own, it
+// counts invalidations as not reaching it.
+const (
+	heartbeatInterval      = 2 * time.Second
+	invalidationsDownAfter = 3 * heartbeatInterval
+)
+
+// watchInvalidations publishes this replica's heartbeats and tracks whether
+// they come back. While they do not, invalidations may be lost (the
+// subscription is down, or the Redis user may not PUBLISH or SUBSCRIBE), so
+// it says so (log, metrics, Invalidations) and re-reads every cached tenant
+// not read for CacheRevalidate.
+func (t *Tokens) watchInvalidations() {
+	tick := time.NewTicker(heartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(t.ctx, heartbeatInterval)
+		pubErr := t.store.Heartbeat(ctx, t.id)
+		cancel()
+		now := t.now()
+		heard := time.Unix(0, t.heardAt.Load())
+		ok := now.Sub(heard) < invalidationsDownAfter
+		if was := t.subscribed.Swap(ok); was != ok {
+			if ok {
+				t.log.Info("invalidations reach this replica again; re-reading every cached tenant")
+				t.askResync()
+			} else {
+				reason := "no heartbeat came back"
+				switch {
+				case pubErr != nil:
+					reason = pubErr.Error()
+				case t.subErr.Load() != nil:
+					reason = (*t.subErr.Load()).Error()
+				}
+				t.log.Warn("invalidations do not reach this replica: deleted or replaced tokens are noticed only by re-reading the store",
+					"reason", reason, "revalidate_every", t.cfg.CacheRevalidate.String())
+			}
+		}
+		t.obs.Invalidations(ok, heard)
+		if !ok {
+			ctx, cancel := context.WithTimeout(t.ctx, t.cfg.CacheRevalidate)
+			t.revalidateBefore(ctx, now.Add(-t.cfg.CacheRevalidate))
+			cancel()
+		}
+	}
+}
+
+// Invalidations reports whether other replicas' writes and deletions reach
+// this replica (its own heartbeats come back through the store), and when it
+// last heard one.
+func (t *Tokens) Invalidations() (subscribed bool, lastHeard time.Time) {
+	return t.subscribed.Load(), time.Unix(0, t.heardAt.Load())
 }
 
 // each calls fn for every item of held, storeWorkers at a time, until ctx

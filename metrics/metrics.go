@@ -36,6 +36,8 @@ type Metrics struct {
 	staticInjections prometheus.Counter
 	pendingWrites    prometheus.Gauge
 	storeDataLosses  prometheus.Counter
+	invalidationsUp  prometheus.Gauge
+	invalidationsAt  prometheus.Gauge
 
 	memoryHit prometheus.Counter
 
@@ -139,6 +141,14 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: namespace, Name: "refresh_pending_writes",
 			Help: "Rotated tokens held only in this replica's memory because the store has not accepted (or confirmed) their write yet; the tenant's lock is held meanwhile.",
 		}),
+		invalidationsUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "invalidations_subscribed",
+			Help: "1 while other replicas' writes and deletions reach this replica (its own heartbeats come back through the store), else 0: cached tokens are then re-read every CACHE_REVALIDATE.",
+		}),
+		invalidationsAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "invalidations_last_heard_timestamp_seconds",
+			Help: "When this replica last heard its own heartbeat on the invalidation channel (Unix seconds).",
+		}),
 		storeDataLosses: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "store_data_losses_total",
 			Help: "Times this replica found that the store lost its data (its epoch changed) and wrote back the records it held.",
@@ -172,7 +182,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.requests, m.requestDuration, m.upstreamDuration, m.upstreamAnswers, m.replays,
 		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
 		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
-		m.storeDataLosses, buildInfo,
+		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -245,6 +255,18 @@ func (m *Metrics) Injected(left time.Duration, expires bool) {
 
 // PendingWrite adds delta to the rotated tokens awaiting their write.
 func (m *Metrics) PendingWrite(delta int) { m.pendingWrites.Add(float64(delta)) }
+
+// Invalidations records whether invalidations reach this replica.
+func (m *Metrics) Invalidations(subscribed bool, lastHeard time.Time) {
+	v := 0.0
+	if subscribed {
+		v = 1
+	}
+	m.invalidationsUp.Set(v)
+	if !lastHeard.IsZero() {
+		m.invalidationsAt.Set(float64(lastHeard.UnixNano()) / 1e9)
+	}
+}
 
 // StoreDataLost counts a loss of the store's data.
 func (m *Metrics) StoreDataLost() { m.storeDataLosses.Inc() }

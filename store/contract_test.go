@@ -638,8 +638,8 @@ func testContract(t *testing.T, b backend) {
 		if err := s.Delete(ctx, "acme"); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 0}) {
-			t.Errorf("invalidation = %+v; want acme version 0", inv)
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 1, Deleted: true}) {
+			t.Errorf("invalidation = %+v; want acme deleted, its tombstone at version 1", inv)
 		}
 		if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Get after Delete = %+v, %v; want ErrNotFound", rec, err)
@@ -711,6 +711,87 @@ func testContract(t *testing.T, b backend) {
 		}
 		if v := mustPut(t, s, "acme", sampleRecord("refreshed"), 4); v != 5 {
 			t.Errorf("Put(prev 4) = %d; want 5", v)
+		}
+	})
+
+	t.Run("restore writes only where nothing or an older record is", func(t *testing.T) {
+		testRestore(t, b)
+	})
+
+	t.Run("epoch is stable", func(t *testing.T) {
+		f := b.setup(t)
+		s1, s2 := f.open(t), f.open(t)
+		ctx := t.Context()
+		first, err := s1.Epoch(ctx)
+		if err != nil || first == "" {
+			t.Fatalf("Epoch = %q, %v; want a value", first, err)
+		}
+		mustPut(t, s1, "acme", sampleRecord("a"), 0)
+		if err := s1.Delete(ctx, "acme"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		for i, s := range []auth.Store{s1, s2} {
+			if got, err := s.Epoch(ctx); err != nil || got != first {
+				t.Errorf("store %d: Epoch after writes = %q, %v; want %q", i+1, got, err, first)
+			}
+		}
+		if other, err := b.setup(t).open(t).Epoch(ctx); err != nil || other == first {
+			t.Errorf("Epoch of another data set = %q, %v; want a value other than %q", other, err, first)
+		}
+	})
+
+	t.Run("epoch is the same for stores that ask at once", func(t *testing.T) {
+		f := b.setup(t)
+		const stores = 8
+		epochs := make([]string, stores)
+		var wg sync.WaitGroup
+		for i := range stores {
+			s := f.open(t)
+			wg.Go(func() {
+				e, err := s.Epoch(t.Context())
+				if err != nil {
+					t.Errorf("store %d: Epoch: %v", i, err)
+				}
+				epochs[i] = e
+			})
+		}
+		wg.Wait()
+		if epochs[0] == "" || slices.ContainsFunc(epochs, func(e string) bool { return e != epochs[0] }) {
+			t.Errorf("Epochs = %q; want one value", epochs)
+		}
+	})
+
+	t.Run("delete of an unknown tenant leaves a tombstone", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		if err := s.Delete(ctx, "ghost"); err != nil {
+			t.Fatalf("Delete of an unknown tenant: %v", err)
+		}
+		// The tombstone of a tenant never put keeps version 0.
+		if inv := nextInvalidation(t, invs); inv.Tenant != "ghost" || inv.Version != 0 {
+			t.Errorf("invalidation = %+v; want ghost version 0", inv)
+		}
+		if rec, err := s.Get(ctx, "ghost"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Get = %+v, %v; want ErrNotFound", rec, err)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || len(tenants) != 0 {
+			t.Errorf("List = %q, %v; want none", tenants, err)
+		}
+		rec := sampleRecord("lost")
+		rec.Version = 1
+		if ok, err := s.Restore(ctx, "ghost", rec); ok || err != nil {
+			t.Errorf("Restore(version 1) over the tombstone = %v, %v; want false, nil", ok, err)
+		}
+		if v, err := s.Put(ctx, "ghost", sampleRecord("x"), 1); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("Put(prev 1) on the tombstone = %d, %v; want ErrConflict", v, err)
+		}
+		if v := mustPut(t, s, "ghost", sampleRecord("new"), 0); v != 1 {
+			t.Errorf("Put(prev 0) on the tombstone = %d; want 1", v)
+		}
+		if got := mustGet(t, s, "ghost"); got.Version != 1 || got.AccessToken != "access-new" {
+			t.Errorf("Get = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-new")
 		}
 	})
 
@@ -996,7 +1077,7 @@ func testContract(t *testing.T, b backend) {
 		if err := pub.Delete(ctx, "acme"); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
-		want := []store.Invalidation{{Tenant: "acme", Version: 1}, {Tenant: "acme", Version: 2}, {Tenant: "acme", Version: 0}}
+		want := []store.Invalidation{{Tenant: "acme", Version: 1}, {Tenant: "acme", Version: 2}, {Tenant: "acme", Version: 2, Deleted: true}}
 		for i, invs := range []<-chan store.Invalidation{invs1, invs2} {
 			for _, w := range want {
 				if got := nextInvalidation(t, invs); got != w {
@@ -1006,6 +1087,24 @@ func testContract(t *testing.T, b backend) {
 		}
 		if len(resyncs) != 0 {
 			t.Errorf("onResync called %d times without a reconnect", len(resyncs))
+		}
+	})
+
+	t.Run("heartbeats reach every subscriber", func(t *testing.T) {
+		f := b.setup(t)
+		pub := f.open(t)
+		invs1, _ := subscribe(t, f.open(t))
+		invs2, _ := subscribe(t, f.open(t))
+		if err := pub.Heartbeat(t.Context(), "replica-1"); err != nil {
+			t.Fatalf("Heartbeat: %v", err)
+		}
+		for i, invs := range []<-chan store.Invalidation{invs1, invs2} {
+			if got := nextInvalidation(t, invs); got != (store.Invalidation{Heartbeat: "replica-1"}) {
+				t.Errorf("subscriber %d: got %+v; want the heartbeat of replica-1", i+1, got)
+			}
+		}
+		if err := pub.Heartbeat(t.Context(), ""); err == nil {
+			t.Error("Heartbeat with an empty id: nil error; want it refused")
 		}
 	})
 
@@ -1132,6 +1231,216 @@ func testContract(t *testing.T, b backend) {
 	t.Run("ping", func(t *testing.T) {
 		if err := b.setup(t).open(t).Ping(t.Context()); err != nil {
 			t.Errorf("Ping: %v", err)
+		}
+	})
+}
+
+// restored returns sampleRecord(tag) as a replica holds it at version v,
+// in state st.
+func restored(tag string, v int64, st store.State) store.TokenRecord {
+	rec := sampleRecord(tag)
+	rec.Version, rec.State = v, st
+	return rec
+}
+
+// testRestore checks that b's Restore writes a record back under its own
+// version only where the tenant has nothing, or a live record of a lower
+// version.
+func testRestore(t *testing.T, b backend) {
+	far := time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	t.Run("no record: written at its version and indexed", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		rec := restored("held", 7, store.StateActive)
+		if ok, err := s.Restore(ctx, "acme", rec); !ok || err != nil {
+			t.Fatalf("Restore(version 7) on nothing = %v, %v; want true, nil", ok, err)
+		}
+		got := mustGet(t, s, "acme")
+		if diff := recordDiff(got, rec); len(diff) > 0 || got.Version != 7 {
+			t.Errorf("Get = %+v (version %d); differs in %v from the restored record, version 7", got, got.Version, diff)
+		}
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 7}) {
+			t.Errorf("invalidation = %+v; want acme version 7", inv)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || !slices.Equal(tenants, []string{"acme"}) {
+			t.Errorf("List = %q, %v; want [acme]", tenants, err)
+		}
+		if due, err := s.DueBefore(ctx, far, 10); err != nil || !slices.Equal(due, []string{"acme"}) {
+			t.Errorf("DueBefore = %q, %v; want [acme]", due, err)
+		}
+		if due, err := s.DueBefore(ctx, rec.Expiry, 10); err != nil || len(due) != 0 {
+			t.Errorf("DueBefore(the restored expiry) = %q, %v; want none (indexed at its expiry)", due, err)
+		}
+		checkCounts(t, s, "after Restore", 1, 0)
+		// Versions go on from the restored one.
+		if v := mustPut(t, s, "acme", sampleRecord("next"), 7); v != 8 {
+			t.Errorf("Put(prev 7) after Restore = %d; want 8", v)
+		}
+	})
+
+	t.Run("older live record: replaced and reindexed", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		mustPut(t, s, "acme", sampleRecord("one"), 0)
+		mustPut(t, s, "acme", sampleRecord("two"), 1)
+		nextInvalidation(t, invs)
+		nextInvalidation(t, invs)
+
+		rec := restored("held", 5, store.StateReauthorizationRequired)
+		if ok, err := s.Restore(ctx, "acme", rec); !ok || err != nil {
+			t.Fatalf("Restore(version 5) over version 2 = %v, %v; want true, nil", ok, err)
+		}
+		got := mustGet(t, s, "acme")
+		if diff := recordDiff(got, rec); len(diff) > 0 || got.Version != 5 {
+			t.Errorf("Get = %+v (version %d); differs in %v from the restored record, version 5", got, got.Version, diff)
+		}
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 5}) {
+			t.Errorf("invalidation = %+v; want acme version 5", inv)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || !slices.Equal(tenants, []string{"acme"}) {
+			t.Errorf("List = %q, %v; want [acme]", tenants, err)
+		}
+		if due, err := s.DueBefore(ctx, far, 10); err != nil || len(due) != 0 {
+			t.Errorf("DueBefore = %q, %v; want none (the restored record needs reauthorization)", due, err)
+		}
+		checkCounts(t, s, "after Restore", 0, 1)
+	})
+
+	t.Run("equal or newer live record: not written", func(t *testing.T) {
+		tests := []struct {
+			name    string
+			version int64
+		}{
+			{name: "equal version", version: 2},
+			{name: "older version", version: 1},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				f := b.setup(t)
+				s := f.open(t)
+				invs, _ := subscribe(t, f.open(t))
+				ctx := t.Context()
+				mustPut(t, s, "acme", sampleRecord("one"), 0)
+				mustPut(t, s, "acme", sampleRecord("two"), 1)
+				nextInvalidation(t, invs)
+				nextInvalidation(t, invs)
+
+				rec := restored("held", tt.version, store.StateReauthorizationRequired)
+				if ok, err := s.Restore(ctx, "acme", rec); ok || err != nil {
+					t.Fatalf("Restore(version %d) over version 2 = %v, %v; want false, nil", tt.version, ok, err)
+				}
+				if got := mustGet(t, s, "acme"); got.Version != 2 || got.AccessToken != "access-two" {
+					t.Errorf("Get = version %d, %q; want 2, %q", got.Version, got.AccessToken, "access-two")
+				}
+				checkCounts(t, s, "after a refused Restore", 1, 0)
+				// The refused Restore published nothing: the next
+				// invalidation seen is the next write's.
+				mustPut(t, s, "acme", sampleRecord("three"), 2)
+				if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 3}) {
+					t.Errorf("invalidation after a refused Restore = %+v; want acme version 3", inv)
+				}
+			})
+		}
+	})
+
+	t.Run("tombstone: not written", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		mustPut(t, s, "acme", sampleRecord("one"), 0)
+		mustPut(t, s, "acme", sampleRecord("two"), 1)
+		if err := s.Delete(ctx, "acme"); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+		for range 3 {
+			nextInvalidation(t, invs)
+		}
+
+		for _, v := range []int64{1, 2, 3, 100} {
+			if ok, err := s.Restore(ctx, "acme", restored("held", v, store.StateActive)); ok || err != nil {
+				t.Errorf("Restore(version %d) over the tombstone of version 2 = %v, %v; want false, nil", v, ok, err)
+			}
+		}
+		if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Get = %+v, %v; want ErrNotFound", rec, err)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || len(tenants) != 0 {
+			t.Errorf("List = %q, %v; want none", tenants, err)
+		}
+		if due, err := s.DueBefore(ctx, far, 10); err != nil || len(due) != 0 {
+			t.Errorf("DueBefore = %q, %v; want none", due, err)
+		}
+		checkCounts(t, s, "after refused Restores", 0, 0)
+		// The tombstone kept its version, and nothing was published.
+		if v := mustPut(t, s, "acme", sampleRecord("reimported"), 0); v != 3 {
+			t.Errorf("Put(prev 0) after the refused Restores = %d; want 3", v)
+		}
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 3}) {
+			t.Errorf("invalidation after refused Restores = %+v; want acme version 3", inv)
+		}
+	})
+
+	t.Run("tombstone of a tenant never put: not written", func(t *testing.T) {
+		s := b.setup(t).open(t)
+		ctx := t.Context()
+		if err := s.Delete(ctx, "ghost"); err != nil {
+			t.Fatalf("Delete of an unknown tenant: %v", err)
+		}
+		if ok, err := s.Restore(ctx, "ghost", restored("held", 4, store.StateActive)); ok || err != nil {
+			t.Errorf("Restore(version 4) over the tombstone of a tenant never put = %v, %v; want false, nil", ok, err)
+		}
+		if rec, err := s.Get(ctx, "ghost"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Get = %+v, %v; want ErrNotFound", rec, err)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || len(tenants) != 0 {
+			t.Errorf("List = %q, %v; want none", tenants, err)
+		}
+	})
+
+	t.Run("bad arguments are refused", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		invs, _ := subscribe(t, f.open(t))
+		ctx := t.Context()
+		mustPut(t, s, "acme", sampleRecord("one"), 0)
+		nextInvalidation(t, invs)
+		tests := []struct {
+			name    string
+			tenant  string
+			version int64
+		}{
+			{name: "version 0 on nothing", tenant: "fresh", version: 0},
+			{name: "version -1 on nothing", tenant: "fresh", version: -1},
+			{name: "version 0 on a record", tenant: "acme", version: 0},
+			{name: "AnyVersion on a record", tenant: "acme", version: store.AnyVersion},
+			{name: "empty tenant", tenant: "", version: 3},
+			{name: "tenant with a brace", tenant: "a{b", version: 3},
+		}
+		for _, tt := range tests {
+			ok, err := s.Restore(ctx, tt.tenant, restored("held", tt.version, store.StateActive))
+			if ok || err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
+				t.Errorf("%s: Restore(%q, version %d) = %v, %v; want false and an argument error", tt.name, tt.tenant, tt.version, ok, err)
+			}
+		}
+		if got := mustGet(t, s, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
+			t.Errorf("Get(acme) = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-one")
+		}
+		if rec, err := s.Get(ctx, "fresh"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Get(fresh) = %+v, %v; want ErrNotFound", rec, err)
+		}
+		if tenants, _, err := s.List(ctx, "", 10); err != nil || !slices.Equal(tenants, []string{"acme"}) {
+			t.Errorf("List = %q, %v; want [acme]", tenants, err)
+		}
+		checkCounts(t, s, "after refused Restores", 1, 0)
+		mustPut(t, s, "acme", sampleRecord("two"), 1)
+		if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 2}) {
+			t.Errorf("invalidation after refused Restores = %+v; want acme version 2 (they published nothing)", inv)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -135,8 +136,9 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 }
 
 // Delete forgets the tenant's record, leaving a tombstone that keeps its
-// version, and its lock, and tells every subscriber (Version 0). Deleting an
-// unknown tenant is not an error.
+// version (an unknown tenant too), and its lock, and tells every subscriber
+// (Deleted, with the tombstone's version). Deleting an unknown tenant is not
+// an error.
 func (m *Memory) Delete(ctx context.Context, tenant string) error {
 	if err := checkCall(ctx, tenant); err != nil {
 		return fmt.Errorf("store: delete %q: %w", tenant, err)
@@ -146,7 +148,7 @@ func (m *Memory) Delete(ctx context.Context, tenant string) error {
 	// A tombstone even for an unknown tenant, as in Redis.
 	m.records[tenant] = memoryRecord{version: m.records[tenant].version, deleted: true}
 	delete(m.locks, tenant)
-	m.publishLocked(Invalidation{Tenant: tenant, Version: 0})
+	m.publishLocked(Invalidation{Tenant: tenant, Version: m.records[tenant].version, Deleted: true})
 	return nil
 }
 
@@ -177,6 +179,20 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	m.records[tenant] = r
 	m.publishLocked(Invalidation{Tenant: tenant, Version: r.version})
 	return true, nil
+}
+
+// Heartbeat tells every subscriber of a heartbeat carrying id.
+func (m *Memory) Heartbeat(ctx context.Context, id string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: heartbeat: %w", err)
+	}
+	if id == "" {
+		return errors.New("store: heartbeat: empty id")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.publishLocked(Invalidation{Heartbeat: id})
+	return nil
 }
 
 // Epoch returns the Memory's epoch, fixed for its life: a Memory never

@@ -90,7 +90,10 @@ type Redis struct {
 	// When the server has AOF on and knows WAITAOF (Redis 7.2 and later),
 	// the local fsync is confirmed too. A write that is not confirmed
 	// within DurableTimeout returns an error wrapping ErrUnconfirmed,
-	// although the primary holds it. Set it before the first call.
+	// although the primary holds it. A server that refuses INFO to the
+	// client's user (which lacks @dangerous) is taken to have no replica
+	// and no AOF: set MinReplicasAck to wait for replicas there. Set it
+	// before the first call.
 	MinReplicasAck int
 	// DurableTimeout bounds the wait for those acknowledgements; zero
 	// means DefaultDurableTimeout.
@@ -113,7 +116,9 @@ type Redis struct {
 // NewRedis returns a Redis store over client whose keys all start with
 // prefix ("" means DefaultPrefix), sealing with sealer. It panics if client
 // or sealer is nil: Redis never keeps tokens unsealed. The caller keeps
-// ownership of client and closes it.
+// ownership of client and closes it. A client not opened by OpenRedisURL
+// should have go-redis's maintenance notifications off, as those are, or
+// concurrent writes race inside go-redis (see OpenRedisURL).
 func NewRedis(client redis.UniversalClient, prefix string, sealer *Sealer) *Redis {
 	if client == nil || sealer == nil {
 		panic("store: NewRedis needs a client and a sealer")
@@ -385,7 +390,8 @@ func (r *Redis) Epoch(ctx context.Context) (string, error) {
 
 // Delete forgets the tenant: its record, leaving a tombstone that keeps the
 // version, its lock and its index entries, and publishes an Invalidation
-// with Version 0. Deleting an unknown tenant is not an error.
+// with Deleted set and the tombstone's version. Deleting an unknown tenant
+// is not an error; it leaves a tombstone too.
 //
 // Unlike Put, Delete returns an error when the index update or the
 // Invalidation failed after the record was deleted: a replica that missed
@@ -434,10 +440,7 @@ type written struct {
 func (r *Redis) followUp(ctx context.Context, tenant string, w written) (indexErr, publishErr error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), followUpTimeout)
 	defer cancel()
-	inv := Invalidation{Tenant: tenant}
-	if w.rec != nil {
-		inv.Version = w.version
-	}
+	inv := Invalidation{Tenant: tenant, Version: w.version, Deleted: w.rec == nil}
 	index, publish := true, true
 	for range 2 {
 		indexErr, publishErr = r.runFollowUp(ctx, tenant, w.rec, index, publish, inv)
@@ -832,23 +835,76 @@ func (r *Redis) awaitSubscribed(ctx context.Context, ps *redis.PubSub) error {
 	}
 }
 
+// heartbeatPrefix starts a heartbeat's payload; no tenant id holds a
+// control character, so no invalidation starts with it.
+const heartbeatPrefix = "\x01heartbeat "
+
+// formatInvalidation writes "<tenant> <version>", "<tenant> <version>
+// deleted", or a heartbeat.
 func formatInvalidation(inv Invalidation) string {
-	return inv.Tenant + " " + strconv.FormatInt(inv.Version, 10)
+	if inv.Heartbeat != "" {
+		return heartbeatPrefix + inv.Heartbeat
+	}
+	out := inv.Tenant + " " + strconv.FormatInt(inv.Version, 10)
+	if inv.Deleted {
+		out += " deleted"
+	}
+	return out
 }
 
-// parseInvalidation reads "<tenant> <version>", and reports whether payload
-// was one.
+// parseInvalidation reads what formatInvalidation wrote, and reports whether
+// payload was one.
 func parseInvalidation(payload string) (Invalidation, bool) {
-	i := strings.LastIndexByte(payload, ' ')
-	if i < 0 {
+	if id, ok := strings.CutPrefix(payload, heartbeatPrefix); ok {
+		return Invalidation{Heartbeat: id}, id != ""
+	}
+	fields := strings.Split(payload, " ")
+	deleted := len(fields) == 3 && fields[2] == "deleted"
+	if len(fields) != 2 && !deleted {
 		return Invalidation{}, false
 	}
-	tenant := payload[:i]
-	version, err := strconv.ParseInt(payload[i+1:], 10, 64)
-	if err != nil || version < 0 || checkTenant(tenant) != nil {
+	version, err := strconv.ParseInt(fields[1], 10, 64)
+	if err != nil || version < 0 || checkTenant(fields[0]) != nil {
 		return Invalidation{}, false
 	}
-	return Invalidation{Tenant: tenant, Version: version}, true
+	// Versions of writes start at 1: "<tenant> 0" is a deletion as
+	// replicas before the deleted form announced it.
+	return Invalidation{Tenant: fields[0], Version: version, Deleted: deleted || version == 0}, true
+}
+
+// Heartbeat publishes a heartbeat carrying id on the invalidation channel,
+// for a subscriber to tell that it hears what is published.
+func (r *Redis) Heartbeat(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("store: heartbeat: empty id")
+	}
+	if err := r.client.Publish(ctx, r.channel(), formatInvalidation(Invalidation{Heartbeat: id})).Err(); err != nil {
+		return fmt.Errorf("store: heartbeat: %w", err)
+	}
+	return nil
+}
+
+// CheckAccess checks that the Redis user may do what the proxy needs
+// beyond reading and writing keys: PUBLISH and SUBSCRIBE on the
+// invalidation channel, and run the store's scripts. It returns an error
+// naming the first thing refused (a NOPERM answer, typically a Redis 7 ACL
+// user without channel permissions), or why Redis could not be asked.
+func (r *Redis) CheckAccess(ctx context.Context) error {
+	if err := r.client.Publish(ctx, r.channel(), formatInvalidation(Invalidation{Heartbeat: "access-check"})).Err(); err != nil {
+		return fmt.Errorf("store: PUBLISH to %s: %w", r.channel(), err)
+	}
+	ps := r.client.Subscribe(ctx, r.channel())
+	err := r.awaitSubscribed(ctx, ps)
+	_ = ps.Close()
+	if err != nil {
+		return fmt.Errorf("store: SUBSCRIBE to %s: %w", r.channel(), err)
+	}
+	// Compare-and-delete of a lock nobody holds: runs a script, changes
+	// nothing.
+	if err := r.unlock.Run(ctx, r.client, []string{r.lockKey("access-check")}, "nobody").Err(); err != nil {
+		return fmt.Errorf("store: running a script (EVALSHA, EVAL): %w", err)
+	}
+	return nil
 }
 
 // PutOAuthState keeps st, sealed, under the one-time name state for ttl,

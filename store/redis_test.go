@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/store"
 )
 
@@ -441,5 +442,310 @@ func testRedisReseal(t *testing.T, b backend) {
 	}
 	if n, err := rotated.Reseal(ctx, nil); n != 0 || err != nil {
 		t.Errorf("Reseal with nothing to do = %d, %v; want 0, nil", n, err)
+	}
+}
+
+// serverStore returns a store over the Redis at srv, which the test owns,
+// sealing with sealer and confirming its writes as minAck and timeout ask.
+func serverStore(t *testing.T, srv *testutil.RedisServer, sealer *store.Sealer, minAck int, timeout time.Duration) *store.Redis {
+	t.Helper()
+	s := store.NewRedis(srv.Client(), "", sealer)
+	s.MinReplicasAck, s.DurableTimeout = minAck, timeout
+	return s
+}
+
+// patient bounds the waits for acknowledgements that are expected to come.
+const patient = 10 * time.Second
+
+func TestRedisEpochAfterDataLoss(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		lose func(t *testing.T, srv *testutil.RedisServer)
+		// wantKept reports whether the data, and so the epoch, survive.
+		wantKept bool
+	}{
+		{
+			name: "FLUSHALL",
+			lose: func(t *testing.T, srv *testutil.RedisServer) {
+				if err := srv.Client().FlushAll(t.Context()).Err(); err != nil {
+					t.Fatalf("FLUSHALL: %v", err)
+				}
+			},
+		},
+		{
+			name: "restart without persistence",
+			lose: func(t *testing.T, srv *testutil.RedisServer) { srv.Restart() },
+		},
+		{
+			name:     "restart with an append-only file",
+			args:     []string{"--appendonly", "yes", "--appendfsync", "always"},
+			lose:     func(t *testing.T, srv *testutil.RedisServer) { srv.Restart() },
+			wantKept: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := testutil.StartRedis(t, tt.args...)
+			s := serverStore(t, srv, mustSealer(t, newKey(t)), store.AutoReplicas, patient)
+			ctx := t.Context()
+			before, err := s.Epoch(ctx)
+			if err != nil {
+				t.Fatalf("Epoch: %v", err)
+			}
+			mustPut(t, s, "acme", sampleRecord("a"), 0)
+
+			tt.lose(t, srv)
+			after, err := s.Epoch(ctx)
+			if err != nil {
+				t.Fatalf("Epoch after the loss: %v", err)
+			}
+			if tt.wantKept != (after == before) {
+				t.Errorf("Epoch = %q before, %q after; want them equal: %v", before, after, tt.wantKept)
+			}
+			// The epoch tells the truth about the data.
+			_, err = s.Get(ctx, "acme")
+			if tt.wantKept != (err == nil) {
+				t.Errorf("Get after the loss = %v; want the record kept: %v", err, tt.wantKept)
+			}
+			// Once written again, the epoch holds.
+			if again, err := s.Epoch(ctx); err != nil || again != after {
+				t.Errorf("Epoch again = %q, %v; want %q", again, err, after)
+			}
+		})
+	}
+}
+
+func TestRedisWaitsForReplica(t *testing.T) {
+	t.Parallel()
+	primary := testutil.StartRedis(t)
+	replica := testutil.StartReplica(t, primary)
+	sealer := mustSealer(t, newKey(t))
+	s := serverStore(t, primary, sealer, store.AutoReplicas, 200*time.Millisecond)
+	onReplica := serverStore(t, replica, sealer, store.AutoReplicas, 0)
+	invs, _ := subscribe(t, serverStore(t, primary, sealer, store.AutoReplicas, 0))
+	ctx := t.Context()
+
+	mustPut(t, s, "acme", sampleRecord("one"), 0)
+	nextInvalidation(t, invs)
+	// WAIT returned: the replica has the record, no polling needed.
+	if got := mustGet(t, onReplica, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
+		t.Errorf("Get on the replica = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-one")
+	}
+
+	replica.Pause()
+	if v, err := s.Put(ctx, "acme", sampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
+		t.Fatalf("Put with the replica paused = %d, %v; want ErrUnconfirmed", v, err)
+	}
+	// The primary holds it, and said so.
+	if got := mustGet(t, s, "acme"); got.Version != 2 || got.AccessToken != "access-two" {
+		t.Errorf("Get on the primary after the unconfirmed Put = version %d, %q; want 2, %q", got.Version, got.AccessToken, "access-two")
+	}
+	if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 2}) {
+		t.Errorf("invalidation of the unconfirmed Put = %+v; want acme version 2", inv)
+	}
+
+	replica.Resume()
+	if v := mustPut(t, s, "acme", sampleRecord("three"), 2); v != 3 {
+		t.Errorf("Put after Resume = %d; want 3", v)
+	}
+	if got := mustGet(t, onReplica, "acme"); got.Version != 3 {
+		t.Errorf("Get on the replica after Resume = version %d; want 3", got.Version)
+	}
+
+	replica.Pause()
+	if err := s.Delete(ctx, "acme"); !errors.Is(err, store.ErrUnconfirmed) {
+		t.Errorf("Delete with the replica paused = %v; want ErrUnconfirmed", err)
+	}
+	if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Get on the primary after the unconfirmed Delete = %+v, %v; want ErrNotFound", rec, err)
+	}
+	replica.Resume()
+}
+
+func TestRedisMinReplicasAck(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// replica, when set, starts a replica and pauses it before the Put.
+		replica         bool
+		minAck          int
+		wantUnconfirmed bool
+	}{
+		{name: "0 with a paused replica does not wait", replica: true, minAck: 0},
+		{name: "1 with no replica is unconfirmed", minAck: 1, wantUnconfirmed: true},
+		{name: "auto with no replica does not wait", minAck: store.AutoReplicas},
+		{name: "auto with a paused replica is unconfirmed", replica: true, minAck: store.AutoReplicas, wantUnconfirmed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			primary := testutil.StartRedis(t)
+			if tt.replica {
+				replica := testutil.StartReplica(t, primary)
+				replica.Pause()
+				t.Cleanup(replica.Resume) // registered after Kill, so run before it
+			}
+			s := serverStore(t, primary, mustSealer(t, newKey(t)), tt.minAck, 200*time.Millisecond)
+			v, err := s.Put(t.Context(), "acme", sampleRecord("a"), 0)
+			if tt.wantUnconfirmed {
+				if !errors.Is(err, store.ErrUnconfirmed) {
+					t.Fatalf("Put = %d, %v; want ErrUnconfirmed", v, err)
+				}
+			} else if err != nil || v != 1 {
+				t.Fatalf("Put = %d, %v; want 1, nil", v, err)
+			}
+			if got := mustGet(t, s, "acme"); got.Version != 1 {
+				t.Errorf("Get on the primary = version %d; want 1", got.Version)
+			}
+		})
+	}
+}
+
+func TestRedisAppendOnlyWithoutWaitAOF(t *testing.T) {
+	t.Parallel()
+	primary := testutil.StartRedis(t, "--appendonly", "yes")
+	info, err := primary.Client().Info(t.Context(), "persistence").Result()
+	if err != nil || !strings.Contains(info, "aof_enabled:1") {
+		t.Fatalf("INFO persistence = %v; want aof_enabled:1", err)
+	}
+	s := serverStore(t, primary, mustSealer(t, newKey(t)), store.AutoReplicas, 200*time.Millisecond)
+	ctx := t.Context()
+	// Twice: the first write may learn that the server has no WAITAOF
+	// (before Redis 7.2), the second goes without asking.
+	for want := int64(1); want <= 2; want++ {
+		if v, err := s.Put(ctx, "acme", sampleRecord("a"), want-1); err != nil || v != want {
+			t.Fatalf("Put(prev %d) with AOF on = %d, %v; want %d, nil", want-1, v, err, want)
+		}
+	}
+	if err := s.Delete(ctx, "acme"); err != nil {
+		t.Errorf("Delete with AOF on: %v", err)
+	}
+
+	// Falling back from WAITAOF still waits for the replicas.
+	replica := testutil.StartReplica(t, primary)
+	replica.Pause()
+	defer replica.Resume()
+	if v, err := s.Put(ctx, "acme", sampleRecord("b"), 0); !errors.Is(err, store.ErrUnconfirmed) {
+		t.Errorf("Put with AOF on and the replica paused = %d, %v; want ErrUnconfirmed", v, err)
+	}
+}
+
+func TestRedisPrimaryRefusesWrites(t *testing.T) {
+	t.Parallel()
+	primary := testutil.StartRedis(t)
+	admin := primary.Client()
+	s := serverStore(t, primary, mustSealer(t, newKey(t)), store.AutoReplicas, 200*time.Millisecond)
+	ctx := t.Context()
+	mustPut(t, s, "acme", sampleRecord("one"), 0)
+
+	if err := admin.ConfigSet(ctx, "min-replicas-to-write", "1").Err(); err != nil {
+		t.Fatalf("CONFIG SET min-replicas-to-write 1: %v", err)
+	}
+	v, err := s.Put(ctx, "acme", sampleRecord("two"), 1)
+	if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnconfirmed) {
+		t.Errorf("Put on a primary that refuses writes = %d, %v; want an error, neither ErrConflict nor ErrUnconfirmed (nothing was written)", v, err)
+	}
+	if got := mustGet(t, s, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
+		t.Errorf("Get while writes are refused = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-one")
+	}
+
+	if err := admin.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
+		t.Fatalf("CONFIG SET min-replicas-to-write 0: %v", err)
+	}
+	if v := mustPut(t, s, "acme", sampleRecord("two"), 1); v != 2 {
+		t.Errorf("Put once writes are allowed again = %d; want 2", v)
+	}
+}
+
+func TestRedisSentinelWaitsForReplica(t *testing.T) {
+	t.Parallel()
+	primary := testutil.StartRedis(t)
+	replica := testutil.StartReplica(t, primary)
+	sentinel := testutil.StartSentinel(t, primary, "thanksio")
+	c, err := store.OpenRedisURL(sentinel.URL())
+	if err != nil {
+		t.Fatalf("OpenRedisURL(%s): %v", sentinel.URL(), err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
+	s.DurableTimeout = 200 * time.Millisecond
+	ctx := t.Context()
+
+	mustPut(t, s, "acme", sampleRecord("one"), 0)
+	replica.Pause()
+	defer replica.Resume()
+	if v, err := s.Put(ctx, "acme", sampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
+		t.Errorf("Put through Sentinel with the replica paused = %d, %v; want ErrUnconfirmed", v, err)
+	}
+}
+
+func TestRedisUserWithoutInfo(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name            string
+		minAck          int
+		wantUnconfirmed bool
+	}{
+		{name: "auto: taken to have no replica", minAck: store.AutoReplicas},
+		{name: "0", minAck: 0},
+		{name: "1 is still waited for", minAck: 1, wantUnconfirmed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			primary := testutil.StartRedis(t)
+			ctx := t.Context()
+			// INFO is in @dangerous, which restricted users often lack.
+			err := primary.Client().Do(ctx, "ACL", "SETUSER", "proxy", "on", ">secret", "~*", "&*", "+@all", "-@dangerous").Err()
+			if err != nil {
+				t.Fatalf("ACL SETUSER: %v", err)
+			}
+			c := redis.NewClient(&redis.Options{Addr: primary.Addr(), Username: "proxy", Password: "secret"})
+			t.Cleanup(func() { _ = c.Close() })
+			if err := c.Info(ctx, "replication").Err(); err == nil {
+				t.Fatalf("INFO as the restricted user = nil; want it refused")
+			}
+			s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
+			s.MinReplicasAck, s.DurableTimeout = tt.minAck, 200*time.Millisecond
+
+			v, err := s.Put(ctx, "acme", sampleRecord("a"), 0)
+			if tt.wantUnconfirmed {
+				if !errors.Is(err, store.ErrUnconfirmed) {
+					t.Fatalf("Put = %d, %v; want ErrUnconfirmed", v, err)
+				}
+			} else if err != nil || v != 1 {
+				t.Fatalf("Put = %d, %v; want 1, nil", v, err)
+			}
+			if got := mustGet(t, s, "acme"); got.Version != 1 {
+				t.Errorf("Get = version %d; want 1", got.Version)
+			}
+		})
+	}
+}
+
+func TestRedisConcurrentFirstWrites(t *testing.T) {
+	for _, b := range redisBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			f := b.setup(t)
+			// Each write dials on a fresh client, and waits on a connection
+			// of its own: run with -race.
+			const rounds, writers = 10, 8
+			for round := range rounds {
+				s := f.open(t)
+				var wg sync.WaitGroup
+				for w := range writers {
+					wg.Go(func() {
+						tenant := fmt.Sprintf("t-%d-%d", round, w)
+						if _, err := s.Put(t.Context(), tenant, sampleRecord(tenant), 0); err != nil {
+							t.Errorf("Put(%q): %v", tenant, err)
+						}
+					})
+				}
+				wg.Wait()
+			}
+		})
 	}
 }

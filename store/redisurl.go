@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // OpenRedisURL returns a go-redis client for the Redis that rawURL names. It
@@ -41,6 +42,14 @@ import (
 // go-redis's URL options (dial_timeout=3s, pool_size=20, ...); see ParseURL,
 // ParseClusterURL and ParseFailoverURL. Errors never hold the URL's
 // password.
+//
+// The client does not try go-redis's maintenance notifications (CLIENT
+// MAINT_NOTIFICATIONS, Redis Cloud's hand-off of connections before a
+// planned failover); go-redis never does on a Sentinel client. In their
+// default automatic mode, the first connection that a server without them
+// refuses turns them off by writing the client's options, which go-redis
+// (v9.23) shares, without a common lock, with every Conn taken from the
+// client: two Redis writes that open their connections at once race.
 func OpenRedisURL(rawURL string) (redis.UniversalClient, error) {
 	opts, err := parseRedisURL(rawURL)
 	if err != nil {
@@ -48,12 +57,20 @@ func OpenRedisURL(rawURL string) (redis.UniversalClient, error) {
 	}
 	switch {
 	case opts.cluster != nil:
+		opts.cluster.MaintNotificationsConfig = noMaintNotifications()
 		return redis.NewClusterClient(opts.cluster), nil
 	case opts.failover != nil:
 		return redis.NewFailoverClient(opts.failover), nil
 	default:
+		opts.standalone.MaintNotificationsConfig = noMaintNotifications()
 		return redis.NewClient(opts.standalone), nil
 	}
+}
+
+// noMaintNotifications is the configuration that keeps a client from
+// trying maintenance notifications.
+func noMaintNotifications() *maintnotifications.Config {
+	return &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
 // redisURLOptions is what a Redis URL describes: exactly one field is set.

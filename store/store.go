@@ -97,9 +97,16 @@ type OAuthState struct {
 	CreatedAt   time.Time `json:"created_at"`
 }
 
-// Invalidation tells subscribers that a tenant's record was written (Version
-// is the new version) or deleted (Version is 0).
+// Invalidation tells subscribers that a tenant's record was written
+// (Version is the new version) or deleted (Deleted, and Version is the
+// version its tombstone keeps: every version up to it is dead), or, with
+// Tenant empty, carries a heartbeat.
 type Invalidation struct {
 	Tenant  string
 	Version int64
+	Deleted bool
+	// Heartbeat is set, and Tenant empty, on a message sent by Heartbeat:
+	// the id its sender gave. A subscriber that hears its own heartbeats
+	// knows that invalidations reach it.
+	Heartbeat string
 }

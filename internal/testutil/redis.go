@@ -105,7 +105,10 @@ func StartRedis(tb testing.TB, args ...string) *RedisServer {
 
 // StartReplica starts, as StartRedis does with args, a redis-server that
 // replicates primary, and returns once its link to primary is up
-// (master_link_status:up), that is, once the initial sync is done.
+// (master_link_status:up) and it has acknowledged a write: after a full
+// sync, a primary streams writes to a replica only once the replica's first
+// acknowledgement came (they come every second), so until then a WAIT on the
+// primary would find no replica.
 func StartReplica(tb testing.TB, primary *RedisServer, args ...string) *RedisServer {
 	tb.Helper()
 	all := append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(primary.port)}, args...)
@@ -118,6 +121,17 @@ func StartReplica(tb testing.TB, primary *RedisServer, args ...string) *RedisSer
 		info, err := c.Info(ctx, "replication").Result()
 		return err == nil && strings.Contains(info, "master_link_status:up")
 	})
+	// WAIT counts the acknowledgements of this connection's last write.
+	conn := primary.Client().Conn()
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := conn.Incr(ctx, "testutil:replica-marker").Err(); err != nil {
+		tb.Fatalf("writing to the primary at %s: %v", primary.Addr(), err)
+	}
+	if n, err := conn.Wait(ctx, 1, readyTimeout).Result(); err != nil || n < 1 {
+		tb.Fatalf("the replica at %s did not acknowledge a write within %v: WAIT = %d, %v", r.Addr(), readyTimeout, n, err)
+	}
 	return r
 }
 

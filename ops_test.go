@@ -20,6 +20,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
@@ -462,5 +463,43 @@ func TestCallerKeyCommand(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"caller-key", "billing", "ac/me"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Errorf("caller-key with a bad pattern: nil; want an error")
+	}
+}
+
+func TestRedisUserWithoutChannelPermission(t *testing.T) {
+	redis := testutil.StartRedis(t)
+	// A Redis 7 user with every command and key but no channel, as
+	// acl-pubsub-default resetchannels makes by default.
+	if err := redis.Client().Do(t.Context(), "ACL", "SETUSER", "proxy", "on", ">secret", "~*", "+@all", "resetchannels").Err(); err != nil {
+		t.Fatal(err)
+	}
+	env := redisEnv(t)
+	env["REDIS_URL"] = strings.Replace(redis.URL(), "redis://", "redis://proxy:secret@", 1)
+
+	err := run(t.Context(), nil, func(k string) string { return env[k] }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "REDIS_URL") || !strings.Contains(err.Error(), "NOPERM") ||
+		!strings.Contains(err.Error(), "REDIS_REQUIRE_PUBSUB") || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("run with a user that may not PUBLISH = %v; want one line naming REDIS_URL, NOPERM and REDIS_REQUIRE_PUBSUB, without the password", err)
+	}
+
+	env["REDIS_REQUIRE_PUBSUB"] = "false"
+	p := start(t, nil, env)
+	testutil.Eventually(t, "/readyz reports invalidations down", func() bool {
+		code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+		return code == http.StatusOK && strings.Contains(body, `"invalidations":"down"`)
+	})
+	_, _, metricsText := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
+	if v, ok := sampleValue(metricsText, "thanksio_proxy_invalidations_subscribed"); !ok || v != 0 {
+		t.Errorf("thanksio_proxy_invalidations_subscribed = %v (found %v); want 0", v, ok)
+	}
+	if !strings.Contains(p.logs.String(), "invalidations do not reach this replica") {
+		t.Errorf("no warning that invalidations do not reach the replica; logs:\n%s", p.logs)
+	}
+}
+
+func TestReadinessReportsInvalidations(t *testing.T) {
+	p := start(t, nil, nil)
+	if code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, ""); code != 200 || !strings.Contains(body, `"invalidations":"subscribed"`) {
+		t.Errorf("/readyz with the memory store = %d %s; want invalidations subscribed", code, body)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -57,14 +58,48 @@ func OpenRedisURL(rawURL string) (redis.UniversalClient, error) {
 	}
 	switch {
 	case opts.cluster != nil:
-		opts.cluster.MaintNotificationsConfig = noMaintNotifications()
-		return redis.NewClusterClient(opts.cluster), nil
+		o := opts.cluster
+		o.MaintNotificationsConfig = noMaintNotifications()
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = boundedTimeouts(o.DialTimeout, o.ReadTimeout, o.WriteTimeout)
+		return redis.NewClusterClient(o), nil
 	case opts.failover != nil:
-		return redis.NewFailoverClient(opts.failover), nil
+		o := opts.failover
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = boundedTimeouts(o.DialTimeout, o.ReadTimeout, o.WriteTimeout)
+		return redis.NewFailoverClient(o), nil
 	default:
-		opts.standalone.MaintNotificationsConfig = noMaintNotifications()
-		return redis.NewClient(opts.standalone), nil
+		o := opts.standalone
+		o.MaintNotificationsConfig = noMaintNotifications()
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = boundedTimeouts(o.DialTimeout, o.ReadTimeout, o.WriteTimeout)
+		return redis.NewClient(o), nil
 	}
+}
+
+// The timeouts a client gets unless its URL sets them (dial_timeout,
+// read_timeout, write_timeout). Every call is bounded by its context too
+// (ContextTimeoutEnabled): a readiness probe or a request gives up when it
+// must, whatever these are. The read timeout outlasts a write's wait for
+// its replicas (DefaultDurableTimeout).
+const (
+	defaultDialTimeout = 2 * time.Second
+	defaultIOTimeout   = 3 * time.Second
+)
+
+// boundedTimeouts returns the dial, read and write timeouts to use, given
+// the ones a URL set (zero: not set).
+func boundedTimeouts(dial, read, write time.Duration) (time.Duration, time.Duration, time.Duration) {
+	if dial == 0 {
+		dial = defaultDialTimeout
+	}
+	if read == 0 {
+		read = defaultIOTimeout
+	}
+	if write == 0 {
+		write = defaultIOTimeout
+	}
+	return dial, read, write
 }
 
 // noMaintNotifications is the configuration that keeps a client from

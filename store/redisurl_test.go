@@ -1,10 +1,14 @@
 package store
 
 import (
+	"context"
+	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestParseRedisURL(t *testing.T) {
@@ -172,5 +176,65 @@ func TestOpenRedisURL(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Errorf("Close of %q: %v", raw, err)
 		}
+	}
+}
+
+// TestRedisCallsHonourTheirContext checks that a call to a Redis that
+// accepts connections but never answers (a hung server) gives up when its
+// context ends, not after go-redis's own read timeout.
+func TestRedisCallsHonourTheirContext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() }) // held open, never answered
+		}
+	}()
+	for _, raw := range []string{
+		"redis://" + ln.Addr().String(),
+		"redis://" + ln.Addr().String() + "?read_timeout=10s",
+	} {
+		c, err := OpenRedisURL(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		start := time.Now()
+		err = c.Ping(ctx).Err()
+		took := time.Since(start)
+		cancel()
+		c.Close()
+		if err == nil || took > time.Second {
+			t.Errorf("Ping of a hung Redis (%s) with a 200 ms context = %v after %v; want an error within the context", raw, err, took.Round(time.Millisecond))
+		}
+	}
+}
+
+func TestOpenRedisURLTimeouts(t *testing.T) {
+	tests := []struct {
+		url        string
+		dial, read time.Duration
+	}{
+		{"redis://127.0.0.1:1", defaultDialTimeout, defaultIOTimeout},
+		{"redis://127.0.0.1:1?dial_timeout=7s&read_timeout=9s", 7 * time.Second, 9 * time.Second},
+	}
+	for _, tt := range tests {
+		c, err := OpenRedisURL(tt.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := c.(*redis.Client).Options()
+		if !o.ContextTimeoutEnabled || o.DialTimeout != tt.dial || o.ReadTimeout != tt.read {
+			t.Errorf("OpenRedisURL(%q): context timeouts %v, dial %v, read %v; want true, %v, %v",
+				tt.url, o.ContextTimeoutEnabled, o.DialTimeout, o.ReadTimeout, tt.dial, tt.read)
+		}
+		c.Close()
 	}
 }

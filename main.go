@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -137,7 +136,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
 	})
-	ops.Handle("GET /readyz", readiness(st, tokens, &shuttingDown, cfg.ReadyRequiresStore))
+	storeCheck := newStoreCheck(ctx, st, log.With("component", "readiness"))
+	go storeCheck.run(ctx)
+	ops.Handle("GET /readyz", readiness(storeCheck, tokens, &shuttingDown, cfg.ReadyRequiresStore))
 	if cfg.AdminToken != "" {
 		admin, err := proxy.NewAdmin(tokens, cfg.AdminToken, log.With("component", "admin"))
 		if err != nil {
@@ -307,47 +308,6 @@ func upstreamTransport(cfg *Config) *http.Transport {
 	}
 }
 
-// readiness answers /readyz: not ready while shutting down; with the store
-// unreachable, ready (cached tokens still serve) unless strict, and the body
-// says so either way.
-func readiness(st auth.Store, tokens *auth.Tokens, shuttingDown *atomic.Bool, strict bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status := struct {
-			Ready bool   `json:"ready"`
-			Store string `json:"store"`
-			// Invalidations is "subscribed" while other replicas' writes
-			// and deletions reach this one, "down" otherwise (cached
-			// tokens are then re-read every CACHE_REVALIDATE); it does not
-			// make the replica unready.
-			Invalidations string `json:"invalidations"`
-			Note          string `json:"note,omitempty"`
-		}{Ready: true, Store: "ok", Invalidations: "subscribed"}
-		if ok, _ := tokens.Invalidations(); !ok {
-			status.Invalidations = "down"
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		if err := st.Ping(ctx); err != nil {
-			status.Store = "unreachable"
-			status.Note = "cached tokens are served until they expire"
-			if strict {
-				status.Ready = false
-			}
-		}
-		if shuttingDown.Load() {
-			status.Ready = false
-			status.Note = "shutting down"
-		}
-		code := http.StatusOK
-		if !status.Ready {
-			code = http.StatusServiceUnavailable
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(status)
-	})
-}
 
 // healthcheck asks the proxy on opsAddr whether it is alive.
 func healthcheck(ctx context.Context, opsAddr string) error {

@@ -392,6 +392,11 @@ func TestReadinessWithTheStoreDown(t *testing.T) {
 			if strict {
 				want = http.StatusServiceUnavailable
 			}
+			// The store is checked in the background, every second.
+			testutil.Eventually(t, "/readyz says the store is unreachable", func() bool {
+				_, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+				return strings.Contains(body, `"store":"unreachable"`)
+			})
 			code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
 			if code != want || !strings.Contains(body, `"store":"unreachable"`) {
 				t.Errorf("/readyz with the store down: %d %s; want %d saying the store is unreachable", code, body, want)
@@ -502,4 +507,56 @@ func TestReadinessReportsInvalidations(t *testing.T) {
 	if code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, ""); code != 200 || !strings.Contains(body, `"invalidations":"subscribed"`) {
 		t.Errorf("/readyz with the memory store = %d %s; want invalidations subscribed", code, body)
 	}
+}
+
+func TestNotReadyUntilTheStoreAnswered(t *testing.T) {
+	redis := testutil.StartRedis(t)
+	if err := redis.Client().ConfigSet(t.Context(), "requirepass", "right").Err(); err != nil {
+		t.Fatal(err)
+	}
+	env := redisEnv(t)
+	env["REDIS_URL"] = strings.Replace(redis.URL(), "redis://", "redis://:wrong@", 1)
+	p := start(t, nil, env)
+	code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"store":"unreachable"`) {
+		t.Errorf("/readyz with a wrong Redis password = %d %s; want 503: a broken rollout must not complete", code, body)
+	}
+	if !strings.Contains(p.logs.String(), "WRONGPASS") {
+		t.Errorf("the refused AUTH is not logged as what it is; logs:\n%s", p.logs)
+	}
+	if strings.Contains(p.logs.String(), "wrong@") {
+		t.Errorf("the logs hold the Redis password")
+	}
+}
+
+func TestProbesAnswerWhileRedisHangs(t *testing.T) {
+	redis := testutil.StartRedis(t)
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	env["REDIS_URL"] = redis.URL()
+	p := start(t, double, env)
+	g := double.NewGrant()
+	p.importToken(t, "acme", g, 3600)
+	if code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme"}, ""); code != 200 {
+		t.Fatalf("warming: %d", code)
+	}
+
+	redis.Pause() // SIGSTOP: connections stay open, nothing answers
+	t.Cleanup(redis.Resume)
+	for range 3 {
+		start := time.Now()
+		code, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+		if took := time.Since(start); took > time.Second || code != http.StatusOK {
+			t.Errorf("/readyz with Redis hung = %d %s after %v; want 200 within 1 s", code, body, took.Round(time.Millisecond))
+		}
+		start = time.Now()
+		code, _, _ = do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme"}, "")
+		if took := time.Since(start); took > time.Second || code != http.StatusOK {
+			t.Errorf("a cached tenant's call with Redis hung = %d after %v; want 200 at once", code, took.Round(time.Millisecond))
+		}
+	}
+	testutil.Eventually(t, "/readyz says the store is unreachable", func() bool {
+		_, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
+		return strings.Contains(body, `"store":"unreachable"`)
+	})
 }

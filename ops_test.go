@@ -87,10 +87,15 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 	}
 	p.call(t, "nobody", "/ping")
 
-	code, _, exposition := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
-	if code != 200 {
-		t.Fatalf("/metrics: %d", code)
-	}
+	// The tenants gauge is read from the store in the background, started
+	// by a scrape that finds it old: the next scrapes show it.
+	var exposition string
+	testutil.Eventually(t, "/metrics shows the tenants by state", func() bool {
+		var code int
+		code, _, exposition = do(t, http.MethodGet, p.ops+"/metrics", nil, "")
+		v, ok := sampleValue(exposition, `thanksio_proxy_tenants{state="active"}`)
+		return code == 200 && ok && v == 2
+	})
 	problems, err := promlint.New(strings.NewReader(exposition)).Lint()
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,10 @@
 package metrics_test
 
 import (
+	"context"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,5 +59,53 @@ func TestExpositionPassesLint(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("exposition lacks %s", want)
 		}
+	}
+}
+
+func TestTenantStatesNeverWaitOnTheStore(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	release := make(chan struct{})
+	defer close(release)
+	var calls atomic.Int32
+	metrics.NewTenantStates(reg, func(ctx context.Context) (map[string]int64, error) {
+		if calls.Add(1) == 1 {
+			return map[string]int64{"active": 3}, nil
+		}
+		select { // a hung store
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, ctx.Err()
+	})
+	gather := func() map[string]float64 {
+		start := time.Now()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 100*time.Millisecond {
+			t.Errorf("a scrape took %v; want it to read memory only", took)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				out[mf.GetName()] = m.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	if got := gather(); len(got) != 0 {
+		t.Errorf("first scrape = %v; want nothing before the first read", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	var got map[string]float64
+	for got = gather(); got["thanksio_proxy_tenants"] != 3; got = gather() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the counts never arrived: %v", got)
+		}
+		time.Sleep(5 * time.Millisecond) // polls, as testutil.Eventually does
+	}
+	if got["thanksio_proxy_tenants_updated_timestamp_seconds"] <= 0 {
+		t.Errorf("no update time: %v", got)
 	}
 }

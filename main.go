@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		log.Warn("caller authentication is off and LISTEN_ADDR is not loopback: anyone who reaches the proxy can act for any tenant; set CALLER_KEYS_FILE", "listen", cfg.ListenAddr)
 	}
 
+	store.SetClientLogger(log.With("component", "store"))
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, version)
 	st, closeStore, err := openStore(ctx, cfg, m, log)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -564,4 +565,54 @@ func TestProbesAnswerWhileRedisHangs(t *testing.T) {
 		_, _, body := do(t, http.MethodGet, p.ops+"/readyz", nil, "")
 		return strings.Contains(body, `"store":"unreachable"`)
 	})
+}
+
+// TestEncryptionKeyRolloutKeepsEveryReplicaReading plays the documented
+// two-phase rollout with two replicas, one a step behind the other at each
+// moment, and checks that each opens what the other wrote.
+func TestEncryptionKeyRolloutKeepsEveryReplicaReading(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	oldKey, newKey := env["TOKEN_ENCRYPTION_KEY"], randomKey(t)
+	with := func(keys string) map[string]string {
+		e := maps.Clone(env)
+		e["TOKEN_ENCRYPTION_KEY"] = keys
+		return e
+	}
+	steps := []struct {
+		name             string
+		updated, pending string // the keys of a replica already updated, and of one not yet
+	}{
+		{"step 2: old,new beside old", oldKey + "," + newKey, oldKey},
+		{"step 3: new,old beside old,new", newKey + "," + oldKey, oldKey + "," + newKey},
+		{"step 5: new beside new,old, after reseal", newKey, newKey + "," + oldKey},
+	}
+	for i, step := range steps {
+		if i == 2 {
+			var out syncBuffer
+			if err := run(t.Context(), []string{"reseal"}, func(k string) string { return with(newKey + "," + oldKey)[k] }, &out); err != nil {
+				t.Fatalf("reseal: %v\n%s", err, &out)
+			}
+		}
+		updated, pending := start(t, double, with(step.updated)), start(t, double, with(step.pending))
+		tenant := fmt.Sprintf("tenant-%d", i)
+		updated.importToken(t, tenant, double.NewGrant(), 3600)
+		pending.importToken(t, tenant+"-b", double.NewGrant(), 3600)
+		for _, p := range []*instance{updated, pending} {
+			for _, tn := range []string{tenant, tenant + "-b"} {
+				if code, _, body := p.call(t, tn, "/ping"); code != http.StatusOK {
+					t.Errorf("%s: %s: %d %s; want every replica to open every record", step.name, tn, code, body)
+				}
+			}
+		}
+		updated.stop()
+		pending.stop()
+	}
+
+	// The step the rollout must not skip: new,old beside old.
+	ahead, behind := start(t, double, with(newKey+","+oldKey)), start(t, double, with(oldKey))
+	ahead.importToken(t, "skipped", double.NewGrant(), 3600)
+	if code, h, _ := behind.call(t, "skipped", "/ping"); code != http.StatusServiceUnavailable || h.Get("X-Thanksio-Proxy-Error") != "token_unavailable" {
+		t.Errorf("old beside new,old: %d %s; want 503 token_unavailable (why step 2 comes first)", code, h.Get("X-Thanksio-Proxy-Error"))
+	}
 }

@@ -44,7 +44,7 @@ func snapshotOf(rec store.TokenRecord) *snapshot {
 }
 
 // record is the token record s was made from, as far as s knows it, for a
-// write-back after the store lost its data.
+// write-back after the store lost its data (marked as one).
 func (s *snapshot) record(now time.Time) store.TokenRecord {
 	return store.TokenRecord{
 		AccessToken:  s.access,
@@ -54,6 +54,7 @@ func (s *snapshot) record(now time.Time) store.TokenRecord {
 		Version:      s.version,
 		LastRefresh:  s.lastRefresh,
 		UpdatedAt:    now,
+		RestoredAt:   now,
 	}
 }
 
@@ -116,19 +117,19 @@ func (c *cache) get(tenant string) *entry {
 	return e
 }
 
-// put stores s for tenant unconditionally, for the writer of the tenant's
-// newest record (an import), keeping the entry (and its backoff) if there is
-// one, and returns the entry.
-func (c *cache) put(tenant string, s *snapshot) *entry {
+// put stores s, the tenant's newest record as its writer (an import) wrote
+// it, in e, the entry taken before the write, if e is still the tenant's
+// entry: a deletion that removed it came after the write, and wins. It
+// reports whether it stored s.
+func (c *cache) put(tenant string, e *entry, s *snapshot) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[tenant]
-	if !ok {
-		e = c.addLocked(tenant)
+	if c.m[tenant] != e {
+		return false
 	}
 	e.floor.Store(max(e.floor.Load(), s.version))
 	c.storeLocked(e, s)
-	return e
+	return true
 }
 
 // fill stores s in e, the entry the fill started with, if e is still the
@@ -197,22 +198,15 @@ func (c *cache) written(tenant string, version int64) {
 	}
 }
 
-// deleted handles the deletion of the tenant, whose tombstone keeps version
-// tombstone (negative: unknown, as for this replica's own deletion): the
-// entry goes, so that every fill that started with it is refused. An entry
-// holding a newer record (written after the deletion, announced first) stays.
-func (c *cache) deleted(tenant string, tombstone int64) {
+// deleted handles the deletion of the tenant: the entry goes, so that every
+// fill that started with it is refused. It goes whatever version it holds:
+// versions restart when the store loses its data, so a cached version
+// above the tombstone's may be older than the deletion (a record from
+// before the loss, deleted after it). A record written after the deletion
+// and announced first is read again from the store, at the cost of a miss.
+func (c *cache) deleted(tenant string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[tenant]
-	if !ok {
-		return
-	}
-	if tombstone >= 0 {
-		if s := e.snap.Load(); s != nil && s.version > tombstone {
-			return
-		}
-	}
 	delete(c.m, tenant)
 }
 

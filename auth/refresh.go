@@ -70,8 +70,24 @@ func (t *Tokens) refresh(ctx context.Context, tenant string, seen int64, cause r
 	case !force && !cur.due(now, t.cfg.RefreshAhead):
 		return cur, nil
 	}
+	if quiet := t.restoreQuiet() - now.Sub(rec.RestoredAt); !rec.RestoredAt.IsZero() && quiet > 0 {
+		// Written back moments ago, after the store lost its data and the
+		// locks with it: a replica may be redeeming this very refresh
+		// token, and take its lock back only at its next renewal.
+		if cur.usable(now) {
+			return cur, nil
+		}
+		return nil, unavailable("the token store lost its data moments ago; the token is refreshed once any refresh in flight has ended", quiet, nil)
+	}
 	s, kept, err = t.redeem(ctx, tenant, rec, cause == causeRefused, lock)
 	return s, err
+}
+
+// restoreQuiet is how long after a write-back its refresh token is not
+// presented: two renewals of a held lock, by which time every holder whose
+// lock went with the store's data has taken it back.
+func (t *Tokens) restoreQuiet() time.Duration {
+	return 2 * t.renewEvery()
 }
 
 // acquire takes the tenant's refresh lock. While another replica holds it,
@@ -149,6 +165,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	next.UpdatedAt = now
 	next.LastError = ""
 	next.LastErrorAt = time.Time{}
+	next.RestoredAt = time.Time{}
 	v, err := t.write(ctx, tenant, next, rec.Version, sent)
 
 	if errors.Is(err, errSuperseded) {
@@ -234,6 +251,7 @@ func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord
 // refreshFailed decides what a failed token-endpoint call means.
 func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start time.Time, err error) (*snapshot, error) {
 	d := t.now().Sub(start)
+	e := t.cache.get(tenant) // taken before the reads, as for every fill
 	if !isRevocation(err) {
 		t.obs.Refreshed("error", d)
 		reason := describeTokenError(err)
@@ -268,7 +286,9 @@ func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start t
 	} else {
 		cur.Version = v
 	}
-	t.cache.fill(tenant, t.cache.entryFor(tenant), snapshotOf(cur))
+	if e != nil {
+		t.cache.fill(tenant, e, snapshotOf(cur))
+	}
 	t.log.Warn("refresh token revoked; tenant needs reauthorization", "tenant", tenant)
 	return nil, ErrReauthorizationRequired
 }
@@ -415,6 +435,9 @@ func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 			p.lock.Release()
 			return
 		}
+		// The entry is taken before the write: a deletion that lands
+		// after the write removes it, and the token is then not cached.
+		e := t.cache.get(tenant)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		v, err := t.write(ctx, tenant, p.rec, p.rec.Version, p.redeemed)
 		cancel()
@@ -423,7 +446,9 @@ func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 			t.finishPending(tenant, p)
 			rec := p.rec
 			rec.Version = v
-			t.cache.fill(tenant, t.cache.entryFor(tenant), snapshotOf(rec))
+			if e != nil {
+				t.cache.fill(tenant, e, snapshotOf(rec))
+			}
 			p.lock.Release()
 			t.log.Info("refreshed token stored after retrying", "tenant", tenant)
 			return

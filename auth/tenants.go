@@ -52,6 +52,9 @@ func (t *Tokens) Import(ctx context.Context, tenant string, g Grant) (TenantStat
 		State:        store.StateActive,
 		UpdatedAt:    now,
 	}
+	// The entry is taken before the write: a deletion that lands after
+	// the write removes it, and the imported token is then not cached.
+	e := t.cache.entryFor(tenant)
 	v, err := t.store.Put(ctx, tenant, rec, store.AnyVersion)
 	if err != nil {
 		t.obs.StoreError("put")
@@ -59,7 +62,7 @@ func (t *Tokens) Import(ctx context.Context, tenant string, g Grant) (TenantStat
 	}
 	t.clearPending(tenant)
 	rec.Version = v
-	e := t.cache.put(tenant, snapshotOf(rec))
+	t.cache.put(tenant, e, snapshotOf(rec))
 	e.failures.Store(0)
 	e.retryAt.Store(0)
 	return t.statusOf(tenant, rec), nil
@@ -123,7 +126,7 @@ func (t *Tokens) List(ctx context.Context, after string, limit int) ([]string, b
 func (t *Tokens) Forget(ctx context.Context, tenant string) error {
 	err := t.store.Delete(ctx, tenant)
 	t.clearPending(tenant)
-	t.cache.deleted(tenant, -1)
+	t.cache.deleted(tenant)
 	if err != nil {
 		t.obs.StoreError("delete")
 		return unavailable("the token store did not confirm the deletion to every replica", 5*time.Second, err)

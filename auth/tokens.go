@@ -256,7 +256,7 @@ func (t *Tokens) invalidated(inv store.Invalidation) {
 		// A rotation of this tenant still waiting for its write must not
 		// bring it back.
 		t.clearPending(inv.Tenant)
-		t.cache.deleted(inv.Tenant, inv.Version)
+		t.cache.deleted(inv.Tenant)
 	default:
 		t.cache.written(inv.Tenant, inv.Version)
 	}
@@ -436,16 +436,36 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 	e := t.cache.entryFor(tenant)
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
-		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) &&
-			(errors.Is(err, ErrTokenUnavailable) || errors.Is(err, ErrUnknownTenant)) {
-			// The store is unreachable, or lost its data, and holds an
-			// outdated record at best: the rotated token awaiting its
-			// write is the current one.
-			s := snapshotOf(*p)
-			return s, t.cache.fill(tenant, e, s), nil
+		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) {
+			switch {
+			case errors.Is(err, ErrTokenUnavailable):
+				// The store is unreachable and holds an outdated record
+				// at best: the rotated token awaiting its write is the
+				// current one.
+				s := snapshotOf(*p)
+				return s, t.cache.fill(tenant, e, s), nil
+			case errors.Is(err, ErrUnknownTenant):
+				// The tenant was deleted (a tombstone), or the store lost
+				// its data: the pending writer's next attempt tells which
+				// (a tombstone refuses it; after a loss it writes the
+				// record back). Until then, no token: a deleted tenant's
+				// must never be served, nor cached in an entry made after
+				// its deletion.
+				return nil, true, unavailable("the token store does not hold the tenant's token, and a refreshed token awaits its write", pendingRetryMax, nil)
+			}
 		}
 		if errors.Is(err, ErrUnknownTenant) {
-			t.cache.deleted(tenant, -1) // no empty entry for an unknown tenant
+			if s := e.snap.Load(); s != nil && s.version > 0 {
+				// The store forgot a tenant this replica holds: it was
+				// deleted (an invalidation missed) or the store lost its
+				// data. The entry (never served: its token is not usable,
+				// or it would not be loaded) stays until the store watcher
+				// has checked the epoch, so that a loss writes it back;
+				// its re-validation then drops a deleted one.
+				t.askResync()
+			} else {
+				t.cache.deleted(tenant) // no empty entry for an unknown tenant
+			}
 		}
 		return nil, true, err
 	}

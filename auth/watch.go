@@ -75,7 +75,20 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 		if c.snap.version < 1 {
 			return
 		}
-		ok, err := t.store.Restore(ctx, c.tenant, c.snap.record(now))
+		// Versions restart with a lost record, so a record written since
+		// the loss (an import, a connect, a refresh) may have a lower
+		// version than the one held here, and must win all the same: only
+		// nothing, or another replica's write-back, is written over.
+		// (Restore's own condition is on versions alone; between this
+		// read and it, a write can still be lost.)
+		ok := false
+		cur, err := t.store.Get(ctx, c.tenant)
+		switch {
+		case err == nil && cur.RestoredAt.IsZero():
+			return
+		case err == nil, errors.Is(err, store.ErrNotFound):
+			ok, err = t.store.Restore(ctx, c.tenant, c.snap.record(now))
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -111,7 +124,7 @@ func (t *Tokens) revalidateBefore(ctx context.Context, cutoff time.Time) {
 		rec, err := t.store.Get(ctx, c.tenant)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			t.cache.deleted(c.tenant, -1)
+			t.cache.deleted(c.tenant)
 		case err == nil && rec.Version == c.snap.version:
 			t.cache.checked(c.tenant, c.snap)
 		case err == nil:

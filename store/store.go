@@ -75,6 +75,12 @@ type TokenRecord struct {
 	// that every replica knows a refused token already caused its one
 	// rotation.
 	RefreshForced bool `json:"refresh_forced,omitempty"`
+	// RestoredAt is when a replica wrote the record back after the store
+	// lost its data (zero otherwise). The lock of a refresh in flight was
+	// lost with the data, and its holder takes it back only at its next
+	// renewal: until then, the refresh token of a written-back record may
+	// be being redeemed, and must not be presented again.
+	RestoredAt time.Time `json:"restored_at,omitzero"`
 	// LastError says why the last refresh failed, in words that hold no secret;
 	// empty after a success.
 	LastError   string    `json:"last_error,omitempty"`

@@ -1,10 +1,11 @@
-.PHONY: test run fuzz redis-server
+.PHONY: test run fuzz redis-server promtool
 
 # test runs every test once, with the race detector. The store's tests use
 # the Redis servers named by REDIS_URL, REDIS_CLUSTER_URL and
 # REDIS_SENTINEL_URL when set (.ci/run starts them), and miniredis
-# otherwise; the fault tests start redis-server processes of their own.
-test: redis-server
+# otherwise; the fault tests start redis-server processes of their own, and
+# the deploy tests run promtool on the alerts.
+test: redis-server promtool
 	go test -race -count=1 ./...
 
 # redis-server installs Redis from the distribution's packages when it is
@@ -15,6 +16,12 @@ redis-server:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# promtool installs Prometheus's rule checker when it is missing (taken out of
+# the distribution's prometheus package, which is not installed; as root or
+# with sudo): TestPromtoolRules fails without it.
+promtool:
+	@command -v promtool >/dev/null || .ci/install-promtool
 
 # run starts the proxy with the configuration in the environment.
 run:

@@ -4,10 +4,19 @@ package main
 // proxy containers set only variables the proxy reads, and it starts with
 // them; they are hardened and probed on the ops port; every Secret reference
 // resolves in its file; their grace period covers the drain, a refresh in
-// flight and its write; Services, PodDisruptionBudgets and ServiceMonitors
-// select what they should; the example Redis persists (appendonly yes, on a
-// persistent volume); and the alerts use only metrics that README.md
-// documents. No network, no kubectl.
+// flight and its write, and the drain outlasts the wait for thanks.io; a full
+// token cache fits in the memory limit; a proxy that listens beyond loopback
+// authenticates its callers (CALLER_KEYS_FILE from a mounted Secret), sits
+// behind a NetworkPolicy for both its ports, spreads over nodes and has a
+// PodDisruptionBudget that lets unhealthy replicas go; Services,
+// PodDisruptionBudgets, ServiceMonitors and PodMonitors select what they
+// should, and every proxy is scraped; the example Redis persists (appendonly
+// yes, on a persistent volume); and the alerts use only metrics that
+// README.md documents, and cover every scraped proxy. No network, no kubectl.
+//
+// TestPromtoolRules runs promtool check rules on the PrometheusRule's groups
+// and promtool test rules on deploy/testdata/monitoring_test.yaml: it fails
+// without promtool (.ci/install-promtool installs it; make test runs that).
 
 import (
 	"encoding/base64"
@@ -16,6 +25,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -34,9 +44,10 @@ import (
 var deployGoRuntimeVariables = map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOGC": true, "GODEBUG": true}
 
 // deployUndocumentedMetrics may appear in alerts before README.md's metrics
-// table lists them. thanksio_proxy_tenants{state} is being added together
-// with the alerts; drop it from here once README.md documents it.
-var deployUndocumentedMetrics = map[string]bool{"thanksio_proxy_tenants": true}
+// table lists them. thanksio_proxy_errors_total{code} (the proxy's own
+// errors by code) is being added together with the alert that uses it; drop
+// it from here once README.md documents it.
+var deployUndocumentedMetrics = map[string]bool{"thanksio_proxy_errors_total": true}
 
 // deployProxyImage marks the proxy's containers.
 const deployProxyImage = "thanksio-proxy"
@@ -50,6 +61,21 @@ const deployPendingWriteGrace = 10 * time.Second
 // deployRedisMinVersion is the oldest Redis the example may run: the proxy
 // confirms writes with WAITAOF, new in 7.2.
 var deployRedisMinVersion = [2]int{7, 2}
+
+// deployCachedTenantBytes and deployBaseBytes are the resident memory of a
+// cached tenant (with a 1 KiB access token) and of the process before any,
+// as bench/README.md measured them (Redis store: 21.4 MiB, then 2,982 bytes
+// a tenant up to 100,000). A full cache (CACHE_SIZE) on top of the base must
+// leave a quarter of limits.memory for requests in flight and the GC.
+const (
+	deployCachedTenantBytes = 2982
+	deployBaseBytes         = 21.4 * (1 << 20)
+)
+
+// deployCallerKeysLine is a valid caller keys file that stands in for the
+// mounted Secret's, so that the rest of a container's configuration can be
+// checked by loadConfig.
+const deployCallerKeysLine = "test sha256:0000000000000000000000000000000000000000000000000000000000000000 *\n"
 
 type k8sMeta struct {
 	Name        string            `yaml:"name"`
@@ -92,10 +118,36 @@ type k8sWorkload struct {
 }
 
 type k8sPodSpec struct {
-	TerminationGracePeriodSeconds *int64              `yaml:"terminationGracePeriodSeconds"`
-	SecurityContext               *k8sSecurityContext `yaml:"securityContext"`
-	InitContainers                []k8sContainer      `yaml:"initContainers"`
-	Containers                    []k8sContainer      `yaml:"containers"`
+	TerminationGracePeriodSeconds *int64                  `yaml:"terminationGracePeriodSeconds"`
+	SecurityContext               *k8sSecurityContext     `yaml:"securityContext"`
+	InitContainers                []k8sContainer          `yaml:"initContainers"`
+	Containers                    []k8sContainer          `yaml:"containers"`
+	Volumes                       []k8sVolume             `yaml:"volumes"`
+	TopologySpreadConstraints     []k8sTopologyConstraint `yaml:"topologySpreadConstraints"`
+}
+
+type k8sVolume struct {
+	Name   string `yaml:"name"`
+	Secret *struct {
+		SecretName string `yaml:"secretName"`
+		Items      []struct {
+			Key  string `yaml:"key"`
+			Path string `yaml:"path"`
+		} `yaml:"items"`
+	} `yaml:"secret"`
+}
+
+type k8sVolumeMount struct {
+	Name      string `yaml:"name"`
+	MountPath string `yaml:"mountPath"`
+	SubPath   string `yaml:"subPath"`
+}
+
+type k8sTopologyConstraint struct {
+	MaxSkew           int         `yaml:"maxSkew"`
+	TopologyKey       string      `yaml:"topologyKey"`
+	WhenUnsatisfiable string      `yaml:"whenUnsatisfiable"`
+	LabelSelector     k8sSelector `yaml:"labelSelector"`
 }
 
 type k8sContainer struct {
@@ -105,6 +157,7 @@ type k8sContainer struct {
 	Env             []k8sEnvVar         `yaml:"env"`
 	EnvFrom         []any               `yaml:"envFrom"`
 	Ports           []k8sContainerPort  `yaml:"ports"`
+	VolumeMounts    []k8sVolumeMount    `yaml:"volumeMounts"`
 	StartupProbe    *k8sProbe           `yaml:"startupProbe"`
 	LivenessProbe   *k8sProbe           `yaml:"livenessProbe"`
 	ReadinessProbe  *k8sProbe           `yaml:"readinessProbe"`
@@ -174,12 +227,6 @@ type k8sService struct {
 	} `yaml:"spec"`
 }
 
-type k8sSelectorObject struct {
-	Spec struct {
-		Selector k8sSelector `yaml:"selector"`
-	} `yaml:"spec"`
-}
-
 type k8sServiceMonitor struct {
 	Spec struct {
 		Selector  k8sSelector `yaml:"selector"`
@@ -187,6 +234,44 @@ type k8sServiceMonitor struct {
 			Port string `yaml:"port"`
 			Path string `yaml:"path"`
 		} `yaml:"endpoints"`
+	} `yaml:"spec"`
+}
+
+type k8sPodMonitor struct {
+	Spec struct {
+		Selector            k8sSelector `yaml:"selector"`
+		JobLabel            string      `yaml:"jobLabel"`
+		PodMetricsEndpoints []struct {
+			Port string `yaml:"port"`
+			Path string `yaml:"path"`
+		} `yaml:"podMetricsEndpoints"`
+	} `yaml:"spec"`
+}
+
+type k8sPodDisruptionBudget struct {
+	Spec struct {
+		Selector                   k8sSelector `yaml:"selector"`
+		UnhealthyPodEvictionPolicy string      `yaml:"unhealthyPodEvictionPolicy"`
+	} `yaml:"spec"`
+}
+
+type k8sNetworkPolicy struct {
+	Spec struct {
+		PodSelector k8sSelector `yaml:"podSelector"`
+		PolicyTypes []string    `yaml:"policyTypes"`
+		Ingress     []struct {
+			Ports []struct {
+				Port     any    `yaml:"port"` // a number or a port name
+				Protocol string `yaml:"protocol"`
+			} `yaml:"ports"`
+			From []struct {
+				PodSelector       *k8sSelector `yaml:"podSelector"`
+				NamespaceSelector *k8sSelector `yaml:"namespaceSelector"`
+				IPBlock           *struct {
+					CIDR string `yaml:"cidr"`
+				} `yaml:"ipBlock"`
+			} `yaml:"from"`
+		} `yaml:"ingress"`
 	} `yaml:"spec"`
 }
 
@@ -240,6 +325,8 @@ type deploySet struct {
 	workloads  []*deployWorkload
 	services   []*deployService
 	configVars map[string]string // the proxy's variables and their defaults
+	// tmp holds the files that proxyEnv writes for CALLER_KEYS_FILE.
+	tmp string
 }
 
 // deployWorkload is a Deployment (or other pod template) of a file.
@@ -250,6 +337,10 @@ type deployWorkload struct {
 	numbers    map[int]bool   // container port numbers, all containers
 	hasProxy   bool
 	opsPort    int // the proxy's OPS_ADDR port, when its configuration loads
+	// proxyNames are the names of its proxy containers, and proxyPorts their
+	// ports by name.
+	proxyNames []string
+	proxyPorts map[string]int
 }
 
 // deployService is a Service, with its ports resolved to container ports of
@@ -277,6 +368,7 @@ func loadDeploySet(t *testing.T) *deploySet {
 		secrets:    map[string]map[string]map[string]string{},
 		configMaps: map[string]map[string]map[string]string{},
 		configVars: deployConfigVariables(),
+		tmp:        t.TempDir(),
 	}
 	for _, path := range files {
 		base := filepath.Base(path)
@@ -322,7 +414,10 @@ func loadDeploySet(t *testing.T) *deploySet {
 				m.decode(t, &d)
 				values := map[string]string{}
 				for k, v := range d.Data {
-					values[k] = v // base64 for a Secret; only the key matters then
+					if b, err := base64.StdEncoding.DecodeString(v); err == nil && m.kind == "Secret" {
+						v = string(b)
+					}
+					values[k] = v
 				}
 				for k, v := range d.StringData {
 					values[k] = v
@@ -348,7 +443,7 @@ func loadDeploySet(t *testing.T) *deploySet {
 		if m.kind != "Deployment" && m.kind != "StatefulSet" && m.kind != "DaemonSet" {
 			continue
 		}
-		w := &deployWorkload{file: m.file, name: m.name, ports: map[string]int{}, numbers: map[int]bool{}}
+		w := &deployWorkload{file: m.file, name: m.name, ports: map[string]int{}, numbers: map[int]bool{}, proxyPorts: map[string]int{}}
 		m.decode(t, &w.spec)
 		pod := w.spec.Spec.Template.Spec
 		for _, c := range slices.Concat(pod.InitContainers, pod.Containers) {
@@ -362,7 +457,11 @@ func loadDeploySet(t *testing.T) *deploySet {
 				continue
 			}
 			w.hasProxy = true
-			run, _, _ := set.proxyEnv(m.file, c)
+			w.proxyNames = append(w.proxyNames, c.Name)
+			for _, p := range c.Ports {
+				w.proxyPorts[p.Name] = p.ContainerPort
+			}
+			run, _, _ := set.proxyEnv(m.file, pod, c)
 			if cfg, err := loadConfig(func(k string) string { return run[k] }); err == nil {
 				if _, port, err := net.SplitHostPort(cfg.OpsAddr); err == nil {
 					w.opsPort, _ = strconv.Atoi(port)
@@ -452,11 +551,23 @@ func deployTestValue(variable string) string {
 
 // proxyEnv returns the proxy container's environment twice: with test values
 // standing in for Secrets (run), and with the example Secrets' own values
-// (placeholder); and whether any value comes from a Secret.
-func (set *deploySet) proxyEnv(file string, c k8sContainer) (run, placeholder map[string]string, usesSecret bool) {
+// (placeholder); and whether any value comes from a Secret. A
+// CALLER_KEYS_FILE in a Secret's volume becomes a file of set.tmp: a valid
+// one in run, a copy of the Secret's in placeholder.
+func (set *deploySet) proxyEnv(file string, pod k8sPodSpec, c k8sContainer) (run, placeholder map[string]string, usesSecret bool) {
 	run, placeholder = map[string]string{}, map[string]string{}
 	for _, e := range c.Env {
 		switch {
+		case e.Name == "CALLER_KEYS_FILE" && e.Value != nil:
+			run[e.Name], placeholder[e.Name] = *e.Value, *e.Value
+			secret, key, _, ok := deploySecretFile(pod, c, *e.Value)
+			content, defined := set.secrets[file][secret][key]
+			if !ok || !defined {
+				continue // deployCheckProxy says why
+			}
+			usesSecret = true
+			run[e.Name] = set.writeTemp(deployCallerKeysLine)
+			placeholder[e.Name] = set.writeTemp(content)
 		case e.Value != nil:
 			run[e.Name], placeholder[e.Name] = *e.Value, *e.Value
 		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
@@ -474,9 +585,58 @@ func (set *deploySet) proxyEnv(file string, c k8sContainer) (run, placeholder ma
 	return run, placeholder, usesSecret
 }
 
+// writeTemp writes content to a new file under set.tmp and returns its path.
+func (set *deploySet) writeTemp(content string) string {
+	f, err := os.CreateTemp(set.tmp, "file")
+	if err != nil {
+		panic(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(content); err != nil {
+		panic(err)
+	}
+	return f.Name()
+}
+
+// deploySecretFile returns the Secret and key whose content container c sees
+// at path, through a Secret volume of pod, and the mount's subPath; ok is
+// false when no Secret volume holds path.
+func deploySecretFile(pod k8sPodSpec, c k8sContainer, path string) (secret, key, subPath string, ok bool) {
+	for _, vm := range c.VolumeMounts {
+		dir := strings.TrimSuffix(vm.MountPath, "/")
+		rel, under := strings.CutPrefix(path, dir+"/")
+		if vm.SubPath != "" {
+			// The mount is one file (or directory) of the volume.
+			switch {
+			case path == dir:
+				rel, under = vm.SubPath, true
+			case under:
+				rel = vm.SubPath + "/" + rel
+			}
+		}
+		if !under {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name != vm.Name || v.Secret == nil {
+				continue
+			}
+			if len(v.Secret.Items) == 0 {
+				return v.Secret.SecretName, rel, vm.SubPath, true
+			}
+			for _, item := range v.Secret.Items {
+				if item.Path == rel {
+					return v.Secret.SecretName, item.Key, vm.SubPath, true
+				}
+			}
+		}
+	}
+	return "", "", "", false
+}
+
 func TestDeployExamples(t *testing.T) {
 	set := loadDeploySet(t)
-	var proxies, redises, rules, monitors int
+	var proxies, redises, rules, monitors, podMonitors int
 	for _, file := range set.files {
 		t.Run(file, func(t *testing.T) {
 			for _, m := range set.manifests {
@@ -492,16 +652,26 @@ func TestDeployExamples(t *testing.T) {
 					case "Service":
 						deployCheckService(t, set, m)
 					case "PodDisruptionBudget":
-						var p k8sSelectorObject
+						var p k8sPodDisruptionBudget
 						m.decode(t, &p)
-						if !slices.ContainsFunc(set.workloads, func(w *deployWorkload) bool {
-							return w.file == m.file && p.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels)
-						}) {
+						selected := deploySelected(set, m.file, p.Spec.Selector)
+						if len(selected) == 0 {
 							t.Errorf("%s: its selector matches no pod template in %s", m, m.file)
 						}
+						// A replica that is not ready serves nothing; with the
+						// default policy it would block every node drain.
+						if slices.ContainsFunc(selected, func(w *deployWorkload) bool { return w.hasProxy }) &&
+							p.Spec.UnhealthyPodEvictionPolicy != "AlwaysAllow" {
+							t.Errorf("%s: unhealthyPodEvictionPolicy %q, want AlwaysAllow: a proxy replica that is not ready (a Redis it cannot reach) must not block node drains", m, p.Spec.UnhealthyPodEvictionPolicy)
+						}
+					case "NetworkPolicy":
+						deployCheckNetworkPolicy(t, set, m)
 					case "ServiceMonitor":
 						monitors++
 						deployCheckServiceMonitor(t, set, m)
+					case "PodMonitor":
+						podMonitors++
+						deployCheckPodMonitor(t, set, m)
 					case "PrometheusRule":
 						rules++
 						deployCheckRule(t, set, m)
@@ -516,9 +686,160 @@ func TestDeployExamples(t *testing.T) {
 	if redises == 0 {
 		t.Errorf("found no Redis container (image redis:<version>) under deploy/, want redis.yaml's example")
 	}
-	if rules == 0 || monitors == 0 {
-		t.Errorf("found %d PrometheusRules and %d ServiceMonitors under deploy/, want both", rules, monitors)
+	if rules == 0 || monitors == 0 || podMonitors == 0 {
+		t.Errorf("found %d PrometheusRules, %d ServiceMonitors and %d PodMonitors under deploy/, want all three", rules, monitors, podMonitors)
 	}
+	// Every proxy is scraped: the shared service's through its Service, the
+	// sidecars' by a PodMonitor.
+	scraped := deployScrapedWorkloads(t, set)
+	for _, w := range set.workloads {
+		if w.hasProxy && !scraped[w] {
+			t.Errorf("%s: Deployment %q runs the proxy, but no ServiceMonitor or PodMonitor under deploy/ scrapes it", w.file, w.name)
+		}
+	}
+}
+
+// deploySelected returns the pod templates of file that selector selects.
+func deploySelected(set *deploySet, file string, selector k8sSelector) []*deployWorkload {
+	var selected []*deployWorkload
+	for _, w := range set.workloads {
+		if w.file == file && selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+			selected = append(selected, w)
+		}
+	}
+	return selected
+}
+
+// deployScrapedWorkloads returns the pod templates that a ServiceMonitor
+// (through a Service it selects) or a PodMonitor under deploy/ selects, in
+// any file: the monitors are applied in the proxies' namespace.
+func deployScrapedWorkloads(t *testing.T, set *deploySet) map[*deployWorkload]bool {
+	scraped := map[*deployWorkload]bool{}
+	for _, m := range set.manifests {
+		switch m.kind {
+		case "ServiceMonitor":
+			var sm k8sServiceMonitor
+			m.decode(t, &sm)
+			for _, s := range set.services {
+				if s.workload != nil && sm.Spec.Selector.matches(s.labels) {
+					scraped[s.workload] = true
+				}
+			}
+		case "PodMonitor":
+			var pm k8sPodMonitor
+			m.decode(t, &pm)
+			for _, w := range set.workloads {
+				if pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+					scraped[w] = true
+				}
+			}
+		}
+	}
+	return scraped
+}
+
+// deployCheckPodMonitor checks that a PodMonitor selects pods that run the
+// proxy, and scrapes /metrics on the proxy container's ops port.
+func deployCheckPodMonitor(t *testing.T, set *deploySet, m *k8sManifest) {
+	var pm k8sPodMonitor
+	m.decode(t, &pm)
+	var selected []*deployWorkload
+	for _, w := range set.workloads {
+		if pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+			selected = append(selected, w)
+		}
+	}
+	if len(selected) == 0 {
+		t.Errorf("%s: its selector %v matches the pod template of no workload under deploy/", m, pm.Spec.Selector.MatchLabels)
+	}
+	if len(pm.Spec.PodMetricsEndpoints) == 0 {
+		t.Errorf("%s: no podMetricsEndpoints", m)
+	}
+	for _, e := range pm.Spec.PodMetricsEndpoints {
+		if e.Path != "/metrics" {
+			t.Errorf("%s: endpoint path %q, want /metrics", m, e.Path)
+		}
+		for _, w := range selected {
+			port, ok := w.proxyPorts[e.Port]
+			switch {
+			case !w.hasProxy:
+				t.Errorf("%s: selects the pods of %s %q, which run no proxy", m, w.file, w.name)
+			case !ok:
+				t.Errorf("%s: port %q is no port of the proxy container in %s %q (ports %v): it would scrape another container, or nothing", m, e.Port, w.file, w.name, w.proxyPorts)
+			case port != w.opsPort:
+				t.Errorf("%s: port %q of %s %q is container port %d, not the proxy's ops port %d", m, e.Port, w.file, w.name, port, w.opsPort)
+			}
+		}
+	}
+	if pm.Spec.JobLabel != "" {
+		for _, w := range selected {
+			if w.spec.Spec.Template.Metadata.Labels[pm.Spec.JobLabel] == "" {
+				t.Errorf("%s: jobLabel %q: the pods of %s %q have no such label, so their job would not name the application", m, pm.Spec.JobLabel, w.file, w.name)
+			}
+		}
+	}
+}
+
+// deployCheckNetworkPolicy checks that a NetworkPolicy selects pods of its
+// file, and that each of its ingress rules names both who (from) and which
+// ports: a rule without either opens the pods to the whole cluster.
+func deployCheckNetworkPolicy(t *testing.T, set *deploySet, m *k8sManifest) {
+	var np k8sNetworkPolicy
+	m.decode(t, &np)
+	selected := deploySelected(set, m.file, np.Spec.PodSelector)
+	if len(selected) == 0 {
+		t.Errorf("%s: its podSelector matches no pod template in %s", m, m.file)
+	}
+	if !slices.Contains(np.Spec.PolicyTypes, "Ingress") {
+		t.Errorf("%s: policyTypes %v lacks Ingress", m, np.Spec.PolicyTypes)
+	}
+	for i, r := range np.Spec.Ingress {
+		if len(r.From) == 0 {
+			t.Errorf("%s: ingress rule %d has no from: it admits every source", m, i)
+		}
+		if len(r.Ports) == 0 {
+			t.Errorf("%s: ingress rule %d has no ports: it opens every port", m, i)
+		}
+		for j, f := range r.From {
+			if f.PodSelector == nil && f.NamespaceSelector == nil && f.IPBlock == nil {
+				t.Errorf("%s: ingress rule %d, from %d selects nothing", m, i, j)
+			}
+		}
+		for _, p := range r.Ports {
+			for _, w := range selected {
+				if deployResolvePort(p.Port, w.ports, w.numbers) == 0 {
+					t.Errorf("%s: ingress rule %d: port %v is no container port of %q", m, i, p.Port, w.name)
+				}
+			}
+		}
+	}
+}
+
+// deployNetworkPolicyPorts returns the container ports of w that a
+// NetworkPolicy of its file admits from some source.
+func deployNetworkPolicyPorts(t *testing.T, set *deploySet, w *deployWorkload) map[int]bool {
+	admitted := map[int]bool{}
+	for _, m := range set.manifests {
+		if m.kind != "NetworkPolicy" || m.file != w.file {
+			continue
+		}
+		var np k8sNetworkPolicy
+		m.decode(t, &np)
+		if !np.Spec.PodSelector.matches(w.spec.Spec.Template.Metadata.Labels) {
+			continue
+		}
+		for _, r := range np.Spec.Ingress {
+			if len(r.From) == 0 {
+				continue
+			}
+			for _, p := range r.Ports {
+				if port := deployResolvePort(p.Port, w.ports, w.numbers); port != 0 {
+					admitted[port] = true
+				}
+			}
+		}
+	}
+	return admitted
 }
 
 // deployCheckStrings fails on labels, annotations, selectors, Secret and
@@ -564,6 +885,21 @@ func deployCheckWorkload(t *testing.T, set *deploySet, m *k8sManifest) int {
 		t.Errorf("%s: spec.selector does not match the pod template's labels", m)
 	}
 	secrets, configMaps := set.secrets[m.file], set.configMaps[m.file]
+	for _, v := range pod.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		s, ok := secrets[v.Secret.SecretName]
+		if !ok {
+			t.Errorf("%s: volume %s names Secret %q, which %s does not define", m, v.Name, v.Secret.SecretName, m.file)
+			continue
+		}
+		for _, item := range v.Secret.Items {
+			if _, ok := s[item.Key]; !ok {
+				t.Errorf("%s: volume %s: Secret %q in %s has no key %q", m, v.Name, v.Secret.SecretName, m.file, item.Key)
+			}
+		}
+	}
 	proxies := 0
 	for i, c := range slices.Concat(pod.InitContainers, pod.Containers) {
 		where := fmt.Sprintf("%s: container %q", m, c.Name)
@@ -621,7 +957,7 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 
 	// The proxy starts with this configuration once the Secret is filled
 	// in, and refuses to with the example's placeholders.
-	run, placeholder, usesSecret := set.proxyEnv(m.file, c)
+	run, placeholder, usesSecret := set.proxyEnv(m.file, pod, c)
 	cfg, err := loadConfig(func(k string) string { return run[k] })
 	if err != nil {
 		t.Errorf("%s: the proxy would not start with this configuration: %v", where, err)
@@ -749,6 +1085,27 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 		t.Errorf("%s: terminationGracePeriodSeconds (%s) is not above the preStop sleep (%s) + SHUTDOWN_TIMEOUT (%s) + REFRESH_TIMEOUT (%s) + the rotated token's write (%s) = %s: leave a margin",
 			where, grace, preStop, shutdown, refresh, deployPendingWriteGrace, need)
 	}
+	// The drain outlasts the wait for thanks.io's answer, or every rollout
+	// cuts the slow calls in flight.
+	upstream, err := set.proxyDuration(run, "UPSTREAM_TIMEOUT")
+	if err != nil {
+		t.Errorf("%s: %v", where, err)
+	}
+	if shutdown < upstream {
+		t.Errorf("%s: SHUTDOWN_TIMEOUT (%s) is below UPSTREAM_TIMEOUT (%s): a call still waiting for thanks.io when the drain ends is cut; raise SHUTDOWN_TIMEOUT (and the grace period) or lower UPSTREAM_TIMEOUT", where, shutdown, upstream)
+	}
+
+	// A full token cache fits in the memory limit, with a quarter to spare.
+	if limit, err := deployBytes(c.Resources.Limits["memory"]); err != nil {
+		t.Errorf("%s: resources.limits.memory: %v", where, err)
+	} else if need := deployBaseBytes + float64(cfg.CacheSize)*deployCachedTenantBytes; need > 0.75*float64(limit) {
+		t.Errorf("%s: CACHE_SIZE %d: a full cache takes about %.0f MiB (%.1f MiB + %d bytes a tenant, bench/README.md), above three quarters of limits.memory %s: lower CACHE_SIZE or raise the limit",
+			where, cfg.CacheSize, need/(1<<20), deployBaseBytes/(1<<20), deployCachedTenantBytes, c.Resources.Limits["memory"])
+	}
+
+	if !deployLoopback(dataHost) {
+		deployCheckSharedProxy(t, set, m, w, c, where, dataPort, opsPort)
+	}
 
 	// Scraping by annotation, where asked for, reaches /metrics on the ops
 	// port.
@@ -760,6 +1117,95 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 			t.Errorf("%s: prometheus.io/path %q, want /metrics", where, p)
 		}
 	}
+}
+
+// deployCheckSharedProxy checks a proxy that other pods can call (LISTEN_ADDR
+// beyond loopback): it authenticates its callers with a caller keys file
+// mounted from a Secret, a NetworkPolicy admits some sources to its data and
+// ops ports, its replicas spread over nodes, and a PodDisruptionBudget
+// covers them.
+func deployCheckSharedProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWorkload, c k8sContainer, where string, dataPort, opsPort int) {
+	pod := w.spec.Spec.Template.Spec
+	labels := w.spec.Spec.Template.Metadata.Labels
+
+	// Caller authentication, from a Secret that updates in place.
+	i := slices.IndexFunc(c.Env, func(e k8sEnvVar) bool { return e.Name == "CALLER_KEYS_FILE" })
+	switch {
+	case i < 0 || c.Env[i].Value == nil || *c.Env[i].Value == "":
+		t.Errorf("%s: LISTEN_ADDR is not loopback, but CALLER_KEYS_FILE is not set: any pod that reaches it can act for any tenant", where)
+	default:
+		path := *c.Env[i].Value
+		secret, key, subPath, ok := deploySecretFile(pod, c, path)
+		switch {
+		case !ok:
+			t.Errorf("%s: CALLER_KEYS_FILE %s is in no Secret volume mounted in the container", where, path)
+		case subPath != "":
+			t.Errorf("%s: CALLER_KEYS_FILE %s is mounted with subPath %q: a subPath mount never sees the Secret's updates, so callers could not be added or revoked without a restart", where, path, subPath)
+		case set.secrets[m.file][secret] == nil:
+			t.Errorf("%s: CALLER_KEYS_FILE %s comes from Secret %q, which %s does not define", where, path, secret, m.file)
+		default:
+			if _, ok := set.secrets[m.file][secret][key]; !ok {
+				t.Errorf("%s: CALLER_KEYS_FILE %s comes from key %q of Secret %q, which has no such key", where, path, key, secret)
+			}
+		}
+	}
+
+	// Both ports behind a NetworkPolicy.
+	admitted := deployNetworkPolicyPorts(t, set, w)
+	if len(admitted) == 0 {
+		t.Errorf("%s: no NetworkPolicy in %s selects its pods: the whole cluster reaches ports %d and %d", where, m.file, dataPort, opsPort)
+	} else {
+		for _, p := range []int{dataPort, opsPort} {
+			if !admitted[p] {
+				t.Errorf("%s: the NetworkPolicy of %s admits no source to port %d: callers (data port) or Prometheus (ops port) are shut out", where, m.file, p)
+			}
+		}
+	}
+
+	// Replicas spread over nodes, strictly.
+	if !slices.ContainsFunc(pod.TopologySpreadConstraints, func(tc k8sTopologyConstraint) bool {
+		return tc.TopologyKey == "kubernetes.io/hostname" && tc.WhenUnsatisfiable == "DoNotSchedule" &&
+			tc.MaxSkew >= 1 && tc.LabelSelector.matches(labels)
+	}) {
+		t.Errorf("%s: no topologySpreadConstraint on kubernetes.io/hostname with whenUnsatisfiable: DoNotSchedule selects its pods: replicas may pile up on one node", where)
+	}
+
+	// A PodDisruptionBudget (its policy is checked with it).
+	if !slices.ContainsFunc(set.manifests, func(x *k8sManifest) bool {
+		if x.kind != "PodDisruptionBudget" || x.file != m.file {
+			return false
+		}
+		var p k8sPodDisruptionBudget
+		x.decode(t, &p)
+		return p.Spec.Selector.matches(labels)
+	}) {
+		t.Errorf("%s: no PodDisruptionBudget in %s selects its pods", where, m.file)
+	}
+}
+
+// deployBytes parses a Kubernetes memory quantity such as 512Mi or 1G.
+func deployBytes(q string) (int64, error) {
+	units := []struct {
+		suffix string
+		factor int64
+	}{
+		{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+		{"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+	}
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(q, u.suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%q is not a quantity such as 512Mi", q)
+			}
+			return v * u.factor, nil
+		}
+	}
+	v, err := strconv.ParseInt(q, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a quantity such as 512Mi", q)
+	}
+	return v, nil
 }
 
 // k8sRedisWorkload is what deployCheckRedis reads of a workload beyond
@@ -1055,8 +1501,10 @@ func deployCheckServiceMonitor(t *testing.T, set *deploySet, m *k8sManifest) {
 }
 
 var (
-	promDuration = regexp.MustCompile(`^([0-9]+(ms|s|m|h|d|w|y))+$`)
-	promJob      = regexp.MustCompile(`\bjob\s*=~?\s*"([^"]*)"`)
+	promDuration  = regexp.MustCompile(`^([0-9]+(ms|s|m|h|d|w|y))+$`)
+	promJob       = regexp.MustCompile(`\bjob\s*=~?\s*"([^"]*)"`)
+	promUp        = regexp.MustCompile(`\bup\s*\{([^}]*)\}`)
+	promContainer = regexp.MustCompile(`\bcontainer\s*=\s*"([^"]*)"`)
 )
 
 func deployCheckRule(t *testing.T, set *deploySet, m *k8sManifest) {
@@ -1066,21 +1514,41 @@ func deployCheckRule(t *testing.T, set *deploySet, m *k8sManifest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The jobs that ServiceMonitors under deploy/ produce: the Services'
-	// names.
+	// The jobs that the monitors under deploy/ produce: the Services' names
+	// for a ServiceMonitor; for a PodMonitor, the value of its jobLabel on
+	// the pods, or else <namespace>/<its name> (any namespace).
 	jobs := map[string]bool{}
+	var podMonitorJobs []string // suffixes: /<name>
 	for _, x := range set.manifests {
-		if x.kind != "ServiceMonitor" {
-			continue
-		}
-		var sm k8sServiceMonitor
-		x.decode(t, &sm)
-		for _, s := range set.services {
-			if sm.Spec.Selector.matches(s.labels) {
-				jobs[s.name] = true
+		switch x.kind {
+		case "ServiceMonitor":
+			var sm k8sServiceMonitor
+			x.decode(t, &sm)
+			for _, s := range set.services {
+				if sm.Spec.Selector.matches(s.labels) {
+					jobs[s.name] = true
+				}
+			}
+		case "PodMonitor":
+			var pm k8sPodMonitor
+			x.decode(t, &pm)
+			podMonitorJobs = append(podMonitorJobs, "/"+x.name)
+			for _, w := range set.workloads {
+				if v := w.spec.Spec.Template.Metadata.Labels[pm.Spec.JobLabel]; v != "" && pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+					jobs[v] = true
+				}
 			}
 		}
 	}
+	// The proxy containers that the monitors scrape, by name: the alerts on
+	// up must cover each of them, and name no other.
+	proxyContainers := map[string]bool{}
+	for w := range deployScrapedWorkloads(t, set) {
+		for _, n := range w.proxyNames {
+			proxyContainers[n] = true
+		}
+	}
+	upContainers := map[string]bool{}
 
 	alerts := map[string]bool{}
 	count := 0
@@ -1113,8 +1581,16 @@ func deployCheckRule(t *testing.T, set *deploySet, m *k8sManifest) {
 				}
 			}
 			for _, j := range promJob.FindAllStringSubmatch(r.Expr, -1) {
-				if !jobs[j[1]] {
-					t.Errorf("%s: expr selects job %q, but the ServiceMonitors under deploy/ produce the jobs %v", where, j[1], deploySortedKeys(jobs))
+				if !jobs[j[1]] && !slices.ContainsFunc(podMonitorJobs, func(suffix string) bool { return strings.HasSuffix(j[1], suffix) }) {
+					t.Errorf("%s: expr selects job %q, but the monitors under deploy/ produce the jobs %v", where, j[1], deploySortedKeys(jobs))
+				}
+			}
+			for _, up := range promUp.FindAllStringSubmatch(r.Expr, -1) {
+				for _, c := range promContainer.FindAllStringSubmatch(up[1], -1) {
+					upContainers[c[1]] = true
+					if !proxyContainers[c[1]] {
+						t.Errorf("%s: expr selects up of container %q, but the proxy containers that the monitors scrape are %v", where, c[1], deploySortedKeys(proxyContainers))
+					}
 				}
 			}
 			if r.Alert == "" {
@@ -1143,6 +1619,11 @@ func deployCheckRule(t *testing.T, set *deploySet, m *k8sManifest) {
 	if count == 0 {
 		t.Errorf("%s: no rules", m)
 	}
+	for n := range proxyContainers {
+		if !upContainers[n] {
+			t.Errorf("%s: no alert selects up{container=%q}: a proxy container of that name, scraped by a monitor under deploy/, is not covered when it goes down", m, n)
+		}
+	}
 }
 
 func deployFirst(a, b string) string {
@@ -1153,7 +1634,9 @@ func deployFirst(a, b string) string {
 }
 
 // deployDocumentedMetric reports whether README.md names the metric, or the
-// histogram that a _bucket, _sum or _count series belongs to.
+// histogram that a _bucket, _sum or _count series belongs to, in full or as
+// the metrics table abbreviates a second name in a row
+// ("..._tenants_updated_timestamp_seconds").
 func deployDocumentedMetric(readme []byte, name string) bool {
 	base := name
 	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
@@ -1161,6 +1644,10 @@ func deployDocumentedMetric(readme []byte, name string) bool {
 	}
 	for _, n := range []string{name, base} {
 		if regexp.MustCompile(`(^|[^A-Za-z0-9_:])` + regexp.QuoteMeta(n) + `($|[^A-Za-z0-9_:])`).Match(readme) {
+			return true
+		}
+		if rest, ok := strings.CutPrefix(n, "thanksio_proxy_"); ok &&
+			regexp.MustCompile(`\.\.\._`+regexp.QuoteMeta(rest)+`($|[^A-Za-z0-9_:])`).Match(readme) {
 			return true
 		}
 	}
@@ -1309,6 +1796,85 @@ func TestDeployPromMetricNames(t *testing.T) {
 	}
 }
 
+func TestDeployBytes(t *testing.T) {
+	for _, tc := range []struct {
+		q    string
+		want int64
+	}{
+		{"256Mi", 256 << 20}, {"1Gi", 1 << 30}, {"512M", 512e6}, {"1000", 1000}, {"64Ki", 64 << 10},
+	} {
+		if got, err := deployBytes(tc.q); err != nil || got != tc.want {
+			t.Errorf("deployBytes(%q) = %d, %v; want %d", tc.q, got, err, tc.want)
+		}
+	}
+	for _, q := range []string{"", "Mi", "1.5Gi", "lots"} {
+		if _, err := deployBytes(q); err == nil {
+			t.Errorf("deployBytes(%q): no error", q)
+		}
+	}
+}
+
+func TestDeploySecretFile(t *testing.T) {
+	var pod k8sPodSpec
+	var c k8sContainer
+	if err := yaml.Unmarshal([]byte(`
+volumes:
+  - name: callers
+    secret:
+      secretName: callers-secret
+      items: [{key: keys, path: callers}]
+  - name: whole
+    secret: {secretName: whole-secret}
+  - name: config
+    configMap: {name: cm}
+`), &pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal([]byte(`
+volumeMounts:
+  - {name: callers, mountPath: /etc/callers/}
+  - {name: whole, mountPath: /etc/whole}
+  - {name: whole, mountPath: /etc/one, subPath: file}
+  - {name: config, mountPath: /etc/config}
+`), &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path                 string
+		secret, key, subPath string
+		ok                   bool
+	}{
+		{"/etc/callers/callers", "callers-secret", "keys", "", true},
+		{"/etc/callers/other", "", "", "", false}, // not among the items
+		{"/etc/whole/anything", "whole-secret", "anything", "", true},
+		{"/etc/one", "whole-secret", "file", "file", true},
+		{"/etc/config/x", "", "", "", false}, // a ConfigMap
+		{"/etc/wholesale/x", "", "", "", false},
+	} {
+		secret, key, subPath, ok := deploySecretFile(pod, c, tc.path)
+		if secret != tc.secret || key != tc.key || subPath != tc.subPath || ok != tc.ok {
+			t.Errorf("deploySecretFile(%q) = %q, %q, %q, %v; want %q, %q, %q, %v",
+				tc.path, secret, key, subPath, ok, tc.secret, tc.key, tc.subPath, tc.ok)
+		}
+	}
+}
+
+func TestDeployDocumentedMetric(t *testing.T) {
+	readme := []byte("| `thanksio_proxy_tenants{state}`, `..._tenants_updated_timestamp_seconds` | ... |\n| `thanksio_proxy_refresh_duration_seconds{result}` | |")
+	for name, want := range map[string]bool{
+		"thanksio_proxy_tenants":                            true,
+		"thanksio_proxy_tenants_updated_timestamp_seconds":  true,
+		"thanksio_proxy_refresh_duration_seconds_bucket":    true,
+		"thanksio_proxy_tenants_updated":                    false,
+		"thanksio_proxy_updated_timestamp_seconds":          false,
+		"thanksio_proxy_refresh_duration_seconds_something": false,
+	} {
+		if got := deployDocumentedMetric(readme, name); got != want {
+			t.Errorf("deployDocumentedMetric(%q) = %v; want %v", name, got, want)
+		}
+	}
+}
+
 // deployResolvePort returns the container port that a Service's targetPort
 // (a number or a port name) reaches, or 0.
 func deployResolvePort(port any, named map[string]int, numbers map[int]bool) int {
@@ -1346,4 +1912,151 @@ func deploySortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// deployRuleTests is where the promtool test rules cases of the alerts live.
+const deployRuleTests = "deploy/testdata/monitoring_test.yaml"
+
+// TestPromtoolRules writes the groups of the PrometheusRules under deploy/
+// to a rules file, checks it with promtool check rules, and runs the cases
+// of deployRuleTests against it with promtool test rules. Without promtool
+// it fails: .ci/install-promtool installs it, and make test runs that.
+//
+// The cases run on a copy of the rules without annotations, since promtool
+// test rules compares an alert's annotations too and the cases give only its
+// labels; promtool check rules checks the annotations' templates.
+func TestPromtoolRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool is not installed (%v): run .ci/install-promtool, or make test, which does", err)
+	}
+	set := loadDeploySet(t)
+
+	// The groups of every PrometheusRule, as written.
+	var groups []map[string]any
+	for _, m := range set.manifests {
+		if m.kind != "PrometheusRule" {
+			continue
+		}
+		var pr struct {
+			Spec struct {
+				Groups []map[string]any `yaml:"groups"`
+			} `yaml:"spec"`
+		}
+		m.decode(t, &pr)
+		groups = append(groups, pr.Spec.Groups...)
+	}
+	if len(groups) == 0 {
+		t.Fatal("no PrometheusRule under deploy/")
+	}
+	dir := t.TempDir()
+	write := func(name string, v any) string {
+		t.Helper()
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	full := write("monitoring.yaml", map[string]any{"groups": groups})
+	if out, err := exec.Command(promtool, "check", "rules", full).CombinedOutput(); err != nil {
+		t.Errorf("promtool check rules on the PrometheusRule of deploy/: %v\n%s", err, out)
+	}
+
+	// The same rules without annotations, and the cases beside them.
+	var alerts []string
+	bare := make([]map[string]any, len(groups))
+	for i, g := range groups {
+		bare[i] = map[string]any{}
+		for k, v := range g {
+			bare[i][k] = v
+		}
+		rules, _ := g["rules"].([]any)
+		var stripped []any
+		for _, r := range rules {
+			rule, ok := r.(map[string]any)
+			if !ok {
+				t.Fatalf("group %v: a rule is not a mapping", g["name"])
+			}
+			c := map[string]any{}
+			for k, v := range rule {
+				if k != "annotations" {
+					c[k] = v
+				}
+			}
+			if a, ok := rule["alert"].(string); ok {
+				alerts = append(alerts, a)
+			}
+			stripped = append(stripped, c)
+		}
+		bare[i]["rules"] = stripped
+	}
+	write("monitoring.rules.yaml", map[string]any{"groups": bare})
+	cases, err := os.ReadFile(deployRuleTests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testFile := filepath.Join(dir, filepath.Base(deployRuleTests))
+	if err := os.WriteFile(testFile, cases, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(promtool, "test", "rules", filepath.Base(testFile))
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool test rules %s: %v\n%s", deployRuleTests, err, out)
+	} else {
+		t.Logf("promtool test rules %s:\n%s", deployRuleTests, out)
+	}
+
+	// A case per alert, firing and not firing, and the firing one carries
+	// the labels that route it.
+	var file struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			Name          string `yaml:"name"`
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []struct {
+					ExpLabels map[string]string `yaml:"exp_labels"`
+				} `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(cases, &file); err != nil {
+		t.Fatalf("%s: %v", deployRuleTests, err)
+	}
+	if !slices.Equal(file.RuleFiles, []string{"monitoring.rules.yaml"}) {
+		t.Errorf("%s: rule_files %v, want [monitoring.rules.yaml] (the file this test writes)", deployRuleTests, file.RuleFiles)
+	}
+	firing, quiet, routed := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for _, tc := range file.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if !slices.Contains(alerts, a.Alertname) {
+				t.Errorf("%s: test %q checks alert %q, which no PrometheusRule defines", deployRuleTests, tc.Name, a.Alertname)
+			}
+			if len(a.ExpAlerts) == 0 {
+				quiet[a.Alertname] = true
+			}
+			for _, e := range a.ExpAlerts {
+				firing[a.Alertname] = true
+				if e.ExpLabels["namespace"] != "" && e.ExpLabels["job"] != "" {
+					routed[a.Alertname] = true
+				}
+			}
+		}
+	}
+	for _, a := range alerts {
+		if !firing[a] {
+			t.Errorf("%s: no case where %s fires", deployRuleTests, a)
+		} else if !routed[a] {
+			t.Errorf("%s: no case where %s fires with namespace and job labels to route it by", deployRuleTests, a)
+		}
+		if !quiet[a] {
+			t.Errorf("%s: no case where %s does not fire", deployRuleTests, a)
+		}
+	}
 }

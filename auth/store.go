@@ -50,9 +50,11 @@ type Store interface {
 	// invalidation failed); Delete can be repeated.
 	Delete(ctx context.Context, tenant string) error
 	// Restore writes rec back under its own Version (at least 1) where the
-	// tenant has no record at all (the store lost it) or a live one of a
-	// lower version, never over a deletion's tombstone, and reports whether
-	// it wrote. An error may come after the write, as with Put.
+	// tenant has no record at all (the store lost it) or another
+	// write-back of a lower version; never over a deletion's tombstone nor
+	// over a record written by Put (since the loss: versions restart with
+	// a lost record). It reports whether it wrote. An error may come after
+	// the write, as with Put.
 	Restore(ctx context.Context, tenant string, rec store.TokenRecord) (bool, error)
 	// Epoch returns a value that stays the same for as long as the store
 	// keeps its data: a new one means the store lost what it held (a Redis

@@ -75,20 +75,11 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 		if c.snap.version < 1 {
 			return
 		}
-		// Versions restart with a lost record, so a record written since
-		// the loss (an import, a connect, a refresh) may have a lower
-		// version than the one held here, and must win all the same: only
-		// nothing, or another replica's write-back, is written over.
-		// (Restore's own condition is on versions alone; between this
-		// read and it, a write can still be lost.)
-		ok := false
-		cur, err := t.store.Get(ctx, c.tenant)
-		switch {
-		case err == nil && cur.RestoredAt.IsZero():
-			return
-		case err == nil, errors.Is(err, store.ErrNotFound):
-			ok, err = t.store.Restore(ctx, c.tenant, c.snap.record(now))
-		}
+		// Restore writes only over nothing or another replica's
+		// write-back of a lower version: a record written since the loss
+		// (an import, a connect, a refresh) wins, whatever its version, as
+		// versions restart with a lost record.
+		ok, err := t.store.Restore(ctx, c.tenant, c.snap.record(now))
 		mu.Lock()
 		defer mu.Unlock()
 		switch {

@@ -1244,8 +1244,8 @@ func restored(tag string, v int64, st store.State) store.TokenRecord {
 }
 
 // testRestore checks that b's Restore writes a record back under its own
-// version only where the tenant has nothing, or a live record of a lower
-// version.
+// version only where the tenant has nothing, or another write-back of a
+// lower version.
 func testRestore(t *testing.T, b backend) {
 	far := time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -1281,19 +1281,34 @@ func testRestore(t *testing.T, b backend) {
 		}
 	})
 
-	t.Run("older live record: replaced and reindexed", func(t *testing.T) {
+	t.Run("record written since the loss: not written, whatever its version", func(t *testing.T) {
+		f := b.setup(t)
+		s := f.open(t)
+		ctx := t.Context()
+		mustPut(t, s, "acme", sampleRecord("reconnected"), 0)
+		for _, v := range []int64{2, 5} {
+			if ok, err := s.Restore(ctx, "acme", restored("held", v, store.StateReauthorizationRequired)); ok || err != nil {
+				t.Errorf("Restore(version %d) over a record Put wrote at version 1 = %v, %v; want false, nil", v, ok, err)
+			}
+		}
+		if got := mustGet(t, s, "acme"); got.Version != 1 || got.AccessToken != "access-reconnected" {
+			t.Errorf("Get = version %d, %q; want the record Put wrote", got.Version, got.AccessToken)
+		}
+	})
+
+	t.Run("older write-back: replaced and reindexed", func(t *testing.T) {
 		f := b.setup(t)
 		s := f.open(t)
 		invs, _ := subscribe(t, f.open(t))
 		ctx := t.Context()
-		mustPut(t, s, "acme", sampleRecord("one"), 0)
-		mustPut(t, s, "acme", sampleRecord("two"), 1)
-		nextInvalidation(t, invs)
+		if ok, err := s.Restore(ctx, "acme", restored("stale", 2, store.StateActive)); !ok || err != nil {
+			t.Fatalf("Restore(version 2) on nothing = %v, %v", ok, err)
+		}
 		nextInvalidation(t, invs)
 
 		rec := restored("held", 5, store.StateReauthorizationRequired)
 		if ok, err := s.Restore(ctx, "acme", rec); !ok || err != nil {
-			t.Fatalf("Restore(version 5) over version 2 = %v, %v; want true, nil", ok, err)
+			t.Fatalf("Restore(version 5) over a write-back of version 2 = %v, %v; want true, nil", ok, err)
 		}
 		got := mustGet(t, s, "acme")
 		if diff := recordDiff(got, rec); len(diff) > 0 || got.Version != 5 {
@@ -1311,7 +1326,7 @@ func testRestore(t *testing.T, b backend) {
 		checkCounts(t, s, "after Restore", 0, 1)
 	})
 
-	t.Run("equal or newer live record: not written", func(t *testing.T) {
+	t.Run("equal or newer write-back: not written", func(t *testing.T) {
 		tests := []struct {
 			name    string
 			version int64
@@ -1325,9 +1340,9 @@ func testRestore(t *testing.T, b backend) {
 				s := f.open(t)
 				invs, _ := subscribe(t, f.open(t))
 				ctx := t.Context()
-				mustPut(t, s, "acme", sampleRecord("one"), 0)
-				mustPut(t, s, "acme", sampleRecord("two"), 1)
-				nextInvalidation(t, invs)
+				if ok, err := s.Restore(ctx, "acme", restored("two", 2, store.StateActive)); !ok || err != nil {
+					t.Fatalf("Restore(version 2) on nothing = %v, %v", ok, err)
+				}
 				nextInvalidation(t, invs)
 
 				rec := restored("held", tt.version, store.StateReauthorizationRequired)

@@ -53,6 +53,8 @@ type memoryRecord struct {
 	expiryMilli int64
 	// state is the state the record counts under in CountByState.
 	state State
+	// restored reports a record written by Restore, not Put.
+	restored bool
 }
 
 type memoryLease struct {
@@ -153,7 +155,8 @@ func (m *Memory) Delete(ctx context.Context, tenant string) error {
 }
 
 // Restore writes rec back under its own Version where the tenant has no
-// record at all, or a live one of a lower version; never over a tombstone.
+// record at all, or another write-back of a lower version; never over a
+// tombstone nor over a record written by Put.
 // It reports whether it wrote. A Memory never loses its records, so this
 // only serves callers that do not know which store they have.
 func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (bool, error) {
@@ -169,10 +172,10 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cur, ok := m.records[tenant]; ok && (cur.deleted || cur.version >= rec.Version) {
+	if cur, ok := m.records[tenant]; ok && (cur.deleted || !cur.restored || cur.version >= rec.Version) {
 		return false, nil
 	}
-	r := memoryRecord{version: rec.Version, data: data, due: dueIndexed(rec), state: indexedState(rec)}
+	r := memoryRecord{version: rec.Version, data: data, due: dueIndexed(rec), state: indexedState(rec), restored: true}
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}

@@ -48,7 +48,7 @@ const (
 //
 // The keys, all under one prefix (P below), are:
 //
-//	P{tenant}:token                   hash: v = version, d = sealed record (tenant id as additional data)
+//	P{tenant}:token                   hash: v = version, d = sealed record (tenant id as additional data), r = 1 on a write-back (Restore)
 //	P{tenant}:lock                    string: the lock owner, with a TTL
 //	Ptenants                          sorted set of every tenant id, all scores 0 (paged by ZRANGEBYLEX)
 //	Pdue                              sorted set: refreshable active (or empty-State) tenants, score = expiry in Unix milliseconds
@@ -148,6 +148,7 @@ if want ~= -1 then
 end
 cur = cur + 1
 redis.call('HSET', KEYS[1], 'v', tostring(cur), 'd', ARGV[2])
+redis.call('HDEL', KEYS[1], 'r')
 return cur
 `),
 		// KEYS[1] is the tenant's token hash, KEYS[2] its lock. It leaves a
@@ -156,27 +157,29 @@ return cur
 		// write it back; it returns the version the tombstone keeps.
 		del: redis.NewScript(`
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-redis.call('HDEL', KEYS[1], 'd')
+redis.call('HDEL', KEYS[1], 'd', 'r')
 redis.call('HSET', KEYS[1], 'v', tostring(v))
 redis.call('DEL', KEYS[2])
 return v
 `),
 		// KEYS[1] is the tenant's token hash; ARGV[1] the version to
 		// restore, ARGV[2] the sealed record. It writes only where there
-		// is no hash at all (Redis lost it) or a live record of a lower
-		// version, never over a tombstone, and returns the version written,
-		// or -1 when it wrote nothing.
+		// is no hash at all (Redis lost it) or another write-back (marked
+		// r) of a lower version: never over a tombstone, nor over a record
+		// written since the loss, whose version may be lower, as versions
+		// restart with a lost hash. It returns the version written, or -1
+		// when it wrote nothing.
 		restore: redis.NewScript(`
 local want = tonumber(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HEXISTS', KEYS[1], 'd') == 0 then
+  if redis.call('HEXISTS', KEYS[1], 'd') == 0 or redis.call('HEXISTS', KEYS[1], 'r') == 0 then
     return -1
   end
   if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') >= want then
     return -1
   end
 end
-redis.call('HSET', KEYS[1], 'v', tostring(want), 'd', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', tostring(want), 'd', ARGV[2], 'r', '1')
 return want
 `),
 		// KEYS[1] is the lock; ARGV[1] the owner, ARGV[2] the new TTL in ms.
@@ -325,9 +328,10 @@ func (r *Redis) Put(ctx context.Context, tenant string, rec TokenRecord, prevVer
 func wrote(n int64) bool { return n >= 0 }
 
 // Restore writes rec back under its own Version after Redis lost its data:
-// only where the tenant has no hash at all, or a live record of a lower
-// version; never over a tombstone (a tenant deleted after the loss stays
-// deleted). It reports whether it wrote. A restored record is indexed and
+// only where the tenant has no hash at all, or another write-back of a lower
+// version (the highest held wins); never over a tombstone (a tenant deleted
+// after the loss stays deleted), nor over a record written by Put since the
+// loss, whatever its version (versions restart with a lost hash). It reports whether it wrote. A restored record is indexed and
 // published like any write, and confirmed durable as Put is.
 func (r *Redis) Restore(ctx context.Context, tenant string, rec TokenRecord) (bool, error) {
 	if err := checkTenant(tenant); err != nil {

@@ -104,6 +104,11 @@ func AllowedReturn(allowed []*url.URL, returnTo string) (*url.URL, error) {
 	if hasDotSegment(u.Path) || strings.Contains(strings.ToLower(u.EscapedPath()), "%2f") || strings.Contains(u.Path, "\\") {
 		return nil, errors.New("return_to must not hold dot segments or encoded slashes")
 	}
+	// The callback adds connected= or error= to the query: one already
+	// there could be taken for the real result.
+	if q := u.Query(); q.Has("connected") || q.Has("error") {
+		return nil, errors.New("return_to must not hold a connected or error parameter")
+	}
 	for _, a := range allowed {
 		if strings.EqualFold(a.Scheme, u.Scheme) && sameHostPort(a, u) && pathUnder(u.Path, a.Path) {
 			return u, nil

@@ -76,6 +76,10 @@ func TestAllowedReturn(t *testing.T) {
 		{"//app.example.com/settings", false},
 		{"/settings", false},
 		{"http://localhost:3001/x", false},
+		// The callback adds the result: a forged one must not ride along.
+		{"https://app.example.com/settings?connected=other-tenant", false},
+		{"https://app.example.com/settings?x=1&error=", false},
+		{"https://app.example.com/settings?connectedx=1", true},
 	}
 	for _, tt := range tests {
 		_, err := auth.AllowedReturn(allowed, tt.returnTo)

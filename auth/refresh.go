@@ -389,6 +389,16 @@ func (t *Tokens) clearPending(tenant string) {
 	t.pendingMu.Unlock()
 }
 
+// clearPendingUpTo forgets the tenant's pending write if the version it
+// replaces is at most version (a deletion's tombstone).
+func (t *Tokens) clearPendingUpTo(tenant string, version int64) {
+	t.pendingMu.Lock()
+	if p, ok := t.pending[tenant]; ok && p.rec.Version <= version {
+		delete(t.pending, tenant)
+	}
+	t.pendingMu.Unlock()
+}
+
 // stillPending reports whether p is the tenant's pending write.
 func (t *Tokens) stillPending(tenant string, p *pendingWrite) bool {
 	t.pendingMu.Lock()

@@ -61,7 +61,10 @@ type Config struct {
 	// ReturnURLs are the URLs a connect flow's return_to must fall under;
 	// empty allows no return_to (the callback then answers a page).
 	ReturnURLs []*url.URL
-	// HTTPClient calls the token endpoint. Nil means a client with
+	// HTTPClient calls the token endpoint; it never follows a redirect
+	// (whatever its CheckRedirect), since a form body re-sent to another
+	// host would carry the client secret and a refresh token or code. Nil
+	// means a client with
 	// RefreshTimeout as its timeout.
 	HTTPClient *http.Client
 	// RefreshAhead is how long before expiry a refresh starts (default 5m).
@@ -162,6 +165,7 @@ func New(cfg Config) *Tokens {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.RefreshTimeout}
 	}
+	cfg.HTTPClient = noRedirects(cfg.HTTPClient)
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
@@ -245,6 +249,15 @@ func (t *Tokens) Start(ctx context.Context) error {
 	return nil
 }
 
+// noRedirects returns a copy of c that answers a redirect with the
+// redirect itself: the token endpoint's 3xx is then a failed call (never a
+// revocation), and no form is sent anywhere else.
+func noRedirects(c *http.Client) *http.Client {
+	cp := *c
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cp
+}
+
 // invalidated applies an invalidation published by any replica.
 func (t *Tokens) invalidated(inv store.Invalidation) {
 	switch {
@@ -254,8 +267,9 @@ func (t *Tokens) invalidated(inv store.Invalidation) {
 		}
 	case inv.Deleted:
 		// A rotation of this tenant still waiting for its write must not
-		// bring it back.
-		t.clearPending(inv.Tenant)
+		// bring it back, unless it rotated a grant imported after this
+		// deletion (a late message).
+		t.clearPendingUpTo(inv.Tenant, inv.Version)
 		t.cache.deleted(inv.Tenant)
 	default:
 		t.cache.written(inv.Tenant, inv.Version)
@@ -561,12 +575,12 @@ func (t *Tokens) settle(tenant string, e *entry, s *snapshot, err error) {
 	t.cache.fill(tenant, e, s)
 }
 
-// backoff holds the next attempt back exponentially, with jitter, from 1s to
-// 5m after consecutive failures.
+// backoff holds the next attempt back exponentially after consecutive
+// failures: 1 s, 2 s, 4 s, ... up to 256 s, each with jitter down to half of
+// it (so from the ninth failure on, 128 to 256 s).
 func (t *Tokens) backoff(e *entry) {
 	n := min(e.failures.Add(1), 9)
 	d := time.Second << (n - 1)
-	d = min(d, 5*time.Minute)
 	d = d/2 + rand.N(d/2+1)
 	e.retryAt.Store(t.now().Add(d).UnixNano())
 }

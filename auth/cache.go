@@ -100,14 +100,15 @@ type entry struct {
 // a tenant evicts an arbitrary other one (Go's map order): cheap, and fair
 // enough for a cache whose misses cost one store read.
 type cache struct {
-	mu  sync.RWMutex
-	m   map[string]*entry
-	max int
-	now func() time.Time
+	mu      sync.RWMutex
+	m       map[string]*entry
+	max     int
+	now     func() time.Time
+	evicted func() // called, under mu, for each eviction
 }
 
-func newCache(max int, now func() time.Time) *cache {
-	return &cache{m: make(map[string]*entry), max: max, now: now}
+func newCache(max int, now func() time.Time, evicted func()) *cache {
+	return &cache{m: make(map[string]*entry), max: max, now: now, evicted: evicted}
 }
 
 func (c *cache) get(tenant string) *entry {
@@ -158,6 +159,7 @@ func (c *cache) addLocked(tenant string) *entry {
 	if len(c.m) >= c.max {
 		for k := range c.m {
 			delete(c.m, k)
+			c.evicted()
 			break
 		}
 	}

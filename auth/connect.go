@@ -170,6 +170,14 @@ const (
 	callbackInvalidRequest  = "invalid_request"
 )
 
+// observeCallback counts a callback's outcome ("connected" for success).
+func (t *Tokens) observeCallback(outcome string) {
+	if outcome == "" {
+		outcome = "connected"
+	}
+	t.obs.Callback(outcome)
+}
+
 func (t *Tokens) callback(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	// The URL holds the code: keep it out of Referer headers.
@@ -218,6 +226,7 @@ func (t *Tokens) callback(w http.ResponseWriter, r *http.Request) {
 				}
 				u.RawQuery = v.Encode()
 				u.Fragment = ""
+				t.observeCallback(outcome)
 				http.Redirect(w, r, u.String(), http.StatusSeeOther)
 				return
 			}
@@ -284,6 +293,7 @@ var callbackTexts = map[string][2]string{
 }
 
 func (t *Tokens) page(w http.ResponseWriter, status int, tenant, outcome string) {
+	t.observeCallback(outcome)
 	text := callbackTexts[outcome]
 	if outcome == "" && tenant != "" {
 		text[1] = "The thanks.io account is connected for " + tenant + ". You can close this page."

@@ -260,6 +260,8 @@ func (*lossObserver) StoreError(string)               {}
 func (*lossObserver) Injected(time.Duration, bool)    {}
 func (*lossObserver) PendingWrite(int)                {}
 func (*lossObserver) Invalidations(bool, time.Time)   {}
+func (*lossObserver) CacheEvicted()                   {}
+func (*lossObserver) Callback(string)                 {}
 func (o *lossObserver) StoreDataLost()                { o.losses.Add(1) }
 
 func TestRedisRestartedEmptyUnderLoad(t *testing.T) {

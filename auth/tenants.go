@@ -189,8 +189,14 @@ func (t *Tokens) refreshDue() {
 	if err != nil {
 		if t.ctx.Err() == nil {
 			t.obs.StoreError("due")
+			if t.dueFailing.CompareAndSwap(false, true) {
+				t.log.Warn("the background refresher cannot read the tenants due from the store; idle tenants' tokens may expire", "err", err)
+			}
 		}
 		return
+	}
+	if t.dueFailing.CompareAndSwap(true, false) {
+		t.log.Info("the background refresher reads the store again")
 	}
 	sem := make(chan struct{}, t.cfg.BackgroundConcurrency)
 	var wg sync.WaitGroup

@@ -46,6 +46,11 @@ type Observer interface {
 	// StoreDataLost counts a loss of the store's data noticed by this
 	// replica (its epoch changed).
 	StoreDataLost()
+	// CacheEvicted counts a tenant evicted from the full cache.
+	CacheEvicted()
+	// Callback counts an OAuth callback by outcome: "connected", or the
+	// error code the callback answered.
+	Callback(outcome string)
 	// Invalidations reports, every heartbeat, whether invalidations reach
 	// this replica, and when it last heard its own heartbeat (zero: never).
 	Invalidations(subscribed bool, lastHeard time.Time)
@@ -131,6 +136,10 @@ type Tokens struct {
 	subscribed atomic.Bool
 	subErr     atomic.Pointer[error]
 
+	// dueFailing is set while the background refresher cannot read the
+	// tenants due, so that it logs the change, not every attempt.
+	dueFailing atomic.Bool
+
 	// ctx outlives every caller: refreshes run under it, never under a
 	// request's context. stop ends it.
 	ctx  context.Context
@@ -170,20 +179,21 @@ func New(cfg Config) *Tokens {
 	if now == nil {
 		now = time.Now
 	}
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
 	t := &Tokens{
 		cfg:     cfg,
 		store:   cfg.Store,
 		now:     now,
-		obs:     cfg.Observer,
+		obs:     obs,
 		log:     cfg.Logger,
-		cache:   newCache(cfg.CacheSize, now),
+		cache:   newCache(cfg.CacheSize, now, obs.CacheEvicted),
 		flights: make(map[string]*flight),
 		pending: make(map[string]*pendingWrite),
 		resync:  make(chan struct{}, 1),
 		id:      randomOwner(),
-	}
-	if t.obs == nil {
-		t.obs = nopObserver{}
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
@@ -642,3 +652,5 @@ func (nopObserver) Injected(time.Duration, bool)    {}
 func (nopObserver) PendingWrite(int)                {}
 func (nopObserver) StoreDataLost()                  {}
 func (nopObserver) Invalidations(bool, time.Time)   {}
+func (nopObserver) CacheEvicted()                   {}
+func (nopObserver) Callback(string)                 {}

@@ -38,6 +38,8 @@ type Metrics struct {
 	storeDataLosses  prometheus.Counter
 	invalidationsUp  prometheus.Gauge
 	invalidationsAt  prometheus.Gauge
+	cacheEvictions   prometheus.Counter
+	callbacks        *prometheus.CounterVec
 
 	memoryHit prometheus.Counter
 
@@ -149,6 +151,14 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: namespace, Name: "invalidations_last_heard_timestamp_seconds",
 			Help: "When this replica last heard its own heartbeat on the invalidation channel (Unix seconds).",
 		}),
+		cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cache_evictions_total",
+			Help: "Tenants evicted from the full in-process cache (CACHE_SIZE); each costs a store read at its next call.",
+		}),
+		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "oauth_callbacks_total",
+			Help: "OAuth callbacks by outcome: connected, or the error code answered (invalid_state, access_denied, code_rejected, ...).",
+		}, []string{"outcome"}),
 		storeDataLosses: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "store_data_losses_total",
 			Help: "Times this replica found that the store lost its data (its epoch changed) and wrote back the records it held.",
@@ -182,7 +192,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.requests, m.requestDuration, m.upstreamDuration, m.upstreamAnswers, m.replays,
 		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
 		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
-		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, buildInfo,
+		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -266,6 +276,21 @@ func (m *Metrics) Invalidations(subscribed bool, lastHeard time.Time) {
 	if !lastHeard.IsZero() {
 		m.invalidationsAt.Set(float64(lastHeard.UnixNano()) / 1e9)
 	}
+}
+
+// CacheEvicted counts an eviction from the token cache.
+func (m *Metrics) CacheEvicted() { m.cacheEvictions.Inc() }
+
+// Callback counts an OAuth callback by outcome.
+func (m *Metrics) Callback(outcome string) { m.callbacks.WithLabelValues(outcome).Inc() }
+
+// NewCacheEntries registers thanksio_proxy_cache_entries on reg, read from
+// entries at each scrape (a map length under a read lock: cheap).
+func NewCacheEntries(reg prometheus.Registerer, entries func() int) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "cache_entries",
+		Help: "Tenants in the in-process token cache; compare with CACHE_SIZE.",
+	}, func() float64 { return float64(entries()) }))
 }
 
 // StoreDataLost counts a loss of the store's data.

@@ -522,3 +522,115 @@ func TestAttackAdminToken(t *testing.T) {
 		t.Errorf("refused admin calls are not logged")
 	}
 }
+
+// TestAttackChunkedOnEveryRoute sends every route of LISTEN_ADDR a request
+// framed two ways (Transfer-Encoding: chunked and a Content-Length) with a
+// request for another tenant behind it, as a front end that trusts the
+// Content-Length would pass it on. The callback is the one path an Ingress
+// exposes to the internet: there too the connection closes after the
+// answer, and the bytes behind it never reach thanks.io as a request.
+func TestAttackChunkedOnEveryRoute(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	p := start(t, double, redisEnv(t))
+	p.importToken(t, "globex", double.NewGrant(), 3600)
+	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n"
+	tests := []struct {
+		name, requestLine string
+		lines             []string
+	}{
+		{"callback, Content-Length first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
+		{"callback, Transfer-Encoding first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked", "Content-Length: 48"}},
+		{"callback, chunked alone", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked"}},
+		{"callback with an error", "GET /oauth/callback?state=x&error=access_denied HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
+		{"callback, another method", "POST /oauth/callback HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
+		{"proxied path", "POST /send/postcard HTTP/1.1", []string{"X-Tenant-ID: globex", "Content-Length: 48", "Transfer-Encoding: chunked"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			double.ResetAPIRequests()
+			conn, err := net.Dial("tcp", strings.TrimPrefix(p.data, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			var b strings.Builder
+			b.WriteString(tt.requestLine + "\r\nHost: proxy.internal\r\nConnection: keep-alive\r\n")
+			for _, l := range tt.lines {
+				b.WriteString(l + "\r\n")
+			}
+			b.WriteString("\r\n0\r\n\r\n" + smuggled)
+			if _, err := io.WriteString(conn, b.String()); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(conn)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if !res.Close {
+				t.Errorf("first answer %d without Connection: close", res.StatusCode)
+			}
+			if second, err := http.ReadResponse(br, nil); err == nil {
+				second.Body.Close()
+				t.Errorf("the bytes after the chunked body were answered as a request (%d); want the connection closed", second.StatusCode)
+			}
+			for _, r := range double.APIRequests() {
+				if strings.Contains(r.Path, "smuggled") {
+					t.Errorf("thanks.io got the smuggled request %s with a token of %s", r.Path, "globex")
+				}
+			}
+		})
+	}
+}
+
+// TestAttackAdminLockout sends, from the admin's own address (a NAT, an
+// ingress or a pod shared with others), more failed admin calls than the
+// limit allows: wrong tokens are refused for a while, but the admin's own
+// token is never refused, and only failures count.
+func TestAttackAdminLockout(t *testing.T) {
+	right := []string{"Authorization: Bearer " + testAdminToken}
+	tests := []struct {
+		name  string
+		lines []string // of each of the failed calls
+	}{
+		{"no Authorization", nil},
+		{"empty bearer token", []string{"Authorization: Bearer "}},
+		{"Basic credentials", []string{"Authorization: Basic YWRtaW46YWRtaW4="}},
+		{"wrong token", []string{"Authorization: Bearer wrong-token-0123456789"}},
+		{"right and wrong token", []string{"Authorization: Bearer " + testAdminToken, "Authorization: Bearer wrong-token-0123456789"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := start(t, nil, nil)
+			for i := range 15 {
+				code, h, body := rawExchange(t, p.ops, request("GET", "/admin/tenants", tt.lines, ""))
+				switch {
+				case code == http.StatusUnauthorized && i < 10:
+				case code == http.StatusTooManyRequests && i >= 10 && h.Get("Retry-After") != "":
+				default:
+					t.Fatalf("failed call %d: %d %s; want 401, then 429 with Retry-After after 10", i+1, code, body)
+				}
+			}
+			if code, _, body := rawExchange(t, p.ops, request("GET", "/admin/tenants", right, "")); code != http.StatusOK {
+				t.Errorf("the admin's own token after 15 failed calls from its address: %d %s; want 200", code, body)
+			}
+			if code, _, _ := rawExchange(t, p.ops, request("GET", "/admin/tenants", tt.lines, "")); code != http.StatusTooManyRequests {
+				t.Errorf("a failed call after the admin's success: %d; want 429 still (a success does not reset the count)", code)
+			}
+		})
+	}
+	t.Run("successes do not count", func(t *testing.T) {
+		p := start(t, nil, nil)
+		for i := range 30 {
+			if code, _, body := rawExchange(t, p.ops, request("GET", "/admin/tenants", right, "")); code != http.StatusOK {
+				t.Fatalf("call %d with the admin token: %d %s", i+1, code, body)
+			}
+		}
+		if code, _, _ := rawExchange(t, p.ops, request("GET", "/admin/tenants", nil, "")); code != http.StatusUnauthorized {
+			t.Errorf("a failed call after 30 successes: %d; want 401", code)
+		}
+	})
+}

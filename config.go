@@ -86,6 +86,14 @@ type Config struct {
 	// MaxReplayBody is the largest request body kept so that a request can be
 	// replayed after a 401.
 	MaxReplayBody int64 `env:"MAX_REPLAY_BODY" envDefault:"1048576"`
+	// MaxReplayMemory bounds the bytes of request bodies kept for replays
+	// across all requests at once; beyond it, bodies stream unreplayed.
+	MaxReplayMemory int64 `env:"MAX_REPLAY_MEMORY" envDefault:"67108864"`
+	// RequestBodyTimeout bounds the time a request body takes to arrive.
+	RequestBodyTimeout time.Duration `env:"REQUEST_BODY_TIMEOUT" envDefault:"30s"`
+	// MaxCallerConcurrency bounds the requests one caller key has in flight
+	// when caller authentication is on; 0 means no bound.
+	MaxCallerConcurrency int `env:"MAX_CALLER_CONCURRENCY" envDefault:"256"`
 	// UpstreamTimeout bounds the wait for the upstream's response headers.
 	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"60s"`
 	// UpstreamDialTimeout bounds connecting to the upstream.
@@ -231,6 +239,7 @@ func (c *Config) check() error {
 		{"UPSTREAM_TIMEOUT", c.UpstreamTimeout, false}, {"UPSTREAM_DIAL_TIMEOUT", c.UpstreamDialTimeout, false},
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false}, {"IDLE_TIMEOUT", c.IdleTimeout, false},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, false}, {"CACHE_REVALIDATE", c.CacheRevalidate, false},
+		{"REQUEST_BODY_TIMEOUT", c.RequestBodyTimeout, false},
 	} {
 		if d.value < 0 || d.value == 0 && !d.zero {
 			return bad(d.name, "must be a positive duration such as 30s or 5m")
@@ -241,6 +250,12 @@ func (c *Config) check() error {
 	}
 	if c.MaxReplayBody < 0 || c.MaxReplayBody > 64<<20 {
 		return bad("MAX_REPLAY_BODY", "must be between 0 and 67108864 bytes")
+	}
+	if c.MaxReplayMemory < c.MaxReplayBody {
+		return bad("MAX_REPLAY_MEMORY", fmt.Sprintf("must be a number of bytes, at least MAX_REPLAY_BODY (%d)", c.MaxReplayBody))
+	}
+	if c.MaxCallerConcurrency < 0 {
+		return bad("MAX_CALLER_CONCURRENCY", "must be a number of requests, 0 (no bound) or more")
 	}
 	if c.UpstreamMaxIdleConns < 1 {
 		return bad("UPSTREAM_MAX_IDLE_CONNS", "must be at least 1")

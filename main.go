@@ -106,6 +106,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Logger:             log.With("component", "auth"),
 	})
 	defer tokens.Close()
+	metrics.NewCacheEntries(reg, tokens.CachedTenants)
 	startCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = tokens.Start(startCtx)
 	cancel()
@@ -114,21 +115,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 
 	handler, err := proxy.New(proxy.Config{
-		Tokens:          tokens,
-		Upstream:        cfg.upstream,
-		TenantHeader:    cfg.TenantHeader,
-		Transport:       upstreamTransport(cfg),
-		MaxReplayBody:   cfg.MaxReplayBody,
-		Observer:        m,
-		Logger:          log.With("component", "proxy"),
-		AccessLog:       cfg.AccessLog,
-		Callers:         callers,
-		CallerKeyHeader: cfg.CallerKeyHeader,
+		Tokens:               tokens,
+		Upstream:             cfg.upstream,
+		TenantHeader:         cfg.TenantHeader,
+		Transport:            upstreamTransport(cfg),
+		MaxReplayBody:        cfg.MaxReplayBody,
+		MaxReplayMemory:      cfg.MaxReplayMemory,
+		BodyTimeout:          cfg.RequestBodyTimeout,
+		Observer:             m,
+		Logger:               log.With("component", "proxy"),
+		AccessLog:            cfg.AccessLog,
+		Callers:              callers,
+		CallerKeyHeader:      cfg.CallerKeyHeader,
+		MaxCallerConcurrency: cfg.MaxCallerConcurrency,
 	})
 	if err != nil {
 		return err
 	}
-	data := dataPlane(handler, tokens.Callback())
+	data := dataPlane(handler, tokens.Callback(), cfg.RequestBodyTimeout)
 
 	var shuttingDown atomic.Bool
 	ops := http.NewServeMux()
@@ -204,13 +208,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 // dataPlane routes /oauth/callback to the connect flow and everything else to
 // the proxy. It is not a ServeMux on purpose: a ServeMux would answer unclean
 // paths with its own redirects, where the proxy answers invalid_path.
-func dataPlane(proxy, callback http.Handler) http.Handler {
+//
+// Every route gets proxy.GuardConnection: a chunked request closes its
+// connection, and a body must arrive within bodyTimeout. The proxy guards
+// its own requests (it must set the guard's headers again after an interim
+// answer); the callback, the one path an Ingress exposes to the internet,
+// is guarded here.
+func dataPlane(data, callback http.Handler, bodyTimeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/oauth/callback" && r.URL.RawPath == "" {
+			proxy.GuardConnection(w, r, bodyTimeout)
 			callback.ServeHTTP(w, r)
 			return
 		}
-		proxy.ServeHTTP(w, r)
+		data.ServeHTTP(w, r)
 	})
 }
 
@@ -308,7 +319,6 @@ func upstreamTransport(cfg *Config) *http.Transport {
 		ExpectContinueTimeout: time.Second,
 	}
 }
-
 
 // healthcheck asks the proxy on opsAddr whether it is alive.
 func healthcheck(ctx context.Context, opsAddr string) error {

@@ -561,6 +561,12 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"REDIS_MIN_REPLICAS_ACK": "one"}, "REDIS_MIN_REPLICAS_ACK"},
 		{map[string]string{"LISTEN_ADDR": "127.0.0.1:8080", "OPS_ADDR": "127.0.0.1:8080"}, "OPS_ADDR"},
 		{map[string]string{"REDIS_URL": "localhost:6379", "TOKEN_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "REDIS_URL"},
+		{map[string]string{"REQUEST_BODY_TIMEOUT": "0s"}, "REQUEST_BODY_TIMEOUT"},
+		{map[string]string{"REQUEST_BODY_TIMEOUT": "slow"}, "REQUEST_BODY_TIMEOUT"},
+		{map[string]string{"MAX_REPLAY_MEMORY": "-1"}, "MAX_REPLAY_MEMORY"},
+		{map[string]string{"MAX_REPLAY_MEMORY": "65536"}, "MAX_REPLAY_MEMORY"},
+		{map[string]string{"MAX_REPLAY_MEMORY": "64MiB"}, "MAX_REPLAY_MEMORY"},
+		{map[string]string{"MAX_CALLER_CONCURRENCY": "-1"}, "MAX_CALLER_CONCURRENCY"},
 	}
 	for _, tt := range tests {
 		err := run(t.Context(), nil, func(k string) string { return tt.env[k] }, io.Discard)
@@ -636,9 +642,13 @@ func TestAdminGuessingIsRateLimited(t *testing.T) {
 			t.Fatalf("guess %d: %d; want 401", i, code)
 		}
 	}
-	code, h, body := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": "Bearer " + testAdminToken}, "")
+	code, h, body := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": "Bearer guess-10-secretish"}, "")
 	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" || !strings.Contains(body, "too_many_attempts") {
-		t.Errorf("after 10 wrong tokens, the right one: %d %s; want 429 too_many_attempts with Retry-After", code, body)
+		t.Errorf("after 10 wrong tokens, an 11th: %d %s; want 429 too_many_attempts with Retry-After", code, body)
+	}
+	// Whoever shares the admin's address must not lock the admin out.
+	if code, _, body := do(t, http.MethodGet, p.ops+"/admin/tenants", map[string]string{"Authorization": "Bearer " + testAdminToken}, ""); code != http.StatusOK {
+		t.Errorf("after 11 wrong tokens, the right one: %d %s; want 200", code, body)
 	}
 	if strings.Contains(p.logs.String(), "secretish") {
 		t.Errorf("a presented admin token appears in the logs")

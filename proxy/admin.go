@@ -69,16 +69,20 @@ func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, erro
 	return a, nil
 }
 
+// ServeHTTP checks the admin token first: the right token is always served,
+// whatever others who share the caller's address (a NAT, an ingress, a pod)
+// did. A missing or wrong token counts as a failure of that address, and an
+// address past the limit is answered 429 until its window ends.
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	client := remoteIP(r)
-	if wait := a.failures.blocked(client, a.now()); wait > 0 {
-		writeError(w, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyAttempts,
-			Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait})
-		return
-	}
 	if !a.authorized(r) {
+		client := remoteIP(r)
+		if wait := a.failures.blocked(client, a.now()); wait > 0 {
+			writeError(w, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyAttempts,
+				Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait})
+			return
+		}
 		if a.failures.fail(client, a.now()) {
-			a.log.Warn("admin calls with a wrong token from this address are refused for a while", "remote", client)
+			a.log.Warn("further admin calls with a wrong token from this address are answered 429 for a while", "remote", client)
 		}
 		a.log.Warn("admin call refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", client)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="thanksio-proxy admin"`)
@@ -387,8 +391,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // After adminFailuresAllowed calls with a missing or wrong admin token within
-// adminFailureWindow, an address is refused (429) until the window ends, even
-// with the right token: guessing the token costs a window per few tries.
+// adminFailureWindow, an address's further failures are answered 429 (and
+// not logged one by one) until the window ends. The right token is never
+// refused, so the limit does not slow guessing down: the token's length (16
+// characters at least) is what makes guessing hopeless.
 const (
 	adminFailuresAllowed = 10
 	adminFailureWindow   = time.Minute

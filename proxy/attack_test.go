@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,14 @@ type attackProxy struct {
 
 func newAttackProxy(t *testing.T, cfg proxy.Config) *attackProxy {
 	t.Helper()
-	upstream, got := newUpstream(t, nil)
+	return newAttackProxyTo(t, cfg, nil)
+}
+
+// newAttackProxyTo is newAttackProxy in front of an upstream that answers
+// with handle (see newUpstream).
+func newAttackProxyTo(t *testing.T, cfg proxy.Config, handle http.HandlerFunc) *attackProxy {
+	t.Helper()
+	upstream, got := newUpstream(t, handle)
 	if cfg.Tokens == nil {
 		cfg.Tokens = staticTokens(attackTokens)
 	}
@@ -123,6 +131,8 @@ type attack struct {
 	tenant string
 	// check, if set, checks more of what the upstream received.
 	check func(t *testing.T, r *http.Request, body []byte)
+	// answer, if set, checks more of the answer the caller got.
+	answer func(t *testing.T, res *http.Response)
 }
 
 func runAttacks(t *testing.T, p *attackProxy, attacks []attack) {
@@ -138,6 +148,9 @@ func runAttacks(t *testing.T, p *attackProxy, attacks []attack) {
 			}
 			if code := res.Header.Get(proxy.ErrorHeader); code != a.code {
 				t.Errorf("%s = %q; want %q", proxy.ErrorHeader, code, a.code)
+			}
+			if a.answer != nil {
+				a.answer(t, res)
 			}
 			n := p.got.count() - before
 			if a.tenant == "" {
@@ -177,6 +190,43 @@ func upstreamBody(want string) func(t *testing.T, r *http.Request, body []byte) 
 		if string(body) != want {
 			t.Errorf("upstream got body %q; want %q", body, want)
 		}
+	}
+}
+
+// noUnderscoreHeaders checks that no header whose name holds '_' reached the
+// upstream: a front end may map X_Tenant_ID onto X-Tenant-ID.
+func noUnderscoreHeaders(t *testing.T, r *http.Request, _ []byte) {
+	t.Helper()
+	for name, v := range r.Header {
+		if strings.Contains(name, "_") {
+			t.Errorf("upstream got header %s = %q; want no header name with '_'", name, v)
+		}
+	}
+}
+
+// noUpgrade checks that the upstream was not asked to switch protocols.
+func noUpgrade(t *testing.T, r *http.Request, _ []byte) {
+	t.Helper()
+	for _, h := range []string{"Upgrade", "Connection", "Http2-Settings"} {
+		if v := r.Header.Values(h); len(v) != 0 {
+			t.Errorf("upstream got %s = %q; want none", h, v)
+		}
+	}
+}
+
+// allowHeader checks the Allow header of a 405.
+func allowHeader(t *testing.T, res *http.Response) {
+	t.Helper()
+	if got, want := res.Header.Get("Allow"), "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"; got != want {
+		t.Errorf("Allow = %q; want %q", got, want)
+	}
+}
+
+// closes checks that the answer closes the connection.
+func closes(t *testing.T, res *http.Response) {
+	t.Helper()
+	if !res.Close {
+		t.Errorf("the answer keeps the connection open (Connection %q); want Connection: close", res.Header.Values("Connection"))
 	}
 }
 
@@ -259,6 +309,10 @@ func TestAttackTenantHeader(t *testing.T) {
 		{name: "tenant in the query only", raw: rawGet("/ping?X-Tenant-ID=acme&tenant=acme"), status: 400, code: proxy.CodeMissingTenant},
 		{name: "tenant in a cookie only", raw: rawGet("/ping", "Cookie: X-Tenant-ID=acme"), status: 400, code: proxy.CodeMissingTenant},
 		{name: "underscore header is another header", raw: rawGet("/ping", "X_Tenant_ID: acme"), status: 400, code: proxy.CodeMissingTenant},
+		// A front end may map a name with '_' onto the one with '-': such
+		// headers never reach the upstream.
+		{name: "underscore tenant header beside the real one", raw: rawGet("/ping", "X-Tenant-ID: acme", "X-Tenant_ID: globex", "X_Tenant_ID: globex"),
+			status: 200, tenant: "acme", check: noUnderscoreHeaders},
 		invalid("two tenant headers", "X-Tenant-ID: acme", "X-Tenant-ID: globex"),
 		invalid("two equal tenant headers", "X-Tenant-ID: acme", "X-Tenant-ID: acme"),
 		invalid("two tenant headers in different case", "X-Tenant-ID: acme", "x-tenant-id: globex"),
@@ -346,6 +400,9 @@ func TestAttackCallerCredentials(t *testing.T) {
 			status: 200, tenant: "acme", check: upstreamBody("hello")},
 		{name: "body with Connection: Content-Length", raw: post("X-Tenant-ID: acme", "Connection: close, Content-Length"),
 			status: 200, tenant: "acme", check: upstreamBody("hello")},
+		{name: "credentials under names with underscores", raw: rawGet("/ping", "X-Tenant-ID: acme",
+			"X_Caller_Key: secret", "X-Caller_Key: secret", "Proxy_Authorization: Basic eDp5", "X_Forwarded_For: 10.0.0.1", "Authorization_: Bearer tok-globex"),
+			status: 200, tenant: "acme", check: noUnderscoreHeaders},
 	}
 	runAttacks(t, p, attacks)
 }
@@ -972,4 +1029,442 @@ func TestAttackCallerIsolation(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAttackMethods sends methods outside the allow-list: none reaches the
+// upstream with a tenant's token.
+func TestAttackMethods(t *testing.T) {
+	p := newAttackProxy(t, proxy.Config{})
+	acme := "X-Tenant-ID: acme"
+	refused := func(method, target string) attack {
+		return attack{name: method + " " + target, raw: rawMessage(method+" "+target+" HTTP/1.1", []string{acme}, ""),
+			status: 405, code: proxy.CodeMethodNotAllowed, answer: allowHeader}
+	}
+	allowed := func(method string) attack {
+		return attack{name: method, raw: rawMessage(method+" /ping HTTP/1.1", []string{acme}, ""), status: 200, tenant: "acme",
+			check: func(t *testing.T, r *http.Request, _ []byte) {
+				if r.Method != method {
+					t.Errorf("upstream got %s; want %s", r.Method, method)
+				}
+			}}
+	}
+	attacks := []attack{
+		refused("TRACE", "/ping"),
+		refused("TRACK", "/ping"),
+		refused("CONNECT", "/ping"),
+		refused("PROPFIND", "/ping"),
+		refused("MOVE", "/orders/1"),
+		refused("FOO", "/ping"),
+		refused("get", "/ping"),
+		refused("PRI", "/ping"),
+		{name: "method with a body", raw: rawMessage("LOCK /ping HTTP/1.1", []string{acme, "Content-Length: 5"}, "hello"),
+			status: 405, code: proxy.CodeMethodNotAllowed, answer: allowHeader},
+		allowed(http.MethodGet),
+		allowed(http.MethodPost),
+		allowed(http.MethodPut),
+		allowed(http.MethodPatch),
+		allowed(http.MethodDelete),
+		allowed(http.MethodOptions),
+	}
+	runAttacks(t, p, attacks)
+}
+
+// TestAttackUpgrade asks for a protocol switch, and has the upstream switch
+// anyway: the caller never gets a tunnel to the upstream, nor the upstream's
+// cookies.
+func TestAttackUpgrade(t *testing.T) {
+	p := newAttackProxyTo(t, proxy.Config{}, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v2/switch":
+			// A 101 whatever the request asked, then bytes of "another
+			// protocol" on the same connection.
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Errorf("hijack: %v", err)
+				return
+			}
+			defer conn.Close()
+			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\ntunnel-bytes")
+			_ = brw.Flush()
+			return
+		case "/api/v2/cookie":
+			w.Header().Add("Set-Cookie", "session=upstream; Path=/; HttpOnly")
+			w.Header().Add("Set-Cookie", "XSRF-TOKEN=x; Path=/")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	acme := "X-Tenant-ID: acme"
+	noTunnel := func(t *testing.T, res *http.Response) {
+		t.Helper()
+		if b, _ := io.ReadAll(res.Body); strings.Contains(string(b), "tunnel-bytes") {
+			t.Errorf("the caller got the upstream's bytes after a 101: %q", b)
+		}
+	}
+	attacks := []attack{
+		{name: "websocket", raw: rawGet("/ping", acme, "Connection: Upgrade", "Upgrade: websocket",
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"), status: 200, tenant: "acme", check: noUpgrade},
+		{name: "h2c", raw: rawGet("/ping", acme, "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA"),
+			status: 200, tenant: "acme", check: noUpgrade},
+		{name: "upgrade beside close", raw: rawGet("/ping", acme, "Connection: close, upgrade", "Upgrade: websocket"),
+			status: 200, tenant: "acme", check: noUpgrade},
+		{name: "Upgrade without Connection", raw: rawGet("/ping", acme, "Upgrade: websocket"), status: 200, tenant: "acme", check: noUpgrade},
+		{name: "Upgrade naming a protocol outside ASCII", raw: rawGet("/ping", acme, "Connection: Upgrade", "Upgrade: w\xe9bsocket"),
+			status: 200, tenant: "acme", check: noUpgrade},
+		{name: "101 to a websocket request", raw: rawGet("/switch", acme, "Connection: Upgrade", "Upgrade: websocket",
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"),
+			status: 502, code: proxy.CodeUpstreamUnreachable, tenant: "acme", check: noUpgrade, answer: noTunnel},
+		{name: "101 to a plain request", raw: rawGet("/switch", acme), status: 502, code: proxy.CodeUpstreamUnreachable, tenant: "acme", answer: noTunnel},
+		{name: "Set-Cookie from the upstream", raw: rawGet("/cookie", acme), status: 200, tenant: "acme",
+			answer: func(t *testing.T, res *http.Response) {
+				if v := res.Header.Values("Set-Cookie"); len(v) != 0 {
+					t.Errorf("the caller got Set-Cookie %q from the upstream; want none", v)
+				}
+			}},
+	}
+	runAttacks(t, p, attacks)
+}
+
+// TestAttackInterimResponses has the upstream send interim (1xx) answers
+// before its final one. net/http's ReverseProxy clears the response headers
+// after relaying an interim answer: the final answer must still carry the
+// proxy's own headers (X-Request-ID, and Connection: close after a chunked
+// request, so that the bytes behind it are never read as a request), and no
+// interim answer may speak in the proxy's name. Expect is answered by the
+// proxy, never forwarded.
+func TestAttackInterimResponses(t *testing.T) {
+	p := newAttackProxyTo(t, proxy.Config{}, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v2/early-hints":
+			h := w.Header()
+			h.Set("Link", "</app.css>; rel=preload")
+			h.Set(proxy.ErrorHeader, "unknown_tenant")
+			h.Set("Set-Cookie", "hint=1")
+			h.Set("Connection", "keep-alive")
+			w.WriteHeader(http.StatusEarlyHints)
+			clear(h) // net/http keeps the header map after a 1xx
+		case "/api/v2/continue":
+			w.WriteHeader(http.StatusContinue) // unsolicited
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n"
+	rows := []struct {
+		name string
+		// head is written first; body is written after the proxy's 100
+		// Continue when the request expects one, at once otherwise.
+		head, body string
+		interim    []int // the interim statuses the caller must get
+		// closes is set when the connection must close after the final
+		// answer; the bytes after the request are then never answered.
+		closes bool
+	}{
+		{name: "early hints",
+			head:    rawMessage("GET /early-hints HTTP/1.1", []string{"Connection: keep-alive"}, ""),
+			interim: []int{103}},
+		{name: "unsolicited 100 Continue",
+			head: rawMessage("GET /continue HTTP/1.1", []string{"Connection: keep-alive"}, "")},
+		{name: "early hints to HTTP/1.0",
+			head: rawMessage("GET /early-hints HTTP/1.0", nil, "")},
+		{name: "Expect: 100-continue",
+			head: rawMessage("POST /send/postcard HTTP/1.1", []string{"Connection: keep-alive", "Expect: 100-continue", "Content-Length: 5"}, ""),
+			body: "hello", interim: []int{100}},
+		{name: "early hints to a chunked request with a Content-Length",
+			head:    rawMessage("POST /early-hints HTTP/1.1", []string{"Connection: keep-alive", "Transfer-Encoding: chunked", "Content-Length: 48"}, ""),
+			body:    "0\r\n\r\n" + smuggled,
+			interim: []int{103}, closes: true},
+		{name: "Expect: 100-continue with a chunked body",
+			head: rawMessage("POST /send/postcard HTTP/1.1", []string{"Connection: keep-alive", "Expect: 100-continue", "Transfer-Encoding: chunked", "Content-Length: 48"}, ""),
+			body: "5\r\nhello\r\n0\r\n\r\n" + smuggled, interim: []int{100}, closes: true},
+		{name: "unsolicited 100 Continue to a chunked request",
+			head:   rawMessage("POST /continue HTTP/1.1", []string{"Connection: keep-alive", "Transfer-Encoding: chunked"}, ""),
+			body:   "5\r\nhello\r\n0\r\n\r\n" + smuggled,
+			closes: true},
+	}
+	for i, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			before := p.got.count()
+			requestID := fmt.Sprintf("attack-%d", i)
+			head := strings.Replace(row.head, "\r\n", "\r\nX-Tenant-ID: acme\r\nX-Request-ID: "+requestID+"\r\n", 1)
+			expects := strings.Contains(head, "Expect:")
+			conn, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if !expects {
+				head += row.body
+			}
+			if _, err := io.WriteString(conn, head); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(conn)
+			var interim []int
+			var final *http.Response
+			for final == nil {
+				res, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("after interim answers %v: %v", interim, err)
+				}
+				if res.StatusCode >= 200 {
+					final = res
+					break
+				}
+				interim = append(interim, res.StatusCode)
+				if v := res.Header.Values(proxy.ErrorHeader); len(v) != 0 {
+					t.Errorf("interim %d carries %s = %q; the proxy's own header, from the upstream", res.StatusCode, proxy.ErrorHeader, v)
+				}
+				if v := res.Header.Values("Set-Cookie"); len(v) != 0 {
+					t.Errorf("interim %d carries the upstream's Set-Cookie %q", res.StatusCode, v)
+				}
+				if res.StatusCode == http.StatusContinue && expects && row.body != "" {
+					if _, err := io.WriteString(conn, row.body); err != nil {
+						t.Fatal(err)
+					}
+					row.body = ""
+				}
+			}
+			_, _ = io.Copy(io.Discard, final.Body)
+			final.Body.Close()
+			if fmt.Sprint(interim) != fmt.Sprint(row.interim) {
+				t.Errorf("interim answers %v; want %v", interim, row.interim)
+			}
+			if final.StatusCode != http.StatusOK || final.Header.Get(proxy.ErrorHeader) != "" {
+				t.Errorf("final answer %d %q; want the upstream's 200", final.StatusCode, final.Header.Get(proxy.ErrorHeader))
+			}
+			if got := final.Header.Get("X-Request-Id"); got != requestID {
+				t.Errorf("final answer's X-Request-ID = %q; want %q", got, requestID)
+			}
+			if row.closes {
+				closes(t, final)
+				if second, err := http.ReadResponse(br, nil); err == nil {
+					second.Body.Close()
+					t.Errorf("the bytes after the chunked body were answered as a request (%d); want the connection closed", second.StatusCode)
+				}
+			}
+			if n := p.got.count() - before; n != 1 {
+				t.Fatalf("the upstream got %d requests; want 1", n)
+			}
+			r := p.got.last()
+			checkForwarded(t, p.upstream, r, "acme")
+			if v := r.Header.Values("Expect"); len(v) != 0 {
+				t.Errorf("upstream got Expect %q; the proxy answers it itself", v)
+			}
+			if strings.Contains(r.URL.Path, "smuggled") {
+				t.Errorf("the upstream got the smuggled request")
+			}
+		})
+	}
+}
+
+// TestAttackSlowBodies sends bodies that never finish: each is cut at the
+// body deadline with 408 request_timeout, its connection closed, and nothing
+// reaches the upstream.
+func TestAttackSlowBodies(t *testing.T) {
+	p := newAttackProxy(t, proxy.Config{BodyTimeout: 300 * time.Millisecond, MaxReplayBody: 2 << 20})
+	post := func(lines []string, body string) string {
+		return rawMessage("POST /send/postcard HTTP/1.1", append([]string{"X-Tenant-ID: acme"}, lines...), body)
+	}
+	timeout := func(name string, lines []string, body string) attack {
+		return attack{name: name, raw: post(lines, body), status: http.StatusRequestTimeout, code: proxy.CodeRequestTimeout, answer: closes}
+	}
+	attacks := []attack{
+		timeout("body shorter than its Content-Length", []string{"Content-Length: 100"}, "only ten b"),
+		timeout("headers only, 1 MiB announced", []string{"Content-Length: 1048576"}, ""),
+		timeout("headers only, kept alive", []string{"Content-Length: 1048576", "Connection: keep-alive"}, ""),
+		timeout("chunked body that stops after a chunk", []string{"Transfer-Encoding: chunked"}, "5\r\nhello\r\n"),
+		timeout("chunked body that stops inside a chunk", []string{"Transfer-Encoding: chunked"}, "400\r\nhello"),
+		timeout("Expect: 100-continue, then no body", []string{"Expect: 100-continue", "Content-Length: 5"}, ""),
+		{name: "a body that arrives in time", raw: post([]string{"Content-Length: 5"}, "hello"), status: 200, tenant: "acme", check: upstreamBody("hello")},
+	}
+	runAttacks(t, p, attacks)
+
+	// A body too large to keep for a replay streams to the upstream as it
+	// arrives: the deadline cuts it there too, and the caller is told.
+	t.Run("streamed body that stops", func(t *testing.T) {
+		res := rawRequest(t, p.addr, post([]string{"Content-Length: 4194304"}, "only ten b"))
+		res.Body.Close()
+		if res.StatusCode != http.StatusRequestTimeout || res.Header.Get(proxy.ErrorHeader) != proxy.CodeRequestTimeout {
+			t.Errorf("answer %d %q; want 408 %s", res.StatusCode, res.Header.Get(proxy.ErrorHeader), proxy.CodeRequestTimeout)
+		}
+		closes(t, res)
+	})
+}
+
+// TestAttackCallerConcurrency holds requests of one caller in flight (their
+// bodies never come): past MaxCallerConcurrency, that caller is refused with
+// 429, and other callers are served.
+func TestAttackCallerConcurrency(t *testing.T) {
+	keys, err := proxy.ParseCallerKeys(strings.NewReader(
+		"billing " + proxy.HashCallerKey("billing-key") + " *\n" +
+			"reports " + proxy.HashCallerKey("reports-key") + " *\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newAttackProxy(t, proxy.Config{Callers: proxy.NewCallers(keys), MaxCallerConcurrency: 2, BodyTimeout: time.Minute})
+	// hold starts a request whose body waits for the proxy's 100 Continue:
+	// once that came, the request is in flight.
+	hold := func(t *testing.T) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		conn, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.WriteString(conn, rawMessage("POST /send/postcard HTTP/1.1",
+			[]string{"X-Caller-Key: billing-key", "X-Tenant-ID: acme", "Expect: 100-continue", "Content-Length: 5"}, ""))
+		br := bufio.NewReader(conn)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil || res.StatusCode != http.StatusContinue {
+			t.Fatalf("held request: %v, %v; want 100 Continue", res, err)
+		}
+		return conn, br
+	}
+	first, firstReader := hold(t)
+	hold(t)
+
+	tooMany := func(name string, raw string) attack {
+		return attack{name: name, raw: raw, status: http.StatusTooManyRequests, code: proxy.CodeConcurrencyLimited,
+			answer: func(t *testing.T, res *http.Response) {
+				if res.Header.Get("Retry-After") == "" {
+					t.Errorf("no Retry-After")
+				}
+			}}
+	}
+	runAttacks(t, p, []attack{
+		tooMany("a third request of the caller", rawGet("/ping", "X-Caller-Key: billing-key", "X-Tenant-ID: acme")),
+		tooMany("a third request for another tenant", rawGet("/ping", "X-Caller-Key: billing-key", "X-Tenant-ID: globex")),
+		tooMany("a third request with a body", rawMessage("POST /send/postcard HTTP/1.1",
+			[]string{"X-Caller-Key: billing-key", "X-Tenant-ID: acme", "Content-Length: 5"}, "hello")),
+		{name: "another caller", raw: rawGet("/ping", "X-Caller-Key: reports-key", "X-Tenant-ID: acme"), status: 200, tenant: "acme"},
+		{name: "no caller key", raw: rawGet("/ping", "X-Tenant-ID: acme"), status: 401, code: proxy.CodeInvalidCaller},
+	})
+
+	// The first held request ends: the caller has room again.
+	if _, err := io.WriteString(first, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(firstReader, nil)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("held request, its body sent: %v, %v; want 200", res, err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	runAttacks(t, p, []attack{
+		{name: "after one ended", raw: rawGet("/ping", "X-Caller-Key: billing-key", "X-Tenant-ID: acme"), status: 200, tenant: "acme"},
+	})
+}
+
+// TestAttackSlowBodiesMemory is the slow-body attack at a smaller scale:
+// connections that each send their headers and all but the last byte of a
+// body of MaxReplayBody, then nothing. The bodies the proxy holds for a
+// replay stay within MaxReplayMemory (the rest stream to the upstream), the
+// heap grows by little more than that, other tenants are served meanwhile,
+// and every attacking connection is answered and closed at the body
+// deadline.
+func TestAttackSlowBodiesMemory(t *testing.T) {
+	const (
+		conns           = 64
+		maxReplayBody   = 1 << 20
+		maxReplayMemory = 8 << 20
+		bodyTimeout     = 2 * time.Second
+		// overhead allows for what each connection costs besides the
+		// body the proxy holds: the buffers of the server, and for a
+		// body that streams those of the transport and of the upstream
+		// (all in this process); about 150 KiB each was measured.
+		overhead = conns * 384 << 10
+	)
+	// The upstream discards what it gets, so that only the proxy holds
+	// bodies.
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(up.Close)
+	upstream, _ := url.Parse(up.URL + "/api/v2")
+	h, err := proxy.New(proxy.Config{Tokens: staticTokens(attackTokens), Upstream: upstream,
+		MaxReplayBody: maxReplayBody, MaxReplayMemory: maxReplayMemory, BodyTimeout: bodyTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimPrefix(newServer(t, h).URL, "http://")
+	attack := rawMessage("POST /send/postcard HTTP/1.1",
+		[]string{"X-Tenant-ID: acme", "Connection: keep-alive", fmt.Sprintf("Content-Length: %d", maxReplayBody)},
+		strings.Repeat("x", maxReplayBody-1))
+
+	// Two collections: what sits in a sync.Pool survives the first.
+	runtime.GC()
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	started := time.Now()
+	// Each connection must be answered and closed by the body deadline,
+	// with room for a slow machine.
+	closedBy := started.Add(bodyTimeout + 3*time.Second)
+	attackers := make([]net.Conn, conns)
+	var sent sync.WaitGroup
+	for i := range attackers {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		_ = conn.SetDeadline(closedBy)
+		attackers[i] = conn
+		sent.Go(func() {
+			if _, err := io.WriteString(conn, attack); err != nil {
+				t.Errorf("attacker %d: %v", i, err)
+			}
+		})
+	}
+	sent.Wait()
+
+	runtime.GC()
+	runtime.GC()
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	held := h.ReplayMemory()
+	t.Logf("%d connections sent %d MiB: %d KiB held for replay, heap grew by %d KiB",
+		conns, conns*maxReplayBody>>20, held>>10, (int64(during.HeapAlloc)-int64(before.HeapAlloc))>>10)
+	if held > maxReplayMemory {
+		t.Errorf("bodies held for replay: %d bytes; want at most MaxReplayMemory, %d", held, maxReplayMemory)
+	}
+	if grown := int64(during.HeapAlloc) - int64(before.HeapAlloc); grown > maxReplayMemory+overhead {
+		t.Errorf("the heap grew by %d MiB under the attack; want at most MaxReplayMemory and %d MiB", grown>>20, overhead>>20)
+	}
+
+	// Another tenant is served meanwhile.
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/send/postcard", strings.NewReader(`{"message":"hello"}`))
+	req.Header.Set("X-Tenant-ID", "globex")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("globex during the attack: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Errorf("globex during the attack: %d; want 200", res.StatusCode)
+	}
+
+	for i, conn := range attackers {
+		br := bufio.NewReader(conn)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Errorf("attacker %d: no answer by the body deadline: %v", i, err)
+			continue
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusRequestTimeout {
+			t.Errorf("attacker %d: %d; want 408", i, res.StatusCode)
+		}
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Errorf("attacker %d: the connection is still open after the answer (%v); want it closed", i, err)
+		}
+	}
+	if held := h.ReplayMemory(); held != 0 {
+		t.Errorf("after the attack, %d bytes are still counted as held for replay; want 0", held)
+	}
 }

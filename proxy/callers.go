@@ -33,6 +33,10 @@ type CallerKeys struct {
 type caller struct {
 	name     string
 	patterns []string
+	// inflight counts the caller's requests in flight, for
+	// MaxCallerConcurrency. A reload starts new counts; requests in flight
+	// then finish on the old ones.
+	inflight atomic.Int64
 }
 
 // ParseCallerKeys reads a caller keys file. An error names the line.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -34,6 +35,8 @@ const (
 	CodeTooLarge                = "request_too_large"
 	CodeNotFound                = "not_found"
 	CodeMethodNotAllowed        = "method_not_allowed"
+	CodeRequestTimeout          = "request_timeout"
+	CodeConcurrencyLimited      = "concurrency_limited"
 	CodeNotConfigured           = "not_configured"
 	CodeNotRefreshable          = "not_refreshable"
 )
@@ -45,7 +48,12 @@ type Error struct {
 	Code       string
 	Message    string
 	RetryAfter time.Duration
-	Err        error
+	// Allow, when set, is the Allow header of a 405.
+	Allow string
+	// Close closes the connection after the answer: what is left of the
+	// request on it cannot be trusted to frame the next one.
+	Close bool
+	Err   error
 }
 
 func (e *Error) Error() string {
@@ -66,6 +74,12 @@ func writeError(w http.ResponseWriter, e *Error) {
 	h.Set(ErrorHeader, e.Code)
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
+	}
+	if e.Allow != "" {
+		h.Set("Allow", e.Allow)
+	}
+	if e.Close {
+		h.Set("Connection", "close")
 	}
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(struct {
@@ -96,6 +110,25 @@ func tokenError(err error) *Error {
 	}
 }
 
+// bodyError maps an error reading the caller's request body to the proxy's
+// answer: 408 when the body did not arrive by REQUEST_BODY_TIMEOUT, 400
+// otherwise. Either way the connection closes, since the rest of the body
+// is still on it.
+func bodyError(err error) *Error {
+	var te interface{ Timeout() bool }
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &te) && te.Timeout() {
+		return &Error{Status: http.StatusRequestTimeout, Code: CodeRequestTimeout,
+			Message: "The request body did not arrive in time.", Close: true, Err: err}
+	}
+	return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest,
+		Message: "The request body could not be read.", Close: true, Err: err}
+}
+
+// errSwitchingProtocols is the upstream's 101, which the proxy never relays:
+// it would hand the caller a raw connection to the upstream, past every
+// check of the proxy.
+var errSwitchingProtocols = errors.New("the upstream answered 101 Switching Protocols")
+
 // upstreamError maps an error of the round trip to the proxy's answer. A
 // caller that went away gets nothing; the status 499 is only logged.
 func upstreamError(err error) *Error {
@@ -104,6 +137,9 @@ func upstreamError(err error) *Error {
 	switch {
 	case errors.As(err, &pe):
 		return pe
+	case errors.Is(err, errSwitchingProtocols):
+		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable,
+			Message: "thanks.io answered with a protocol switch, which the proxy does not relay.", Err: err}
 	case errors.Is(err, context.Canceled):
 		return &Error{Status: StatusClientClosedRequest, Code: "client_closed_request",
 			Message: "The caller went away.", Err: err}

@@ -72,6 +72,15 @@ type Config struct {
 	// request can be replayed after a 401 (default 1 MiB). Larger bodies
 	// stream through and are not replayed.
 	MaxReplayBody int64
+	// MaxReplayMemory bounds the bytes of request bodies kept for replays
+	// across all requests at once (default 64 MiB). A body that arrives
+	// while the bound is taken streams through and is not replayed, rather
+	// than waiting or failing.
+	MaxReplayMemory int64
+	// BodyTimeout bounds the time a request body takes to arrive, counted
+	// from when the request's headers were read (default 30 s). A body cut
+	// by it is answered 408 request_timeout, and its connection closed.
+	BodyTimeout time.Duration
 	// Observer is told about requests; nil observes nothing.
 	Observer Observer
 	// Logger receives one access line per request (when AccessLog is set)
@@ -87,6 +96,10 @@ type Config struct {
 	// CallerKeyHeader names the header that carries the caller key (default
 	// X-Caller-Key). It is never forwarded.
 	CallerKeyHeader string
+	// MaxCallerConcurrency bounds the requests that one caller key has in
+	// flight when Callers is set; beyond it, the caller is answered 429
+	// concurrency_limited. Zero means no bound.
+	MaxCallerConcurrency int
 }
 
 // Handler is the proxy's data plane, an http.Handler. It is safe for
@@ -102,6 +115,7 @@ type Handler struct {
 	authorization func(ctx context.Context, tenant string) (string, error)
 	log           *slog.Logger
 	obs           Observer
+	replayMemory  replayMemory
 }
 
 // New returns a Handler for cfg.
@@ -121,6 +135,12 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxReplayBody <= 0 {
 		cfg.MaxReplayBody = 1 << 20
 	}
+	if cfg.MaxReplayMemory <= 0 {
+		cfg.MaxReplayMemory = 64 << 20
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 30 * time.Second
+	}
 	if cfg.Transport == nil {
 		cfg.Transport = http.DefaultTransport
 	}
@@ -133,6 +153,7 @@ func New(cfg Config) (*Handler, error) {
 		log:          cfg.Logger,
 		obs:          cfg.Observer,
 	}
+	h.replayMemory.limit = cfg.MaxReplayMemory
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -158,6 +179,10 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
+// ReplayMemory returns the bytes of request bodies held now so that their
+// requests can be replayed; it never exceeds MaxReplayMemory.
+func (h *Handler) ReplayMemory() int64 { return h.replayMemory.used.Load() }
+
 // call is what the proxy knows of one request while it is proxied.
 type call struct {
 	w             statusWriter // the caller's ResponseWriter, in the same allocation
@@ -167,10 +192,22 @@ type call struct {
 	requestID     string
 	path          string // escaped path, relative to the upstream base
 	rawQuery      string
-	body          []byte // the buffered body, when replayable
+	body          *requestBody // nil without a body
+	slot          *caller      // whose in-flight requests count this one
 	replayable    bool
 	replayed      bool
 	upstream      time.Duration
+}
+
+// finish gives back what the request held: its place among its caller's
+// requests in flight, and its body's memory.
+func (c *call) finish() {
+	if c.slot != nil {
+		c.slot.inflight.Add(-1)
+	}
+	if c.body != nil {
+		c.body.finish()
+	}
 }
 
 type callKey struct{}
@@ -183,20 +220,20 @@ func callFrom(ctx context.Context) *call {
 // ServeHTTP proxies one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	c := &call{w: statusWriter{ResponseWriter: w}, requestID: requestID(r)}
+	c := &call{requestID: requestID(r)}
 	rw := &c.w
+	rw.ResponseWriter, rw.requestID, rw.http10 = w, c.requestID, !r.ProtoAtLeast(1, 1)
 	// Canonical keys, set directly: Header.Set would canonicalize (and
 	// allocate for "X-Request-ID") on every request.
 	rw.Header()[requestIDHeader] = []string{c.requestID}
-	if len(r.TransferEncoding) > 0 {
-		// net/http drops a Content-Length sent beside Transfer-Encoding
-		// before a handler runs, so such a request looks like any chunked
-		// one: close the connection after every chunked request (RFC 9112
-		// section 6.1), so that bytes a front end framed by Content-Length
-		// are never read here as another request.
-		rw.Header().Set("Connection", "close")
+	var deadline time.Time
+	rw.close, deadline = guardConnection(w, r, start, h.cfg.BodyTimeout)
+	if r.ContentLength != 0 {
+		c.body = &requestBody{w: w, deadline: deadline}
+		c.body.held.mem = &h.replayMemory
 	}
 	defer func() {
+		c.finish()
 		d := time.Since(start)
 		h.obs.Served(r.Method, rw.status(), d)
 		if h.cfg.AccessLog {
@@ -228,17 +265,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(rw, r, c, e)
 		return
 	}
+	// ReverseProxy would ask the upstream for the protocol switch the
+	// caller asked for, and relay a 101 as a tunnel past the proxy: the
+	// caller never gets one.
+	delete(r.Header, "Upgrade")
 	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
-// prepare checks the request target, the caller (when caller
-// authentication is on) and the tenant header.
+// prepare checks the request target and method, the caller (when caller
+// authentication is on) and the tenant header, and takes the request's
+// place among its caller's requests in flight.
 func (h *Handler) prepare(r *http.Request, c *call) *Error {
 	path, e := relativePath(r)
 	if e != nil {
 		return e
 	}
 	c.path, c.rawQuery = path, r.URL.RawQuery
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+	default:
+		return methodNotAllowed
+	}
 	var cl *caller
 	if h.cfg.Callers != nil {
 		if cl, e = h.cfg.Callers.identify(r.Header[h.callerHeader], h.callerHeader); e != nil {
@@ -254,8 +301,27 @@ func (h *Handler) prepare(r *http.Request, c *call) *Error {
 	if cl != nil && !cl.allows(tenant) {
 		return notAllowed
 	}
+	if cl != nil && h.cfg.MaxCallerConcurrency > 0 {
+		if cl.inflight.Add(1) > int64(h.cfg.MaxCallerConcurrency) {
+			cl.inflight.Add(-1)
+			return tooManyInFlight
+		}
+		c.slot = cl
+	}
 	return nil
 }
+
+// methodNotAllowed answers a method the proxy does not forward: TRACE would
+// echo the tenant's token back, CONNECT and the WebDAV and invented methods
+// have no use with thanks.io's API.
+var methodNotAllowed = &Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed,
+	Message: "The proxy forwards only GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS.",
+	Allow:   "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+// tooManyInFlight answers a caller with MaxCallerConcurrency requests in
+// flight already.
+var tooManyInFlight = &Error{Status: http.StatusTooManyRequests, Code: CodeConcurrencyLimited,
+	Message: "This caller has too many requests in flight; retry when one has finished.", RetryAfter: time.Second}
 
 // tenant returns the one valid tenant id the request names.
 func (h *Handler) tenant(header http.Header) (string, *Error) {
@@ -331,43 +397,54 @@ func relativePath(r *http.Request) (string, *Error) {
 	return escaped, nil
 }
 
-// bufferBody keeps a body of up to MaxReplayBody in memory so that the
-// request can be replayed; a larger one streams through, unreplayable.
+// bufferBody reads a body of up to MaxReplayBody into memory, as its bytes
+// arrive, so that the request can be replayed. A larger body, or one that
+// arrives while MaxReplayMemory is taken, streams through instead (what was
+// read, then the rest) and is not replayed.
 func (h *Handler) bufferBody(r *http.Request, c *call) *Error {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+	if c.body == nil || r.Body == nil || r.Body == http.NoBody {
 		c.replayable = true
 		return nil
 	}
-	max := h.cfg.MaxReplayBody
-	if r.ContentLength > max {
-		return nil
+	b, max := c.body, h.cfg.MaxReplayBody
+	if r.ContentLength <= max { // -1, chunked, included
+		for b.held.n <= max {
+			var n int
+			var err error
+			if room := b.held.room(); room != nil {
+				if left := max + 1 - b.held.n; int64(len(room)) > left {
+					room = room[:left] // one byte past max tells a larger body
+				}
+				n, err = r.Body.Read(room)
+				b.held.fill += n
+				b.held.n += int64(n)
+			} else {
+				// No memory for another chunk. The body may have ended
+				// all the same (a chunked one says so only on the next
+				// read): one byte tells.
+				if n, err = r.Body.Read(b.probe[:]); n > 0 {
+					b.probed = true
+					break
+				}
+			}
+			if err == nil {
+				continue
+			}
+			if e := b.end(err); e != nil {
+				return e
+			}
+			c.replayable = b.held.n <= max
+			r.ContentLength = b.held.n
+			if b.held.n == 0 {
+				r.Body = http.NoBody
+			} else {
+				r.Body = b.readers[0].init(b, nil)
+			}
+			return nil
+		}
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, min(max, max64(r.ContentLength, 512))))
-	n, err := io.Copy(buf, io.LimitReader(r.Body, max+1))
-	if err != nil {
-		return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest,
-			Message: "The request body could not be read.", Err: err}
-	}
-	if n > max {
-		// Too large to keep: stream what was read, then the rest.
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
-		return nil
-	}
-	c.body = buf.Bytes()
-	c.replayable = true
-	r.Body = io.NopCloser(bytes.NewReader(c.body))
-	r.ContentLength = n
+	r.Body = b.readers[0].init(b, r.Body)
 	return nil
-}
-
-func max64(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // rewrite builds the upstream request: the upstream URL with the caller's
@@ -396,6 +473,16 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	delete(out, h.callerHeader)
 	delete(out, "Proxy-Authorization")
 	delete(out, "Cookie")
+	// The proxy answers Expect itself (net/http sends 100 Continue when the
+	// body is first read); the upstream's 100 would be a second one.
+	delete(out, "Expect")
+	// A front end may take a header name with '_' for the one with '-'
+	// (X_Tenant_ID for X-Tenant-ID): such names go nowhere, as with nginx.
+	for name := range out {
+		if strings.IndexByte(name, '_') >= 0 {
+			delete(out, name)
+		}
+	}
 	out["Authorization"] = []string{c.authorization}
 	out[requestIDHeader] = []string{c.requestID}
 	// Request trailers could carry the tenant header, the caller key or
@@ -404,10 +491,17 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // modifyResponse removes what the upstream must not say in the proxy's name,
-// in the headers and in the trailers.
+// in the headers and in the trailers, and its cookies (which have no
+// business in a caller's cookie jar), and refuses a protocol switch.
 func (h *Handler) modifyResponse(res *http.Response) error {
-	delete(res.Header, ErrorHeader) // canonical, as the transport's keys are
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		return errSwitchingProtocols
+	}
+	// Canonical keys, as the transport's are.
+	delete(res.Header, ErrorHeader)
+	delete(res.Header, "Set-Cookie")
 	res.Trailer.Del(ErrorHeader)
+	res.Trailer.Del("Set-Cookie")
 	if res.ContentLength < 0 {
 		// A chunked answer may carry trailers, declared or not, that the
 		// transport adds once the body has been read: drop it then too.
@@ -416,8 +510,8 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 	return nil
 }
 
-// trailerFilter removes the proxy's error header from the trailers once the
-// body has been read.
+// trailerFilter removes the proxy's error header and cookies from the
+// trailers once the body has been read.
 type trailerFilter struct {
 	io.ReadCloser
 	res *http.Response
@@ -427,6 +521,7 @@ func (f *trailerFilter) Read(p []byte) (int, error) {
 	n, err := f.ReadCloser.Read(p)
 	if err == io.EOF {
 		f.res.Trailer.Del(ErrorHeader)
+		f.res.Trailer.Del("Set-Cookie")
 	}
 	return n, err
 }
@@ -436,7 +531,15 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	if c == nil {
 		c = &call{}
 	}
-	h.fail(w, r, c, upstreamError(err))
+	e := upstreamError(err)
+	if c.body != nil {
+		// A body that stopped arriving also ends the round trip: say so,
+		// rather than blame the upstream.
+		if be := c.body.failure(); be != nil {
+			e = be
+		}
+	}
+	h.fail(w, r, c, e)
 }
 
 // fail answers e and logs it, without any token: errors from auth and the
@@ -485,9 +588,10 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.h.obs.Replayed()
 	again := req.Clone(req.Context())
 	again.Header["Authorization"] = []string{c.authorization}
-	if c.body != nil {
-		again.Body = io.NopCloser(bytes.NewReader(c.body))
-		again.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(c.body)), nil }
+	if c.body != nil && c.body.held.n > 0 {
+		// A reader of its own: the first attempt's may still be read.
+		again.Body = c.body.readers[1].init(c.body, nil)
+		again.GetBody = c.body.getBody
 	} else {
 		again.Body = nil
 	}
@@ -586,22 +690,58 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// statusWriter remembers the status written through it.
+// statusWriter remembers the status written through it, and keeps the
+// proxy's own response headers on the final answer.
+//
+// ReverseProxy relays the upstream's interim (1xx) answers with the headers
+// set so far, then clears them all: statusWriter keeps interim answers
+// from carrying what the caller must not get, and sets the proxy's headers
+// again on the final answer.
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code      int
+	requestID string // the answer's X-Request-ID
+	close     bool   // the connection closes after the answer
+	http10    bool   // the caller speaks HTTP/1.0, which has no interim answers
+	interim   bool   // an interim answer was written, and the headers cleared
 }
 
 func (w *statusWriter) WriteHeader(code int) {
-	if w.code == 0 && code >= 200 {
+	if code < 200 {
+		w.interim = true
+		// A 100 Continue is net/http's to send, when the body is first
+		// read; HTTP/1.0 has no interim answers (RFC 9110 section 15.2).
+		if w.code != 0 || code == http.StatusContinue || w.http10 {
+			return
+		}
+		h := w.Header()
+		for _, name := range interimDropped {
+			delete(h, name)
+		}
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	if w.code == 0 {
 		w.code = code
+		if w.interim {
+			h := w.Header()
+			h[requestIDHeader] = []string{w.requestID}
+			if w.close {
+				h["Connection"] = []string{"close"}
+			}
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// interimDropped are the headers an interim answer never carries: those of
+// the connection, the upstream's cookies, and the proxy's error header.
+var interimDropped = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer",
+	"Upgrade", "Content-Length", "Set-Cookie", ErrorHeader}
+
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.code == 0 {
-		w.code = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(b)
 }
@@ -620,7 +760,9 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // bufferPool shares the 32 KiB copy buffers of responses between requests.
 type bufferPool struct{}
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+const copyBufferSize = 32 << 10
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

@@ -2,9 +2,10 @@ package proxy_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
-
 	"fmt"
 	"io"
 	"net"
@@ -257,7 +258,8 @@ func TestErrorCodes(t *testing.T) {
 	}
 }
 
-// rawRequest sends raw bytes to addr and returns the parsed response.
+// rawRequest sends raw bytes to addr and returns the parsed final response
+// (interim 1xx answers are skipped; a 101 is final).
 func rawRequest(t *testing.T, addr, raw string) *http.Response {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
@@ -269,11 +271,16 @@ func rawRequest(t *testing.T, addr, raw string) *http.Response {
 	if _, err := io.WriteString(conn, raw); err != nil {
 		t.Fatal(err)
 	}
-	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading response to %q: %v", raw, err)
+	br := bufio.NewReader(conn)
+	for {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("reading response to %.200q: %v", raw, err)
+		}
+		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
+			return res
+		}
 	}
-	return res
 }
 
 func TestPathsStayUnderBase(t *testing.T) {
@@ -493,5 +500,145 @@ func TestReplaysAfterThanksio403ForBadToken(t *testing.T) {
 	}
 	if n := refused.Load(); n != 1 {
 		t.Errorf("Refused called %d times; want once (only for the bad-token 403)", n)
+	}
+}
+
+// TestBodiesArriveWhole sends bodies around the sizes where the proxy's
+// buffering changes (its chunks' edges, MaxReplayBody, MaxReplayMemory),
+// framed by Content-Length and chunked, to an upstream that refuses the
+// first token: the body arrives whole at every attempt, and none of it stays
+// counted as held once the request is over.
+func TestBodiesArriveWhole(t *testing.T) {
+	const maxBody = 100 << 10
+	var current atomic.Value
+	current.Store("new-token")
+	upstream, got := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+current.Load().(string) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	})
+	tokens := &fakeTokens{
+		token:   func(context.Context, string) (string, error) { return "old-token", nil },
+		refused: func(context.Context, string, string) (string, error) { return "new-token", nil },
+	}
+	for _, memory := range []int64{64 << 20, 4 << 10, 40 << 10} {
+		h, err := proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream, MaxReplayBody: maxBody, MaxReplayMemory: memory})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := newServer(t, h)
+		for _, size := range []int{1, 4095, 4096, 4097, 4096 + 32<<10, 4096 + 32<<10 + 1, 70000, maxBody, maxBody + 1, 3 * maxBody} {
+			for _, chunked := range []bool{false, true} {
+				t.Run(fmt.Sprintf("memory %d, %d bytes, chunked %v", memory, size, chunked), func(t *testing.T) {
+					body := make([]byte, size)
+					for i := range body {
+						body[i] = byte('a' + i%26 + i/4096%7)
+					}
+					var r io.Reader = bytes.NewReader(body)
+					if chunked {
+						r = struct{ io.Reader }{r} // no length: sent chunked
+					}
+					req, _ := http.NewRequest(http.MethodPost, srv.URL+"/send/postcard", r)
+					req.Header.Set("X-Tenant-ID", "acme")
+					before := got.count()
+					res, err := http.DefaultClient.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					// Replayed when the proxy could keep it all: within
+					// MaxReplayBody and within the memory bound (a 4 KiB
+					// chunk, then 32 KiB ones).
+					kept := size <= maxBody && (memory >= 64<<20 || memory == 40<<10 && size <= 4096+32<<10 || memory == 4<<10 && size <= 4096)
+					wantStatus, wantAttempts := http.StatusUnauthorized, 1
+					if kept {
+						wantStatus, wantAttempts = http.StatusOK, 2
+					}
+					if res.StatusCode != wantStatus || got.count()-before != wantAttempts {
+						t.Fatalf("status %d after %d attempts; want %d after %d", res.StatusCode, got.count()-before, wantStatus, wantAttempts)
+					}
+					got.mu.Lock()
+					for i, b := range got.body[before:] {
+						if !bytes.Equal(b, body) {
+							t.Errorf("attempt %d: upstream got %d bytes, not the %d sent", i+1, len(b), len(body))
+						}
+					}
+					got.mu.Unlock()
+					if held := h.ReplayMemory(); held != 0 {
+						t.Errorf("after the request, %d bytes are counted as held; want 0", held)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestBodiesKeptApart sends many bodies at once, each different, to an
+// upstream that refuses the first attempt of some before reading it: every
+// attempt carries its own request's body, never bytes of another (the
+// proxy's buffers are pooled, and a transport may still read a body after
+// the upstream answered).
+func TestBodiesKeptApart(t *testing.T) {
+	var mismatches atomic.Int32
+	check := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first := r.Header.Get("Authorization") == "Bearer old-token"
+		if first && r.Header.Get("X-Refuse-Unread") != "" {
+			w.WriteHeader(http.StatusUnauthorized) // before reading the body
+			return
+		}
+		b, err := io.ReadAll(r.Body)
+		if err != nil || fmt.Sprintf("%x", sha256.Sum256(b)) != r.Header.Get("X-Digest") {
+			mismatches.Add(1)
+		}
+		if first {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(check.Close)
+	u, _ := url.Parse(check.URL + "/api/v2")
+	tokens := &fakeTokens{
+		token:   func(context.Context, string) (string, error) { return "old-token", nil },
+		refused: func(context.Context, string, string) (string, error) { return "new-token", nil },
+	}
+	h, err := proxy.New(proxy.Config{Tokens: tokens, Upstream: u, MaxReplayBody: 256 << 10, MaxReplayMemory: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(t, h)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+	t.Cleanup(client.CloseIdleConnections)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			body := make([]byte, 1+i*1531%(300<<10))
+			for j := range body {
+				body[j] = byte(i + j/1000)
+			}
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/send/postcard", bytes.NewReader(body))
+			req.Header.Set("X-Tenant-ID", "acme")
+			req.Header.Set("X-Digest", fmt.Sprintf("%x", sha256.Sum256(body)))
+			if i%3 == 0 {
+				req.Header.Set("X-Refuse-Unread", "1")
+			}
+			res, err := client.Do(req)
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		})
+	}
+	wg.Wait()
+	if n := mismatches.Load(); n != 0 {
+		t.Errorf("%d attempts carried a body other than their request's", n)
+	}
+	if held := h.ReplayMemory(); held != 0 {
+		t.Errorf("after the requests, %d bytes are counted as held; want 0", held)
 	}
 }

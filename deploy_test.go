@@ -44,10 +44,8 @@ import (
 var deployGoRuntimeVariables = map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOGC": true, "GODEBUG": true}
 
 // deployUndocumentedMetrics may appear in alerts before README.md's metrics
-// table lists them. thanksio_proxy_errors_total{code} (the proxy's own
-// errors by code) is being added together with the alert that uses it; drop
-// it from here once README.md documents it.
-var deployUndocumentedMetrics = map[string]bool{"thanksio_proxy_errors_total": true}
+// table lists them: none now.
+var deployUndocumentedMetrics = map[string]bool{}
 
 // deployProxyImage marks the proxy's containers.
 const deployProxyImage = "thanksio-proxy"

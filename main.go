@@ -132,6 +132,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	m.KnownErrorCodes(proxy.DataPlaneCodes...)
+	metrics.NewReplayMemory(reg, handler.ReplayMemory)
 	data := dataPlane(handler, tokens.Callback(), cfg.RequestBodyTimeout)
 
 	var shuttingDown atomic.Bool
@@ -149,6 +151,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		if err != nil {
 			return err
 		}
+		admin.OnRefused = m.AdminRefused
 		ops.Handle("/admin/", admin)
 	}
 

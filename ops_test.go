@@ -126,6 +126,13 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 		{`thanksio_proxy_token_lookups_total{layer="store",result="miss"}`, 1, 1},
 		{`thanksio_proxy_token_lookups_total{layer="memory",result="hit"}`, 1, 100},
 		{`thanksio_proxy_token_time_left_seconds_count`, 3, 100},
+		{`thanksio_proxy_errors_total{code="unknown_tenant"}`, 1, 1},
+		{`thanksio_proxy_errors_total{code="token_unavailable"}`, 1, 1},
+		{`thanksio_proxy_errors_total{code="reauthorization_required"}`, 1, 1},
+		{`thanksio_proxy_errors_total{code="invalid_path"}`, 0, 0},
+		{`thanksio_proxy_requests_in_flight`, 0, 0},
+		{`thanksio_proxy_cache_entries`, 1, 100},
+		{`thanksio_proxy_replay_memory_bytes`, 0, 0},
 		{`thanksio_proxy_tenants{state="active"}`, 2, 2},
 		{`thanksio_proxy_tenants{state="reauthorization_required"}`, 1, 1},
 		{`process_cpu_seconds_total`, 0, 1e6},
@@ -614,5 +621,53 @@ func TestEncryptionKeyRolloutKeepsEveryReplicaReading(t *testing.T) {
 	ahead.importToken(t, "skipped", double.NewGrant(), 3600)
 	if code, h, _ := behind.call(t, "skipped", "/ping"); code != http.StatusServiceUnavailable || h.Get("X-Thanksio-Proxy-Error") != "token_unavailable" {
 		t.Errorf("old beside new,old: %d %s; want 503 token_unavailable (why step 2 comes first)", code, h.Get("X-Thanksio-Proxy-Error"))
+	}
+}
+
+func TestCallerHangUpIsNotAnUpstreamError(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	double.HandleAPI("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	t.Cleanup(func() { close(release) })
+	p := start(t, double, nil)
+	g := double.NewGrant()
+	p.importToken(t, "acme", g, 3600)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.data+"/slow", nil)
+	req.Header.Set("X-Tenant-ID", "acme")
+	done := make(chan error, 1)
+	go func() {
+		res, err := http.DefaultClient.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		done <- err
+	}()
+	<-arrived // thanks.io has the request; the caller hangs up
+	cancel()
+	<-done
+	testutil.Eventually(t, "the hang-up is counted as canceled", func() bool {
+		_, _, text := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
+		v, ok := sampleValue(text, `thanksio_proxy_upstream_responses_total{code="canceled"}`)
+		return ok && v == 1
+	})
+	_, _, text := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
+	if v, ok := sampleValue(text, `thanksio_proxy_upstream_responses_total{code="error"}`); ok && v != 0 {
+		t.Errorf(`upstream_responses_total{code="error"} = %v after a caller hung up; want 0 (thanks.io did not fail)`, v)
+	}
+	if v, _ := sampleValue(text, `thanksio_proxy_errors_total{code="client_closed_request"}`); v != 1 {
+		t.Errorf(`errors_total{code="client_closed_request"} = %v; want 1`, v)
+	}
+	if v, _ := sampleValue(text, `thanksio_proxy_errors_total{code="token_unavailable"}`); v != 0 {
+		t.Errorf(`errors_total{code="token_unavailable"} = %v; want 0`, v)
 	}
 }

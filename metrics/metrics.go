@@ -40,6 +40,9 @@ type Metrics struct {
 	invalidationsAt  prometheus.Gauge
 	cacheEvictions   prometheus.Counter
 	callbacks        *prometheus.CounterVec
+	proxyErrors      *prometheus.CounterVec
+	inFlight         prometheus.Gauge
+	adminRefused     prometheus.Counter
 
 	memoryHit prometheus.Counter
 
@@ -151,6 +154,18 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: namespace, Name: "invalidations_last_heard_timestamp_seconds",
 			Help: "When this replica last heard its own heartbeat on the invalidation channel (Unix seconds).",
 		}),
+		proxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "errors_total",
+			Help: "Answers of the proxy's own (not thanks.io's), by error code (unknown_tenant, reauthorization_required, token_unavailable, ...; client_closed_request when the caller hung up).",
+		}, []string{"code"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "requests_in_flight",
+			Help: "Requests being proxied now.",
+		}),
+		adminRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "admin_auth_failures_total",
+			Help: "Admin API calls refused for a missing or wrong admin token.",
+		}),
 		cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "cache_evictions_total",
 			Help: "Tenants evicted from the full in-process cache (CACHE_SIZE); each costs a store read at its next call.",
@@ -192,7 +207,8 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.requests, m.requestDuration, m.upstreamDuration, m.upstreamAnswers, m.replays,
 		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
 		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
-		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks, buildInfo,
+		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks,
+		m.proxyErrors, m.inFlight, m.adminRefused, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -210,13 +226,21 @@ func (m *Metrics) Served(method string, status int, d time.Duration) {
 	m.durationBy[i].Observe(d.Seconds())
 }
 
-// Upstream records one upstream round trip; status 0 means no answer.
+// statusClientClosedRequest, as the status of an upstream round trip, is
+// the caller hanging up before thanks.io answered.
+const statusClientClosedRequest = 499
+
+// Upstream records one upstream round trip; status 0 means no answer
+// (label "error": thanks.io failed), 499 that the caller hung up first
+// (label "canceled").
 func (m *Metrics) Upstream(status int, d time.Duration) {
 	switch {
-	case status >= 100 && status < 600:
+	case status >= 100 && status < 600 && status != statusClientClosedRequest:
 		child(&m.answersBy[status-100], m.upstreamAnswers, strconv.Itoa(status)).Inc()
 	case status == 0:
 		m.upstreamAnswers.WithLabelValues("error").Inc()
+	case status == statusClientClosedRequest:
+		m.upstreamAnswers.WithLabelValues("canceled").Inc()
 	default:
 		m.upstreamAnswers.WithLabelValues(strconv.Itoa(status)).Inc()
 	}
@@ -276,6 +300,32 @@ func (m *Metrics) Invalidations(subscribed bool, lastHeard time.Time) {
 	if !lastHeard.IsZero() {
 		m.invalidationsAt.Set(float64(lastHeard.UnixNano()) / 1e9)
 	}
+}
+
+// Failed counts an answer of the proxy's own by code.
+func (m *Metrics) Failed(code string) { m.proxyErrors.WithLabelValues(code).Inc() }
+
+// KnownErrorCodes makes the errors_total series of codes exist at zero, so
+// that a rate over them works from the first error.
+func (m *Metrics) KnownErrorCodes(codes ...string) {
+	for _, c := range codes {
+		m.proxyErrors.WithLabelValues(c)
+	}
+}
+
+// InFlight adds delta to the requests in flight.
+func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
+
+// AdminRefused counts an admin call refused for its token.
+func (m *Metrics) AdminRefused() { m.adminRefused.Inc() }
+
+// NewReplayMemory registers thanksio_proxy_replay_memory_bytes on reg, read
+// from held at each scrape.
+func NewReplayMemory(reg prometheus.Registerer, held func() int64) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "replay_memory_bytes",
+		Help: "Bytes of request bodies held so that their requests can be replayed after a 401; bounded by MAX_REPLAY_MEMORY.",
+	}, func() float64 { return float64(held()) }))
 }
 
 // CacheEvicted counts an eviction from the token cache.

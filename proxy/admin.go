@@ -36,6 +36,10 @@ const maxAdminBody = 64 << 10
 // Admin serves /admin/... for operators. Every call needs
 // "Authorization: Bearer <token>"; the token is compared in constant time.
 type Admin struct {
+	// OnRefused, if non-nil, is called for each call refused for a missing
+	// or wrong admin token (for a metric). Set it before serving.
+	OnRefused func()
+
 	tenants TenantAdmin
 	// tokenSum is the SHA-256 of the admin token: comparing digests keeps
 	// the comparison constant-time whatever the presented length.
@@ -80,6 +84,9 @@ func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyAttempts,
 				Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait})
 			return
+		}
+		if a.OnRefused != nil {
+			a.OnRefused()
 		}
 		if a.failures.fail(client, a.now()) {
 			a.log.Warn("further admin calls with a wrong token from this address are answered 429 for a while", "remote", client)

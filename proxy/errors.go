@@ -39,7 +39,20 @@ const (
 	CodeConcurrencyLimited      = "concurrency_limited"
 	CodeNotConfigured           = "not_configured"
 	CodeNotRefreshable          = "not_refreshable"
+	// CodeClientClosedRequest is logged and counted, never sent: the caller
+	// went away.
+	CodeClientClosedRequest = "client_closed_request"
 )
+
+// DataPlaneCodes are the codes the data plane answers (or, for
+// CodeClientClosedRequest, logs), for metrics that list every one from the
+// start.
+var DataPlaneCodes = []string{
+	CodeMissingTenant, CodeInvalidTenant, CodeInvalidPath, CodeUnknownTenant,
+	CodeReauthorizationRequired, CodeTokenUnavailable, CodeUpstreamUnreachable,
+	CodeUpstreamTimeout, CodeInvalidCaller, CodeTenantNotAllowed, CodeBadRequest,
+	CodeMethodNotAllowed, CodeRequestTimeout, CodeConcurrencyLimited, CodeClientClosedRequest,
+}
 
 // Error is an answer of the proxy's own: what the caller sees (Status, Code,
 // Message) apart from what is logged (Err).
@@ -101,6 +114,11 @@ func tokenError(err error) *Error {
 	case errors.As(err, &ue):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
 			Message: "No usable thanks.io token right now: " + ue.Reason + ".", RetryAfter: ue.RetryAfter, Err: err}
+	case errors.Is(err, context.Canceled):
+		// The caller hung up while its token was being fetched: not a
+		// token that is unavailable.
+		return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
+			Message: "The caller went away.", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
 			Message: "No usable thanks.io token could be had in time.", RetryAfter: time.Second, Err: err}
@@ -141,7 +159,7 @@ func upstreamError(err error) *Error {
 		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable,
 			Message: "thanks.io answered with a protocol switch, which the proxy does not relay.", Err: err}
 	case errors.Is(err, context.Canceled):
-		return &Error{Status: StatusClientClosedRequest, Code: "client_closed_request",
+		return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
 			Message: "The caller went away.", Err: err}
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &te) && te.Timeout():
 		return &Error{Status: http.StatusGatewayTimeout, Code: CodeUpstreamTimeout,

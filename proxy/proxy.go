@@ -49,10 +49,17 @@ type Observer interface {
 	// got, and the time spent.
 	Served(method string, status int, d time.Duration)
 	// Upstream records one round trip to the upstream (there are two when a
-	// request is replayed).
+	// request is replayed): the status of its answer, 0 when none came, or
+	// StatusClientClosedRequest when the caller went away first (thanks.io
+	// did not fail).
 	Upstream(status int, d time.Duration)
 	// Replayed counts a request replayed after the upstream refused a token.
 	Replayed()
+	// Failed counts an answer of the proxy's own, by its error code.
+	Failed(code string)
+	// InFlight adds delta (1 when a request arrives, -1 when it is done) to
+	// the requests in flight.
+	InFlight(delta int)
 }
 
 // Config configures a Handler.
@@ -232,9 +239,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.body = &requestBody{w: w, deadline: deadline}
 		c.body.held.mem = &h.replayMemory
 	}
+	h.obs.InFlight(1)
 	defer func() {
 		c.finish()
 		d := time.Since(start)
+		h.obs.InFlight(-1)
 		h.obs.Served(r.Method, rw.status(), d)
 		if h.cfg.AccessLog {
 			h.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
@@ -555,6 +564,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *call, e *Error
 		attrs = append(attrs, slog.String("err", e.Err.Error()))
 	}
 	h.log.LogAttrs(r.Context(), level, "proxy error", attrs...)
+	h.obs.Failed(e.Code)
 	if e.Status == StatusClientClosedRequest {
 		w.WriteHeader(e.Status)
 		return
@@ -603,8 +613,11 @@ func (t *replayTransport) roundTrip(req *http.Request, c *call) (*http.Response,
 	res, err := t.base.RoundTrip(req)
 	d := time.Since(start)
 	status := 0
-	if err == nil {
+	switch {
+	case err == nil:
 		status = res.StatusCode
+	case errors.Is(req.Context().Err(), context.Canceled):
+		status = StatusClientClosedRequest
 	}
 	t.h.obs.Upstream(status, d)
 	if c != nil {
@@ -777,3 +790,5 @@ type nopObserver struct{}
 func (nopObserver) Served(string, int, time.Duration) {}
 func (nopObserver) Upstream(int, time.Duration)       {}
 func (nopObserver) Replayed()                         {}
+func (nopObserver) Failed(string)                     {}
+func (nopObserver) InFlight(int)                      {}

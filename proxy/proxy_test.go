@@ -642,3 +642,57 @@ func TestBodiesKeptApart(t *testing.T) {
 		t.Errorf("after the requests, %d bytes are counted as held; want 0", held)
 	}
 }
+
+// codeObserver records the proxy's error codes.
+type codeObserver struct {
+	mu    sync.Mutex
+	codes []string
+}
+
+func (*codeObserver) Served(string, int, time.Duration) {}
+func (*codeObserver) Upstream(int, time.Duration)       {}
+func (*codeObserver) Replayed()                         {}
+func (*codeObserver) InFlight(int)                      {}
+func (o *codeObserver) Failed(code string) {
+	o.mu.Lock()
+	o.codes = append(o.codes, code)
+	o.mu.Unlock()
+}
+
+func TestCallerGoneWhileWaitingForItsTokenIsNotTokenUnavailable(t *testing.T) {
+	upstream, _ := newUpstream(t, nil)
+	waiting := make(chan struct{})
+	obs := &codeObserver{}
+	h, err := proxy.New(proxy.Config{
+		Upstream: upstream,
+		Observer: obs,
+		Tokens: &fakeTokens{token: func(ctx context.Context, tenant string) (string, error) {
+			close(waiting) // a refresh that takes its time
+			<-ctx.Done()
+			return "", ctx.Err()
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/ping", nil)
+	req.Header.Set("X-Tenant-ID", "acme")
+	rec := httptest.NewRecorder()
+	served := make(chan struct{})
+	go func() {
+		h.ServeHTTP(rec, req)
+		close(served)
+	}()
+	<-waiting
+	cancel()
+	<-served
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.codes) != 1 || obs.codes[0] != proxy.CodeClientClosedRequest {
+		t.Errorf("codes counted = %v; want [%s], not token_unavailable", obs.codes, proxy.CodeClientClosedRequest)
+	}
+	if got := rec.Header().Get(proxy.ErrorHeader); got == proxy.CodeTokenUnavailable {
+		t.Errorf("the caller that went away was answered token_unavailable")
+	}
+}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -67,7 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	var callers *proxy.Callers
 	if cfg.callerKeys != nil {
 		callers = proxy.NewCallers(cfg.callerKeys)
-		stopReload := reloadOnHangup(cfg.CallerKeysFile, callers, log)
+		stopReload := reloadCallerKeys(cfg.CallerKeysFile, callers, log)
 		defer stopReload()
 	} else if !loopback(cfg.ListenAddr) {
 		log.Warn("caller authentication is off and LISTEN_ADDR is not loopback: anyone who reaches the proxy can act for any tenant; set CALLER_KEYS_FILE", "listen", cfg.ListenAddr)
@@ -349,29 +350,57 @@ func healthcheck(ctx context.Context, opsAddr string) error {
 	return nil
 }
 
-// reloadOnHangup rereads the caller keys file on SIGHUP. A file that does not
-// parse is refused, and the keys in force stay.
-func reloadOnHangup(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
+// reloadCallerKeys rereads the caller keys file on SIGHUP and whenever its
+// content changes (checked every callerKeysCheck): a Kubernetes Secret update
+// swaps the mounted file through a symlink, and a distroless container has
+// no shell to send a signal from. A file that does not load leaves the
+// previous keys in force.
+func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
+	last := fileDigest(path)
+	reload := func(why string) {
+		keys, err := proxy.LoadCallerKeys(path)
+		if err != nil {
+			log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "trigger", why, "err", err)
+			return
+		}
+		callers.Set(keys)
+		log.Info("caller keys reloaded", "file", path, "trigger", why, "callers", keys.Len())
+	}
 	go func() {
+		tick := time.NewTicker(callerKeysCheck)
+		defer tick.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-hup:
-				keys, err := proxy.LoadCallerKeys(path)
-				if err != nil {
-					log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "err", err)
-					continue
+				last = fileDigest(path)
+				reload("SIGHUP")
+			case <-tick.C:
+				if d := fileDigest(path); d != last {
+					last = d
+					reload("file changed")
 				}
-				callers.Set(keys)
-				log.Info("caller keys reloaded", "file", path, "callers", keys.Len())
 			}
 		}
 	}()
 	return func() { signal.Stop(hup); close(done) }
+}
+
+// callerKeysCheck is how often the caller keys file is checked for changes.
+const callerKeysCheck = 5 * time.Second
+
+// fileDigest returns the SHA-256 of the file at path (following symlinks),
+// or zero when it cannot be read.
+func fileDigest(path string) [32]byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return [32]byte{}
+	}
+	return sha256.Sum256(b)
 }
 
 // loopback reports whether addr listens on loopback only.

@@ -657,3 +657,46 @@ func TestAdminGuessingIsRateLimited(t *testing.T) {
 		t.Errorf("refused admin calls are not logged")
 	}
 }
+
+// TestCallerKeysReloadWhenTheSecretChanges swaps the file as the kubelet
+// updates a mounted Secret: a new directory, and the ..data symlink pointed
+// at it.
+func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	dir := t.TempDir()
+	version := func(name, content string) {
+		d := filepath.Join(dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "callers"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", "billing "+proxy.HashCallerKey("key-one")+" acme\n")
+	file := filepath.Join(dir, "callers")
+	if err := os.Symlink(filepath.Join("..data", "callers"), file); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, double, map[string]string{"CALLER_KEYS_FILE": file})
+	p.importToken(t, "acme", double.NewGrant(), 3600)
+	call := func(key string) int {
+		code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme", "X-Caller-Key": key}, "")
+		return code
+	}
+	if c := call("key-two"); c != 401 {
+		t.Fatalf("with key-two before the update: %d; want 401", c)
+	}
+	version("..v2", "billing "+proxy.HashCallerKey("key-two")+" acme\n")
+	waitForLog(t, p, "caller keys reloaded")
+	if c := call("key-two"); c != 200 {
+		t.Errorf("after the Secret update, key-two: %d; want 200", c)
+	}
+}

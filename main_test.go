@@ -700,3 +700,33 @@ func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
 		t.Errorf("after the Secret update, key-two: %d; want 200", c)
 	}
 }
+
+func TestAdminListsTenantsByState(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	p := start(t, double, nil)
+	for _, tenant := range []string{"acme", "globex", "initech"} {
+		p.importToken(t, tenant, double.NewGrant(), 3600)
+	}
+	revoked := double.NewGrant()
+	p.importToken(t, "hooli", revoked, 0)
+	double.Revoke(revoked.RefreshToken)
+	if code, _, _ := p.call(t, "hooli", "/ping"); code != http.StatusUnauthorized {
+		t.Fatalf("hooli with a revoked grant: %d; want 401", code)
+	}
+	tests := []struct {
+		query, want string
+		code        int
+	}{
+		{"?state=reauthorization_required", `{"tenants":["hooli"]}`, 200},
+		{"?state=active", `{"tenants":["acme","globex","initech"]}`, 200},
+		{"?state=active&limit=2", `{"tenants":["acme","globex"],"next":"globex"}`, 200},
+		{"?state=active&after=globex", `{"tenants":["initech"]}`, 200},
+		{"?state=revoked", "", 400},
+	}
+	for _, tt := range tests {
+		code, body := p.admin(t, http.MethodGet, "/admin/tenants"+tt.query, "")
+		if code != tt.code || tt.want != "" && strings.TrimSpace(body) != tt.want {
+			t.Errorf("GET /admin/tenants%s = %d %s; want %d %s", tt.query, code, body, tt.code, tt.want)
+		}
+	}
+}

@@ -118,6 +118,38 @@ func (t *Tokens) List(ctx context.Context, after string, limit int) ([]string, b
 	return ids, more, nil
 }
 
+// listScanLimit bounds the records ListByState reads in one call.
+const listScanLimit = 2000
+
+// ListByState returns up to limit tenants in state, in id order, after the
+// id after, reading each record (a store read per tenant: meant for
+// operators, not for a hot path). It reads at most listScanLimit records per
+// call; next is where the next call resumes (pass it as after) and more
+// reports whether there is anything left to read.
+func (t *Tokens) ListByState(ctx context.Context, state store.State, after string, limit int) (tenants []string, next string, more bool, err error) {
+	scanned := 0
+	for {
+		ids, pageMore, err := t.List(ctx, after, min(limit, 200))
+		if err != nil {
+			return nil, "", false, err
+		}
+		for i, id := range ids {
+			rec, err := t.get(ctx, id)
+			scanned++
+			after = id
+			if err == nil && (rec.State == state || rec.State == "" && state == store.StateActive) {
+				tenants = append(tenants, id)
+			}
+			if len(tenants) == limit || scanned >= listScanLimit {
+				return tenants, after, pageMore || i < len(ids)-1, nil
+			}
+		}
+		if !pageMore {
+			return tenants, "", false, nil
+		}
+	}
+}
+
 // Forget deletes the tenant's token. Later calls for it are
 // ErrUnknownTenant. This replica stops serving the tenant whatever the store
 // answers: an error may come after the record was deleted (the invalidation

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/store"
 )
 
 // TenantAdmin is what the admin API needs of the token lifecycle.
@@ -24,6 +25,8 @@ type TenantAdmin interface {
 	Import(ctx context.Context, tenant string, g auth.Grant) (auth.TenantStatus, error)
 	Status(ctx context.Context, tenant string) (auth.TenantStatus, error)
 	List(ctx context.Context, after string, limit int) ([]string, bool, error)
+	// ListByState is List of the tenants in one state; next resumes it.
+	ListByState(ctx context.Context, state store.State, after string, limit int) (tenants []string, next string, more bool, err error)
 	Forget(ctx context.Context, tenant string) error
 	RefreshNow(ctx context.Context, tenant string) (auth.TenantStatus, error)
 	// Connect returns a one-time authorize URL for the tenant's account owner.
@@ -307,7 +310,24 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "after must be a tenant id."})
 		return
 	}
-	ids, more, err := a.tenants.List(r.Context(), after, limit)
+	var (
+		ids  []string
+		next string
+		more bool
+		err  error
+	)
+	switch state := store.State(q.Get("state")); state {
+	case "":
+		ids, more, err = a.tenants.List(r.Context(), after, limit)
+		if more && len(ids) > 0 {
+			next = ids[len(ids)-1]
+		}
+	case store.StateActive, store.StateReauthorizationRequired:
+		ids, next, more, err = a.tenants.ListByState(r.Context(), state, after, limit)
+	default:
+		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "state must be active or reauthorization_required."})
+		return
+	}
 	if err != nil {
 		writeError(w, a.adminError(err))
 		return
@@ -319,8 +339,8 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
 	if page.Tenants == nil {
 		page.Tenants = []string{}
 	}
-	if more && len(ids) > 0 {
-		page.Next = ids[len(ids)-1]
+	if more {
+		page.Next = next
 	}
 	writeJSON(w, http.StatusOK, page)
 }

@@ -252,6 +252,8 @@ func (t *Tokens) callback(w http.ResponseWriter, r *http.Request) {
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, t.cfg.HTTPClient)
 	cfg := *t.cfg.OAuth
 	cfg.RedirectURL = st.RedirectURL
+	// An answer without an access token is an error from x/oauth2, which
+	// ends as callbackTokenEndpoint below.
 	tok, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(st.CodeVerifier))
 	if err != nil {
 		var re *oauth2.RetrieveError
@@ -262,10 +264,6 @@ func (t *Tokens) callback(w http.ResponseWriter, r *http.Request) {
 		}
 		t.log.Warn("oauth code exchange failed", "tenant", st.Tenant, "reason", describeTokenError(err))
 		finish(http.StatusServiceUnavailable, callbackTokenEndpoint)
-		return
-	}
-	if tok.AccessToken == "" {
-		finish(http.StatusBadGateway, callbackTokenEndpoint)
 		return
 	}
 	if _, err := t.Import(ctx, st.Tenant, Grant{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, Expiry: tok.Expiry}); err != nil {

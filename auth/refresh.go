@@ -87,49 +87,52 @@ func (t *Tokens) refresh(ctx context.Context, tenant string, seen int64, cause r
 // presented: two renewals of a held lock, by which time every holder whose
 // lock went with the store's data has taken it back.
 func (t *Tokens) restoreQuiet() time.Duration {
-	return 2 * t.renewEvery()
+	return 2 * renewEvery(t.cfg.LockLease)
 }
 
 // acquire takes the tenant's refresh lock. While another replica holds it,
 // acquire waits (up to LockWait) and returns that replica's token, with a
 // nil lock, as soon as the record moves past seen.
+//
+// The wait is bounded and measured by the wall clock, not Config.Now: it is
+// time spent sleeping on real timers, not token time, and a test clock that
+// stands still must not make it endless.
 func (t *Tokens) acquire(ctx context.Context, tenant string, seen int64) (*snapshot, *heldLock, error) {
-	start := t.now()
-	deadline := time.Now().Add(t.cfg.LockWait)
-	pause := 20 * time.Millisecond
-	for {
-		lock, err := t.tryLock(ctx, tenant)
+	start := time.Now()
+	deadline := start.Add(t.cfg.LockWait)
+	for attempt := 1; ; attempt++ {
+		lock, err := t.obtainLock(ctx, tenant)
 		if err != nil {
 			t.obs.StoreError("lock")
 			// Rule: never refresh without the lock.
 			return nil, nil, unavailable("the token store is unreachable, so the token cannot be refreshed", 5*time.Second, err)
 		}
 		if lock != nil {
-			t.obs.LockWaited(true, t.now().Sub(start))
+			t.obs.LockWaited(true, time.Since(start))
 			return nil, lock, nil
 		}
 		rec, err := t.get(ctx, tenant)
 		if err == nil && rec.Version != seen {
 			s := snapshotOf(rec)
 			if rec.State == store.StateReauthorizationRequired {
-				t.obs.LockWaited(false, t.now().Sub(start))
+				t.obs.LockWaited(false, time.Since(start))
 				return nil, nil, ErrReauthorizationRequired
 			}
 			if s.usable(t.now()) {
-				t.obs.LockWaited(false, t.now().Sub(start))
+				t.obs.LockWaited(false, time.Since(start))
 				return s, nil, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.obs.LockWaited(false, t.now().Sub(start))
+			t.obs.LockWaited(false, time.Since(start))
 			return nil, nil, unavailable("another replica is refreshing the token", time.Second, nil)
 		}
-		select {
-		case <-time.After(pause + rand.N(pause)):
-		case <-ctx.Done():
+		// Polled often at first, as a holder's refresh is one call to the
+		// token endpoint; with jitter, so waiters spread out.
+		pause := exponential(20*time.Millisecond, 250*time.Millisecond, attempt)
+		if !sleep(ctx.Done(), pause+rand.N(pause)) {
 			return nil, nil, unavailable("gave up waiting for another replica's refresh", time.Second, ctx.Err())
 		}
-		pause = min(2*pause, 250*time.Millisecond)
 	}
 }
 
@@ -145,7 +148,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout+5*time.Second)
 	defer cancel()
 	sent := rec.RefreshToken
-	start := t.now()
+	start := time.Now() // for the Observer: wall-clock time, as acquire's
 	tok, err := t.callTokenEndpoint(ctx, sent)
 	if err != nil {
 		s, err := t.refreshFailed(ctx, tenant, sent, start, err)
@@ -171,14 +174,14 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	if errors.Is(err, errSuperseded) {
 		// A newer grant (an import, a connect) or a deletion won: the
 		// rotated pair is of no use.
-		t.obs.Refreshed("lost_race", t.now().Sub(start))
+		t.obs.Refreshed("lost_race", time.Since(start))
 		cur, gerr := t.get(ctx, tenant)
 		if gerr != nil {
 			return nil, false, gerr
 		}
 		return snapshotOf(cur), false, nil
 	}
-	t.obs.Refreshed("success", t.now().Sub(start))
+	t.obs.Refreshed("success", time.Since(start))
 	if err != nil {
 		// Rule: a rotated refresh token is never dropped. The old one is
 		// revoked already, so the new pair is served from memory and its
@@ -250,7 +253,7 @@ func (t *Tokens) write(ctx context.Context, tenant string, rec store.TokenRecord
 
 // refreshFailed decides what a failed token-endpoint call means.
 func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start time.Time, err error) (*snapshot, error) {
-	d := t.now().Sub(start)
+	d := time.Since(start)
 	e := t.cache.get(tenant) // taken before the reads, as for every fill
 	if !isRevocation(err) {
 		t.obs.Refreshed("error", d)
@@ -310,13 +313,16 @@ func (t *Tokens) noteError(ctx context.Context, tenant, sent, reason string) {
 }
 
 // callTokenEndpoint runs the refresh-token grant, bounded by RefreshTimeout.
+// x/oauth2 does the rest: a token without an access token is never valid, so
+// the source goes to the token endpoint at once; an answer without an access
+// token is an error; an answer without a refresh token keeps the one sent.
+// The Expiry it returns is wall-clock time (x/oauth2 has no clock to
+// inject), which Config.Now is outside tests.
 func (t *Tokens) callTokenEndpoint(ctx context.Context, refreshToken string) (*oauth2.Token, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.RefreshTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, t.cfg.HTTPClient)
-	// An expired token with only a refresh token makes the source refresh.
-	src := t.cfg.OAuth.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken, Expiry: time.Unix(1, 0)})
-	return src.Token()
+	return t.cfg.OAuth.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
 }
 
 // isRevocation reports whether the token endpoint refused the refresh token
@@ -425,22 +431,20 @@ func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed stri
 	t.wg.Go(func() { t.retryPending(tenant, p) })
 }
 
+// retryPending retries p's write until it lands or is superseded, and then
+// releases its lock. After Close it gives up once pendingCloseGrace has
+// passed, by the wall clock (a wait on real timers, as acquire's), and
+// abandons the lock.
 func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 	t.obs.PendingWrite(1)
 	defer t.obs.PendingWrite(-1)
 	closing := t.ctx.Done()
 	var giveUp time.Time
-	pause := 100 * time.Millisecond
-	for {
-		timer := time.NewTimer(pause)
-		select {
-		case <-timer.C:
-		case <-closing:
-			timer.Stop()
+	for attempt := 1; ; attempt++ {
+		if !sleep(closing, exponential(100*time.Millisecond, pendingRetryMax, attempt)) {
 			closing = nil
 			giveUp = time.Now().Add(pendingCloseGrace)
 		}
-		pause = min(2*pause, pendingRetryMax)
 		if !t.stillPending(tenant, p) {
 			p.lock.Release()
 			return

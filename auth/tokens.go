@@ -99,7 +99,11 @@ type Config struct {
 	// BackgroundConcurrency bounds background refreshes running at once
 	// (default 4).
 	BackgroundConcurrency int
-	// Now is the clock; nil means time.Now.
+	// Now is the clock of token time: expiries, the refresh-ahead window,
+	// the refresh backoff, the records' timestamps. Nil means time.Now.
+	// Waits on real timers (for another replica's lock, for a pending
+	// write after Close) and the durations told to the Observer use the
+	// wall clock.
 	Now func() time.Time
 	// Observer is told about lookups and refreshes; nil observes nothing.
 	Observer Observer
@@ -193,7 +197,7 @@ func New(cfg Config) *Tokens {
 		flights: make(map[string]*flight),
 		pending: make(map[string]*pendingWrite),
 		resync:  make(chan struct{}, 1),
-		id:      randomOwner(),
+		id:      randomID(),
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
@@ -225,12 +229,7 @@ func (t *Tokens) Start(ctx context.Context) error {
 				}
 				return
 			}
-			if t.ctx.Err() != nil {
-				return
-			}
-			select {
-			case <-time.After(2 * time.Second):
-			case <-t.ctx.Done():
+			if !sleep(t.ctx.Done(), subscribeRetry) {
 				return
 			}
 		}
@@ -258,6 +257,10 @@ func (t *Tokens) Start(ctx context.Context) error {
 	}
 	return nil
 }
+
+// subscribeRetry is the pause between attempts to subscribe to
+// invalidations while the store cannot be reached.
+const subscribeRetry = 2 * time.Second
 
 // noRedirects returns a copy of c that answers a redirect with the
 // redirect itself: the token endpoint's 3xx is then a failed call (never a
@@ -589,8 +592,7 @@ func (t *Tokens) settle(tenant string, e *entry, s *snapshot, err error) {
 // failures: 1 s, 2 s, 4 s, ... up to 256 s, each with jitter down to half of
 // it (so from the ninth failure on, 128 to 256 s).
 func (t *Tokens) backoff(e *entry) {
-	n := min(e.failures.Add(1), 9)
-	d := time.Second << (n - 1)
+	d := exponential(time.Second, 256*time.Second, int(e.failures.Add(1)))
 	d = d/2 + rand.N(d/2+1)
 	e.retryAt.Store(t.now().Add(d).UnixNano())
 }
@@ -636,7 +638,9 @@ func (t *Tokens) wait(ctx context.Context, f *flight) (*snapshot, error) {
 	}
 }
 
-func randomOwner() string {
+// randomID returns 128 random bits in hex: a lock's owner, a replica's
+// heartbeat id.
+func randomID() string {
 	var b [16]byte
 	_, _ = crand.Read(b[:])
 	return hex.EncodeToString(b[:])

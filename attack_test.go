@@ -534,16 +534,26 @@ func TestAttackChunkedOnEveryRoute(t *testing.T) {
 	p := start(t, double, redisEnv(t))
 	p.importToken(t, "globex", double.NewGrant(), 3600)
 	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n"
+	// HTTP/1.0: net/http ignores Transfer-Encoding and frames the body by
+	// its Content-Length (here the chunk-size line alone), so the smuggled
+	// request, inside the chunk for a front end that reads it as chunked,
+	// follows the body; or, without a Content-Length, the body is empty.
+	http10Body := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)
+	http10Length := fmt.Sprintf("Content-Length: %d", len(fmt.Sprintf("%x\r\n", len(smuggled))))
 	tests := []struct {
 		name, requestLine string
 		lines             []string
+		body              string // after the head; "" means "0\r\n\r\n" and the smuggled request
 	}{
-		{"callback, Content-Length first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
-		{"callback, Transfer-Encoding first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked", "Content-Length: 48"}},
-		{"callback, chunked alone", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked"}},
-		{"callback with an error", "GET /oauth/callback?state=x&error=access_denied HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
-		{"callback, another method", "POST /oauth/callback HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
-		{"proxied path", "POST /send/postcard HTTP/1.1", []string{"X-Tenant-ID: globex", "Content-Length: 48", "Transfer-Encoding: chunked"}},
+		{"callback, Content-Length first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}, ""},
+		{"callback, Transfer-Encoding first", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked", "Content-Length: 48"}, ""},
+		{"callback, chunked alone", "GET /oauth/callback?state=x&code=y HTTP/1.1", []string{"Transfer-Encoding: chunked"}, ""},
+		{"callback with an error", "GET /oauth/callback?state=x&error=access_denied HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}, ""},
+		{"callback, another method", "POST /oauth/callback HTTP/1.1", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}, ""},
+		{"proxied path", "POST /send/postcard HTTP/1.1", []string{"X-Tenant-ID: globex", "Content-Length: 48", "Transfer-Encoding: chunked"}, ""},
+		{"callback, HTTP/1.0", "GET /oauth/callback?state=x&code=y HTTP/1.0", []string{"Transfer-Encoding: chunked", http10Length}, http10Body},
+		{"callback, HTTP/1.0, chunked alone", "GET /oauth/callback?state=x&code=y HTTP/1.0", []string{"Transfer-Encoding: chunked"}, smuggled},
+		{"proxied path, HTTP/1.0", "POST /send/postcard HTTP/1.0", []string{"X-Tenant-ID: globex", http10Length, "Transfer-Encoding: chunked"}, http10Body},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -559,7 +569,10 @@ func TestAttackChunkedOnEveryRoute(t *testing.T) {
 			for _, l := range tt.lines {
 				b.WriteString(l + "\r\n")
 			}
-			b.WriteString("\r\n0\r\n\r\n" + smuggled)
+			if tt.body == "" {
+				tt.body = "0\r\n\r\n" + smuggled
+			}
+			b.WriteString("\r\n" + tt.body)
 			if _, err := io.WriteString(conn, b.String()); err != nil {
 				t.Fatal(err)
 			}
@@ -633,4 +646,65 @@ func TestAttackAdminLockout(t *testing.T) {
 			t.Errorf("a failed call after 30 successes: %d; want 401", code)
 		}
 	})
+}
+
+// TestAttackOpsSlowBodies sends OPS_ADDR requests whose bodies never come
+// (headers, then nothing, or part of the body): the operations port, which a
+// sidecar's application, Prometheus and port-forwards reach, bounds a body
+// by REQUEST_BODY_TIMEOUT as the data plane does. Otherwise every such
+// connection, with or without the admin token, stays open and unanswered
+// for as long as its sender likes, until the process runs out of file
+// descriptors or memory, and the admin API and /healthz with it.
+func TestAttackOpsSlowBodies(t *testing.T) {
+	const bodyTimeout = 500 * time.Millisecond
+	p := start(t, nil, map[string]string{"REQUEST_BODY_TIMEOUT": bodyTimeout.String()})
+	admin := "Authorization: Bearer " + testAdminToken
+	tests := []struct {
+		name, head, body string
+		status           int
+		code             string
+	}{
+		{name: "healthz with a body that never comes", head: "GET /healthz HTTP/1.1\r\nContent-Length: 100\r\n", status: 200},
+		{name: "metrics with a body that never comes", head: "GET /metrics HTTP/1.1\r\nContent-Length: 100\r\n", status: 200},
+		{name: "metrics with a chunked body that stops", head: "GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n", body: "5\r\nhello\r\n", status: 200},
+		{name: "admin call without the token, body never comes", head: "PUT /admin/tenants/acme/token HTTP/1.1\r\nContent-Length: 100\r\n",
+			status: 401, code: "unauthorized"},
+		{name: "admin call with a wrong token, body never comes", head: "PUT /admin/tenants/acme/token HTTP/1.1\r\nAuthorization: Bearer wrong-token-0123456789\r\nContent-Length: 100\r\n",
+			status: 401, code: "unauthorized"},
+		{name: "import with part of its body", head: "PUT /admin/tenants/acme/token HTTP/1.1\r\n" + admin + "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n",
+			body: `{"access_token":"pat_`, status: 408, code: "request_timeout"},
+		{name: "connect with part of its body", head: "POST /admin/tenants/acme/connect HTTP/1.1\r\n" + admin + "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+			body: "5\r\n{\"ret\r\n", status: 408, code: "request_timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(p.ops, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			started := time.Now()
+			_ = conn.SetDeadline(started.Add(bodyTimeout + 3*time.Second))
+			raw := strings.Replace(tt.head, "\r\n", "\r\nHost: proxy.internal\r\nConnection: keep-alive\r\n", 1) + "\r\n" + tt.body
+			if _, err := io.WriteString(conn, raw); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(conn)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer %v after the headers, well past REQUEST_BODY_TIMEOUT (%v): %v", time.Since(started).Round(time.Millisecond), bodyTimeout, err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != tt.status || res.Header.Get("X-Thanksio-Proxy-Error") != tt.code {
+				t.Errorf("answer %d %q; want %d %q", res.StatusCode, res.Header.Get("X-Thanksio-Proxy-Error"), tt.status, tt.code)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("the connection is still open after the answer (%v); want it closed, the rest of the body being still on it", err)
+			}
+		})
+	}
+	if code, body := p.admin(t, http.MethodGet, "/admin/tenants/acme", ""); code != http.StatusNotFound {
+		t.Errorf("after the cut bodies, acme: %d %s; want 404 (nothing imported)", code, body)
+	}
 }

@@ -5,8 +5,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -219,17 +219,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 // answer); the callback, the one path an Ingress exposes to the internet,
 // is guarded here.
 func dataPlane(data, callback http.Handler, bodyTimeout time.Duration) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return guarded{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/oauth/callback" && r.URL.RawPath == "" {
 			proxy.GuardConnection(w, r, bodyTimeout)
 			callback.ServeHTTP(w, r)
 			return
 		}
 		data.ServeHTTP(w, r)
-	})
+	})}
 }
 
+// guarded is a handler that applies proxy.GuardConnection to its requests
+// itself, as dataPlane's does.
+type guarded struct{ http.Handler }
+
+// newServer serves h. Every listener bounds request bodies by
+// REQUEST_BODY_TIMEOUT: a handler that is not guarded already (the
+// operations listener's: /metrics, /healthz, the admin API) gets
+// proxy.GuardBodies, so that a body that never comes does not hold its
+// connection, answered or not, for as long as its sender likes.
 func newServer(cfg *Config, h http.Handler, log *slog.Logger) *http.Server {
+	if _, ok := h.(guarded); !ok {
+		h = proxy.GuardBodies(h, cfg.RequestBodyTimeout)
+	}
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,

@@ -383,7 +383,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) *Error {
 		var tooLarge *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
 		var syntaxErr *json.SyntaxError
+		var timeout interface{ Timeout() bool }
 		switch {
+		case errors.As(err, &timeout) && timeout.Timeout():
+			// The body did not arrive by REQUEST_BODY_TIMEOUT: 408, and the
+			// connection closes, the rest of the body being still on it.
+			return bodyError(err)
 		case errors.As(err, &tooLarge):
 			return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
 				Message: fmt.Sprintf("The body is larger than %d bytes.", maxAdminBody)}

@@ -451,13 +451,30 @@ func TestAttackRequestSmuggling(t *testing.T) {
 func TestAttackChunkedWithContentLength(t *testing.T) {
 	p := newAttackProxy(t, proxy.Config{})
 	smuggled := "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n"
+	// An HTTP/1.0 request with Transfer-Encoding: net/http drops the header
+	// (issue 12785) and frames the body by its Content-Length, or takes it for
+	// empty without one, where a front end may have read it as chunked.
+	// RFC 9112 section 6.1: the framing is faulty, and the connection closes
+	// after the answer. The chunk below holds the smuggled request for a
+	// front end that reads it as chunked; by its Content-Length (4: the
+	// chunk-size line), the smuggled request follows the body.
+	http10Body := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)
+	http10Length := fmt.Sprintf("Content-Length: %d", len(fmt.Sprintf("%x\r\n", len(smuggled))))
 	for _, tt := range []struct {
 		name  string
 		lines []string
+		// http10 sends the request as HTTP/1.0 with body (default: HTTP/1.1
+		// with the empty chunked body, then the smuggled request).
+		http10 bool
+		body   string
 	}{
-		{"Content-Length then Transfer-Encoding", []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
-		{"Transfer-Encoding then Content-Length", []string{"Transfer-Encoding: chunked", "Content-Length: 48"}},
-		{"folded Transfer-Encoding", []string{"Transfer-Encoding:", " chunked", "Content-Length: 48"}},
+		{name: "Content-Length then Transfer-Encoding", lines: []string{"Content-Length: 48", "Transfer-Encoding: chunked"}},
+		{name: "Transfer-Encoding then Content-Length", lines: []string{"Transfer-Encoding: chunked", "Content-Length: 48"}},
+		{name: "folded Transfer-Encoding", lines: []string{"Transfer-Encoding:", " chunked", "Content-Length: 48"}},
+		{name: "HTTP/1.0, Content-Length then Transfer-Encoding", lines: []string{http10Length, "Transfer-Encoding: chunked"}, http10: true, body: http10Body},
+		{name: "HTTP/1.0, Transfer-Encoding then Content-Length", lines: []string{"Transfer-Encoding: chunked", http10Length}, http10: true, body: http10Body},
+		{name: "HTTP/1.0, folded Transfer-Encoding", lines: []string{"Transfer-Encoding:", " chunked", http10Length}, http10: true, body: http10Body},
+		{name: "HTTP/1.0, chunked alone", lines: []string{"Transfer-Encoding: chunked"}, http10: true, body: smuggled},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := p.got.count()
@@ -467,8 +484,12 @@ func TestAttackChunkedWithContentLength(t *testing.T) {
 			}
 			defer conn.Close()
 			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-			raw := rawMessage("POST /send/postcard HTTP/1.1",
-				append([]string{"X-Tenant-ID: acme", "Connection: keep-alive"}, tt.lines...), "0\r\n\r\n"+smuggled)
+			requestLine, body := "POST /send/postcard HTTP/1.1", "0\r\n\r\n"+smuggled
+			if tt.http10 {
+				requestLine, body = "POST /send/postcard HTTP/1.0", tt.body
+			}
+			raw := rawMessage(requestLine,
+				append([]string{"X-Tenant-ID: acme", "Connection: keep-alive"}, tt.lines...), body)
 			if _, err := io.WriteString(conn, raw); err != nil {
 				t.Fatal(err)
 			}

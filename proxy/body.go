@@ -12,14 +12,23 @@ import (
 
 // GuardConnection prepares the answer to r for any handler of a listener
 // that callers, or a front end shared by callers, reach. When r is chunked,
-// the connection closes after the answer; r's body must arrive within
-// bodyTimeout (zero: no bound). It reports whether the connection closes.
+// or HTTP/1.0, the connection closes after the answer; r's body must arrive
+// within bodyTimeout (zero: no bound). It reports whether the connection
+// closes.
 //
 // net/http drops a Content-Length sent beside Transfer-Encoding before a
 // handler runs, so such a request looks like any chunked one, while a front
 // end may have framed it by the Content-Length: closing the connection after
 // every chunked request (RFC 9112 section 6.1) keeps the bytes that the front
 // end took for body from being read here as another request.
+//
+// The other way round, net/http drops the Transfer-Encoding of an HTTP/1.0
+// request (HTTP/1.0 has no chunked coding) and frames its body by the
+// Content-Length, or takes it for empty, while a front end may have read it
+// as chunked: RFC 9112 section 6.1 closes the connection after such a
+// request too. A handler cannot tell it from another HTTP/1.0 request, so
+// every HTTP/1.0 request closes its connection (HTTP/1.0 keep-alive is
+// rare, and reconnecting costs such a caller little).
 //
 // The bound is a read deadline on the connection. A handler that reads the
 // whole body and then waits on something else must lift it
@@ -34,7 +43,7 @@ func GuardConnection(w http.ResponseWriter, r *http.Request, bodyTimeout time.Du
 // guardConnection is GuardConnection, with the time the request started;
 // it also returns the body's deadline (zero without a body).
 func guardConnection(w http.ResponseWriter, r *http.Request, now time.Time, bodyTimeout time.Duration) (closes bool, deadline time.Time) {
-	if len(r.TransferEncoding) > 0 {
+	if len(r.TransferEncoding) > 0 || !r.ProtoAtLeast(1, 1) {
 		w.Header().Set("Connection", "close")
 		closes = true
 	}
@@ -43,6 +52,42 @@ func guardConnection(w http.ResponseWriter, r *http.Request, now time.Time, body
 		_ = http.NewResponseController(w).SetReadDeadline(deadline)
 	}
 	return closes, deadline
+}
+
+// GuardBodies returns h with GuardConnection applied to every request, for
+// the handlers of a listener that read a body whole before they wait on
+// anything else (the operations listener: the admin API reads a JSON body,
+// then stores it). The body's deadline is lifted once h has read the body to
+// its end. A body that h does not read is still bounded: net/http reads (to
+// discard) what is left of it after h returns, within the deadline, and
+// closes the connection when that fails.
+func GuardBodies(h http.Handler, bodyTimeout time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, deadline := guardConnection(w, r, time.Now(), bodyTimeout)
+		if deadline.IsZero() || r.Body == nil || r.Body == http.NoBody {
+			h.ServeHTTP(w, r)
+			return
+		}
+		b := &requestBody{w: w, deadline: deadline}
+		defer b.finish()
+		r.Body = &endNotingBody{ReadCloser: r.Body, b: b}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// endNotingBody notes the end of the body it reads, which lifts the body's
+// deadline while the handler runs.
+type endNotingBody struct {
+	io.ReadCloser
+	b *requestBody
+}
+
+func (e *endNotingBody) Read(p []byte) (int, error) {
+	n, err := e.ReadCloser.Read(p)
+	if err != nil {
+		_ = e.b.end(err)
+	}
+	return n, err
 }
 
 // replayMemory bounds the bytes of request bodies that a Handler holds for

@@ -246,17 +246,24 @@ func TestConnectFailuresChangeNothing(t *testing.T) {
 		unchanged(t)
 	})
 
-	t.Run("refused code", func(t *testing.T) {
-		_, authorizeURL := s.connect(t, "acme", returnTo)
-		cb, _ := url.Parse(approve(t, authorizeURL))
+	// rejected follows the callback cb with its code replaced by code, and
+	// fails the test unless the code is rejected and nothing changes.
+	rejected := func(t *testing.T, what string, cb *url.URL, code string) {
+		t.Helper()
 		q := cb.Query()
-		q.Set("code", q.Get("code")+"x")
+		q.Set("code", code)
 		cb.RawQuery = q.Encode()
 		final, _, _ := browse(t, cb.String())
 		if final.Query().Get("error") != "code_rejected" {
-			t.Errorf("tampered code: browser ended at %s; want error=code_rejected", final)
+			t.Errorf("%s: browser ended at %s; want error=code_rejected", what, final)
 		}
 		unchanged(t)
+	}
+
+	t.Run("refused code", func(t *testing.T) {
+		_, authorizeURL := s.connect(t, "acme", returnTo)
+		cb, _ := url.Parse(approve(t, authorizeURL))
+		rejected(t, "tampered code", cb, cb.Query().Get("code")+"x")
 	})
 
 	t.Run("mismatched PKCE verifier", func(t *testing.T) {
@@ -265,14 +272,7 @@ func TestConnectFailuresChangeNothing(t *testing.T) {
 		_, second := s.connect(t, "acme", returnTo)
 		cb1, _ := url.Parse(approve(t, first))
 		cb2, _ := url.Parse(approve(t, second))
-		q := cb2.Query()
-		q.Set("code", cb1.Query().Get("code"))
-		cb2.RawQuery = q.Encode()
-		final, _, _ := browse(t, cb2.String())
-		if final.Query().Get("error") != "code_rejected" {
-			t.Errorf("wrong verifier: browser ended at %s; want error=code_rejected", final)
-		}
-		unchanged(t)
+		rejected(t, "wrong verifier", cb2, cb1.Query().Get("code"))
 	})
 
 	t.Run("replayed callback", func(t *testing.T) {

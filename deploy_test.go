@@ -227,23 +227,23 @@ type k8sService struct {
 
 type k8sServiceMonitor struct {
 	Spec struct {
-		Selector  k8sSelector `yaml:"selector"`
-		Endpoints []struct {
-			Port string `yaml:"port"`
-			Path string `yaml:"path"`
-		} `yaml:"endpoints"`
+		Selector  k8sSelector          `yaml:"selector"`
+		Endpoints []k8sMetricsEndpoint `yaml:"endpoints"`
 	} `yaml:"spec"`
 }
 
 type k8sPodMonitor struct {
 	Spec struct {
-		Selector            k8sSelector `yaml:"selector"`
-		JobLabel            string      `yaml:"jobLabel"`
-		PodMetricsEndpoints []struct {
-			Port string `yaml:"port"`
-			Path string `yaml:"path"`
-		} `yaml:"podMetricsEndpoints"`
+		Selector            k8sSelector          `yaml:"selector"`
+		JobLabel            string               `yaml:"jobLabel"`
+		PodMetricsEndpoints []k8sMetricsEndpoint `yaml:"podMetricsEndpoints"`
 	} `yaml:"spec"`
+}
+
+// k8sMetricsEndpoint is an endpoint of a ServiceMonitor or a PodMonitor.
+type k8sMetricsEndpoint struct {
+	Port string `yaml:"port"`
+	Path string `yaml:"path"`
 }
 
 type k8sPodDisruptionBudget struct {
@@ -741,34 +741,23 @@ func deployScrapedWorkloads(t *testing.T, set *deploySet) map[*deployWorkload]bo
 func deployCheckPodMonitor(t *testing.T, set *deploySet, m *k8sManifest) {
 	var pm k8sPodMonitor
 	m.decode(t, &pm)
-	var selected []*deployWorkload
-	for _, w := range set.workloads {
-		if pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
-			selected = append(selected, w)
-		}
-	}
+	selected := slices.DeleteFunc(slices.Clone(set.workloads), func(w *deployWorkload) bool {
+		return !pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels)
+	})
 	if len(selected) == 0 {
 		t.Errorf("%s: its selector %v matches the pod template of no workload under deploy/", m, pm.Spec.Selector.MatchLabels)
 	}
-	if len(pm.Spec.PodMetricsEndpoints) == 0 {
-		t.Errorf("%s: no podMetricsEndpoints", m)
-	}
-	for _, e := range pm.Spec.PodMetricsEndpoints {
-		if e.Path != "/metrics" {
-			t.Errorf("%s: endpoint path %q, want /metrics", m, e.Path)
+	deployCheckScrapes(t, m, "podMetricsEndpoints", pm.Spec.PodMetricsEndpoints, selected, func(e k8sMetricsEndpoint, w *deployWorkload) {
+		port, ok := w.proxyPorts[e.Port]
+		switch {
+		case !w.hasProxy:
+			t.Errorf("%s: selects the pods of %s %q, which run no proxy", m, w.file, w.name)
+		case !ok:
+			t.Errorf("%s: port %q is no port of the proxy container in %s %q (ports %v): it would scrape another container, or nothing", m, e.Port, w.file, w.name, w.proxyPorts)
+		case port != w.opsPort:
+			t.Errorf("%s: port %q of %s %q is container port %d, not the proxy's ops port %d", m, e.Port, w.file, w.name, port, w.opsPort)
 		}
-		for _, w := range selected {
-			port, ok := w.proxyPorts[e.Port]
-			switch {
-			case !w.hasProxy:
-				t.Errorf("%s: selects the pods of %s %q, which run no proxy", m, w.file, w.name)
-			case !ok:
-				t.Errorf("%s: port %q is no port of the proxy container in %s %q (ports %v): it would scrape another container, or nothing", m, e.Port, w.file, w.name, w.proxyPorts)
-			case port != w.opsPort:
-				t.Errorf("%s: port %q of %s %q is container port %d, not the proxy's ops port %d", m, e.Port, w.file, w.name, port, w.opsPort)
-			}
-		}
-	}
+	})
 	if pm.Spec.JobLabel != "" {
 		for _, w := range selected {
 			if w.spec.Spec.Template.Metadata.Labels[pm.Spec.JobLabel] == "" {
@@ -1019,27 +1008,9 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 	}
 
 	// Hardening; the pod's settings count where Kubernetes applies them.
-	sc, podSC := c.SecurityContext, pod.SecurityContext
-	if sc == nil {
-		sc = &k8sSecurityContext{}
-	}
-	if podSC == nil {
-		podSC = &k8sSecurityContext{}
-	}
-	if nonRoot := deployOrPod(sc.RunAsNonRoot, podSC.RunAsNonRoot); nonRoot == nil || !*nonRoot {
-		t.Errorf("%s: securityContext.runAsNonRoot is not true", where)
-	}
-	if uid := deployOrPod(sc.RunAsUser, podSC.RunAsUser); uid == nil || *uid == 0 {
-		t.Errorf("%s: securityContext.runAsUser is not set to a non-root user (65532, distroless nonroot)", where)
-	}
+	sc, podSC := deployCheckNonRoot(t, where, c, pod, "set to a non-root user (65532, distroless nonroot)")
 	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Errorf("%s: securityContext.readOnlyRootFilesystem is not true", where)
-	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Errorf("%s: securityContext.allowPrivilegeEscalation is not false", where)
-	}
-	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
-		t.Errorf("%s: securityContext.capabilities.drop lacks ALL", where)
 	}
 	if seccomp := deployOrPod(sc.SeccompProfile, podSC.SeccompProfile); seccomp == nil || seccomp.Type != "RuntimeDefault" {
 		t.Errorf("%s: securityContext.seccompProfile is not RuntimeDefault", where)
@@ -1416,25 +1387,7 @@ func deployCheckRedis(t *testing.T, set *deploySet, m *k8sManifest) int {
 		if c.Resources.Requests["cpu"] == "" || c.Resources.Requests["memory"] == "" || c.Resources.Limits["memory"] == "" {
 			t.Errorf("%s: resources.requests.cpu, requests.memory and limits.memory must be set", where)
 		}
-		sc, podSC := c.SecurityContext, pod.SecurityContext
-		if sc == nil {
-			sc = &k8sSecurityContext{}
-		}
-		if podSC == nil {
-			podSC = &k8sSecurityContext{}
-		}
-		if nonRoot := deployOrPod(sc.RunAsNonRoot, podSC.RunAsNonRoot); nonRoot == nil || !*nonRoot {
-			t.Errorf("%s: securityContext.runAsNonRoot is not true", where)
-		}
-		if uid := deployOrPod(sc.RunAsUser, podSC.RunAsUser); uid == nil || *uid == 0 {
-			t.Errorf("%s: securityContext.runAsUser is not a non-root user (999, the image's redis)", where)
-		}
-		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-			t.Errorf("%s: securityContext.allowPrivilegeEscalation is not false", where)
-		}
-		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
-			t.Errorf("%s: securityContext.capabilities.drop lacks ALL", where)
-		}
+		deployCheckNonRoot(t, where, c, pod, "a non-root user (999, the image's redis)")
 	}
 
 	// A StatefulSet's governing Service is headless and in its file.
@@ -1468,32 +1421,40 @@ func deployCheckService(t *testing.T, set *deploySet, m *k8sManifest) {
 func deployCheckServiceMonitor(t *testing.T, set *deploySet, m *k8sManifest) {
 	var sm k8sServiceMonitor
 	m.decode(t, &sm)
-	var selected []*deployService
-	for _, s := range set.services {
-		if sm.Spec.Selector.matches(s.labels) {
-			selected = append(selected, s)
-		}
-	}
+	selected := slices.DeleteFunc(slices.Clone(set.services), func(s *deployService) bool {
+		return !sm.Spec.Selector.matches(s.labels)
+	})
 	if len(selected) == 0 {
 		t.Errorf("%s: its selector matches the labels of no Service under deploy/", m)
 	}
-	if len(sm.Spec.Endpoints) == 0 {
-		t.Errorf("%s: no endpoints", m)
+	deployCheckScrapes(t, m, "endpoints", sm.Spec.Endpoints, selected, func(e k8sMetricsEndpoint, s *deployService) {
+		port, ok := s.ports[e.Port]
+		switch {
+		case !ok:
+			t.Errorf("%s: Service %q has no port named %q that reaches a container", m, s.name, e.Port)
+		case !s.workload.hasProxy:
+			t.Errorf("%s: Service %q selects pods without the proxy", m, s.name)
+		case port != s.workload.opsPort:
+			t.Errorf("%s: port %q of Service %q reaches container port %d, not the proxy's ops port %d", m, e.Port, s.name, port, s.workload.opsPort)
+		}
+	})
+}
+
+// deployCheckScrapes checks the endpoints of m, a ServiceMonitor or a
+// PodMonitor, whose spec lists them under field: there is one at least,
+// each scrapes /metrics, and checkPort checks its port on each of the
+// targets that m selects.
+func deployCheckScrapes[T any](t *testing.T, m *k8sManifest, field string, endpoints []k8sMetricsEndpoint, selected []T, checkPort func(e k8sMetricsEndpoint, target T)) {
+	t.Helper()
+	if len(endpoints) == 0 {
+		t.Errorf("%s: no %s", m, field)
 	}
-	for _, e := range sm.Spec.Endpoints {
+	for _, e := range endpoints {
 		if e.Path != "/metrics" {
 			t.Errorf("%s: endpoint path %q, want /metrics", m, e.Path)
 		}
-		for _, s := range selected {
-			port, ok := s.ports[e.Port]
-			switch {
-			case !ok:
-				t.Errorf("%s: Service %q has no port named %q that reaches a container", m, s.name, e.Port)
-			case !s.workload.hasProxy:
-				t.Errorf("%s: Service %q selects pods without the proxy", m, s.name)
-			case port != s.workload.opsPort:
-				t.Errorf("%s: port %q of Service %q reaches container port %d, not the proxy's ops port %d", m, e.Port, s.name, port, s.workload.opsPort)
-			}
+		for _, target := range selected {
+			checkPort(e, target)
 		}
 	}
 }
@@ -1896,6 +1857,36 @@ func deployLoopback(host string) bool {
 }
 
 // deployOrPod returns the container's setting, or else the pod's.
+// deployCheckNonRoot fails the test unless container c of pod runs as a
+// non-root user, the one that user describes, cannot escalate its
+// privileges and drops every capability; the pod's settings count where
+// Kubernetes applies them. It returns the container's and the pod's
+// security contexts, empty where they are not set, for the checks that
+// only some containers need.
+func deployCheckNonRoot(t *testing.T, where string, c k8sContainer, pod k8sPodSpec, user string) (sc, podSC *k8sSecurityContext) {
+	t.Helper()
+	sc, podSC = c.SecurityContext, pod.SecurityContext
+	if sc == nil {
+		sc = &k8sSecurityContext{}
+	}
+	if podSC == nil {
+		podSC = &k8sSecurityContext{}
+	}
+	if nonRoot := deployOrPod(sc.RunAsNonRoot, podSC.RunAsNonRoot); nonRoot == nil || !*nonRoot {
+		t.Errorf("%s: securityContext.runAsNonRoot is not true", where)
+	}
+	if uid := deployOrPod(sc.RunAsUser, podSC.RunAsUser); uid == nil || *uid == 0 {
+		t.Errorf("%s: securityContext.runAsUser is not %s", where, user)
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("%s: securityContext.allowPrivilegeEscalation is not false", where)
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		t.Errorf("%s: securityContext.capabilities.drop lacks ALL", where)
+	}
+	return sc, podSC
+}
+
 func deployOrPod[T any](container, pod *T) *T {
 	if container != nil {
 		return container

@@ -5,11 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,8 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/proxy"
 )
@@ -189,17 +188,6 @@ func logFields(line string) map[string]string {
 	}
 }
 
-// redisURL returns the Redis the tests were told to use (REDIS_URL), or a
-// miniredis when none was named. A named Redis that cannot be reached fails
-// the test rather than skipping it.
-func redisURL(t *testing.T) string {
-	t.Helper()
-	if u := os.Getenv("REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://" + miniredis.RunT(t).Addr()
-}
-
 func randomKey(t *testing.T) string {
 	t.Helper()
 	b := make([]byte, 32)
@@ -207,18 +195,12 @@ func randomKey(t *testing.T) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-func uniquePrefix() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return "thanksio-proxy-test-" + hex.EncodeToString(b) + ":"
-}
-
 // redisEnv is the environment of a proxy on a fresh key prefix of the test
-// Redis.
+// Redis (testutil.RedisURL).
 func redisEnv(t *testing.T) map[string]string {
 	return map[string]string{
-		"REDIS_URL":            redisURL(t),
-		"REDIS_KEY_PREFIX":     uniquePrefix(),
+		"REDIS_URL":            testutil.RedisURL(t),
+		"REDIS_KEY_PREFIX":     testutil.KeyPrefix(),
 		"TOKEN_ENCRYPTION_KEY": randomKey(t),
 	}
 }
@@ -330,15 +312,24 @@ func TestEndToEndTenantsGetTheirOwnTokens(t *testing.T) {
 	}
 }
 
-func TestRestartServesImportedTenants(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	env := redisEnv(t)
+// importAndStop starts a proxy with env, imports a grant for each tenant
+// through it and stops it, leaving the grants in the store for the next
+// proxy started with env.
+func importAndStop(t *testing.T, double *thanksiotest.Server, env map[string]string, tenants ...string) {
+	t.Helper()
 	first := start(t, double, env)
-	g := double.NewGrant()
-	first.importToken(t, "acme", g, 3600)
+	for _, tenant := range tenants {
+		first.importToken(t, tenant, double.NewGrant(), 3600)
+	}
 	if err := first.stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestRestartServesImportedTenants(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	env := redisEnv(t)
+	importAndStop(t, double, env, "acme")
 	second := start(t, double, env)
 	if code, _, body := second.call(t, "acme", "/ping"); code != http.StatusOK {
 		t.Fatalf("after restart: %d %s; want 200", code, body)
@@ -351,15 +342,9 @@ func TestRestartServesImportedTenants(t *testing.T) {
 func TestWrongEncryptionKeyIsClearAndHarmless(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	env := redisEnv(t)
-	first := start(t, double, env)
-	g := double.NewGrant()
-	first.importToken(t, "acme", g, 3600)
-	first.stop()
+	importAndStop(t, double, env, "acme")
 
-	wrong := map[string]string{}
-	for k, v := range env {
-		wrong[k] = v
-	}
+	wrong := maps.Clone(env)
 	wrong["TOKEN_ENCRYPTION_KEY"] = randomKey(t)
 	second := start(t, double, wrong)
 	code, header, body := second.call(t, "acme", "/ping")
@@ -408,13 +393,9 @@ func TestRefreshThroughProxyUnderLoad(t *testing.T) {
 	if err := double.WaitTokenCalls(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !double.IsRevoked(old.RefreshToken) || !strings.Contains(mustStatus(t, p, "acme"), `"last_refresh"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the refresh did not land: %s", mustStatus(t, p, "acme"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the refresh lands", func() bool {
+		return double.IsRevoked(old.RefreshToken) && strings.Contains(mustStatus(t, p, "acme"), `"last_refresh"`)
+	})
 	for range 20 {
 		if code, _, _ := p.call(t, "acme", "/ping"); code != http.StatusOK {
 			t.Fatalf("after the refresh: %d", code)
@@ -585,12 +566,7 @@ func TestCallerKeysReloadOnHangup(t *testing.T) {
 		}
 	}
 	write("billing " + proxy.HashCallerKey("key-one") + " acme\n")
-	p := start(t, double, map[string]string{"CALLER_KEYS_FILE": file})
-	p.importToken(t, "acme", double.NewGrant(), 3600)
-	call := func(key string) int {
-		code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme", "X-Caller-Key": key}, "")
-		return code
-	}
+	p, call := startWithCallerKeys(t, double, file)
 	if c := call("key-one"); c != 200 {
 		t.Fatalf("with key-one: %d; want 200", c)
 	}
@@ -617,6 +593,19 @@ func TestCallerKeysReloadOnHangup(t *testing.T) {
 	}
 	if strings.Contains(p.logs.String(), "key-one") || strings.Contains(p.logs.String(), "key-two") {
 		t.Errorf("a caller key appears in the logs")
+	}
+}
+
+// startWithCallerKeys starts a proxy that reads its caller keys from file,
+// imports a grant for acme through it, and returns it and a function that
+// calls acme's /ping with a caller key and returns the status.
+func startWithCallerKeys(t *testing.T, double *thanksiotest.Server, file string) (*instance, func(key string) int) {
+	t.Helper()
+	p := start(t, double, map[string]string{"CALLER_KEYS_FILE": file})
+	p.importToken(t, "acme", double.NewGrant(), 3600)
+	return p, func(key string) int {
+		code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme", "X-Caller-Key": key}, "")
+		return code
 	}
 }
 
@@ -685,12 +674,7 @@ func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
 	if err := os.Symlink(filepath.Join("..data", "callers"), file); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, double, map[string]string{"CALLER_KEYS_FILE": file})
-	p.importToken(t, "acme", double.NewGrant(), 3600)
-	call := func(key string) int {
-		code, _, _ := do(t, http.MethodGet, p.data+"/ping", map[string]string{"X-Tenant-ID": "acme", "X-Caller-Key": key}, "")
-		return code
-	}
+	p, call := startWithCallerKeys(t, double, file)
 	if c := call("key-two"); c != 401 {
 		t.Fatalf("with key-two before the update: %d; want 401", c)
 	}

@@ -19,25 +19,12 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
 )
-
-// waitFor polls cond until it holds, failing the test after 10 seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
@@ -53,14 +40,14 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 	if code, _, _ := p.call(t, "acme", "/ping"); code != 200 {
 		t.Fatalf("acme: %d", code)
 	}
-	waitFor(t, "acme's refresh lands", func() bool { return strings.Contains(mustStatus(t, p, "acme"), "last_refresh") })
+	testutil.Eventually(t, "acme's refresh lands", func() bool { return strings.Contains(mustStatus(t, p, "acme"), "last_refresh") })
 
 	// The current token is revoked at thanks.io: the next call is replayed.
 	current, ok := double.CurrentToken(acme.AccessToken)
 	if !ok || current.AccessToken == acme.AccessToken {
 		t.Fatal("the double knows no refreshed token for acme")
 	}
-	waitFor(t, "the proxy sends the refreshed token", func() bool {
+	testutil.Eventually(t, "the proxy sends the refreshed token", func() bool {
 		p.call(t, "acme", "/ping")
 		reqs := double.APIRequests()
 		return reqs[len(reqs)-1].Token == current.AccessToken
@@ -91,19 +78,18 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 	// The tenants gauge is read from the store in the background, started
 	// by a scrape that finds it old: the next scrapes show it.
 	var exposition string
+	var samples map[string]float64
 	testutil.Eventually(t, "/metrics shows the tenants by state", func() bool {
 		var code int
 		code, _, exposition = do(t, http.MethodGet, p.ops+"/metrics", nil, "")
-		v, ok := sampleValue(exposition, `thanksio_proxy_tenants{state="active"}`)
-		return code == 200 && ok && v == 2
+		if code != 200 {
+			return false
+		}
+		samples = testutil.MetricSamples(t, exposition)
+		v, ok := samples[`thanksio_proxy_tenants{state="active"}`]
+		return ok && v == 2
 	})
-	problems, err := promlint.New(strings.NewReader(exposition)).Lint()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pr := range problems {
-		t.Errorf("lint: %s: %s", pr.Metric, pr.Text)
-	}
+	testutil.LintMetrics(t, exposition)
 	// Exact where the traffic fixes the number; at least where a refresh
 	// racing a request can add a replay.
 	for _, want := range []struct {
@@ -138,7 +124,7 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 		{`process_cpu_seconds_total`, 0, 1e6},
 		{`go_goroutines`, 1, 1e6},
 	} {
-		v, ok := sampleValue(exposition, want.sample)
+		v, ok := samples[want.sample]
 		if !ok || v < want.min || v > want.max {
 			t.Errorf("%s = %v (present: %v); want %v to %v", want.sample, v, ok, want.min, want.max)
 		}
@@ -169,17 +155,6 @@ func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
 			t.Errorf("the logs lack %s", want)
 		}
 	}
-}
-
-// sampleValue finds the value of one sample (name and labels as exposed).
-func sampleValue(exposition, sample string) (float64, bool) {
-	for _, line := range strings.Split(exposition, "\n") {
-		if rest, ok := strings.CutPrefix(line, sample+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			return v, err == nil
-		}
-	}
-	return 0, false
 }
 
 var (
@@ -295,7 +270,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "readiness goes false", func() bool {
+	testutil.Eventually(t, "readiness goes false", func() bool {
 		res, err := http.Get(p.ops + "/readyz")
 		if err != nil {
 			return true // the ops listener closed: not ready either
@@ -303,7 +278,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		res.Body.Close()
 		return res.StatusCode == http.StatusServiceUnavailable
 	})
-	waitFor(t, "new connections are refused", func() bool {
+	testutil.Eventually(t, "new connections are refused", func() bool {
 		c, err := net.DialTimeout("tcp", dataAddr, time.Second)
 		if err != nil {
 			return true
@@ -351,14 +326,8 @@ func TestEncryptionKeyRotation(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	env := redisEnv(t)
 	oldKey, newKey := env["TOKEN_ENCRYPTION_KEY"], randomKey(t)
-	first := start(t, double, env)
 	tenants := []string{"acme", "globex", "initech"}
-	for _, tenant := range tenants {
-		first.importToken(t, tenant, double.NewGrant(), 3600)
-	}
-	if err := first.stop(); err != nil {
-		t.Fatal(err)
-	}
+	importAndStop(t, double, env, tenants...)
 
 	// New key first, old second: every tenant keeps working.
 	env["TOKEN_ENCRYPTION_KEY"] = newKey + "," + oldKey
@@ -507,7 +476,7 @@ func TestRedisUserWithoutChannelPermission(t *testing.T) {
 		return code == http.StatusOK && strings.Contains(body, `"invalidations":"down"`)
 	})
 	_, _, metricsText := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
-	if v, ok := sampleValue(metricsText, "thanksio_proxy_invalidations_subscribed"); !ok || v != 0 {
+	if v, ok := testutil.MetricSamples(t, metricsText)["thanksio_proxy_invalidations_subscribed"]; !ok || v != 0 {
 		t.Errorf("thanksio_proxy_invalidations_subscribed = %v (found %v); want 0", v, ok)
 	}
 	if !strings.Contains(p.logs.String(), "invalidations do not reach this replica") {
@@ -657,17 +626,18 @@ func TestCallerHangUpIsNotAnUpstreamError(t *testing.T) {
 	<-done
 	testutil.Eventually(t, "the hang-up is counted as canceled", func() bool {
 		_, _, text := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
-		v, ok := sampleValue(text, `thanksio_proxy_upstream_responses_total{code="canceled"}`)
+		v, ok := testutil.MetricSamples(t, text)[`thanksio_proxy_upstream_responses_total{code="canceled"}`]
 		return ok && v == 1
 	})
 	_, _, text := do(t, http.MethodGet, p.ops+"/metrics", nil, "")
-	if v, ok := sampleValue(text, `thanksio_proxy_upstream_responses_total{code="error"}`); ok && v != 0 {
+	samples := testutil.MetricSamples(t, text)
+	if v, ok := samples[`thanksio_proxy_upstream_responses_total{code="error"}`]; ok && v != 0 {
 		t.Errorf(`upstream_responses_total{code="error"} = %v after a caller hung up; want 0 (thanks.io did not fail)`, v)
 	}
-	if v, _ := sampleValue(text, `thanksio_proxy_errors_total{code="client_closed_request"}`); v != 1 {
+	if v := samples[`thanksio_proxy_errors_total{code="client_closed_request"}`]; v != 1 {
 		t.Errorf(`errors_total{code="client_closed_request"} = %v; want 1`, v)
 	}
-	if v, _ := sampleValue(text, `thanksio_proxy_errors_total{code="token_unavailable"}`); v != 0 {
+	if v := samples[`thanksio_proxy_errors_total{code="token_unavailable"}`]; v != 0 {
 		t.Errorf(`errors_total{code="token_unavailable"} = %v; want 0`, v)
 	}
 }

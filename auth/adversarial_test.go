@@ -62,12 +62,11 @@ func TestAdversarialPendingWriteLandingBeforeADeleteIsNotServedAfterIt(t *testin
 	for _, deleter := range []string{"same replica", "another replica"} {
 		t.Run(deleter, func(t *testing.T) {
 			double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-			open := redisStores(t, "")
+			open := testutil.RedisStores(t, "")
 			gated := newGatedPutStore(open())
 			a := replica(t, gated, double)
 			b := replica(t, open(), double)
-			g := double.NewGrant()
-			importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+			importExpired(t, double, a, "acme")
 
 			gated.failing.Store(true)
 			rotated, err := a.Token(t.Context(), "acme")
@@ -105,7 +104,7 @@ func TestAdversarialPendingWriteLandingBeforeADeleteIsNotServedAfterIt(t *testin
 // token until it expires.
 func TestAdversarialImportLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	gated := newGatedPutStore(open())
 	a := replica(t, gated, double)
 	b := replica(t, open(), double)
@@ -130,9 +129,7 @@ func TestAdversarialImportLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 		t.Fatalf("store after the DELETE = %v; want ErrNotFound", err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	if tok, err := a.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) {
-		t.Errorf("a.Token for a tenant the store holds deleted = %q, %v; want ErrUnknownTenant", short(tok), err)
-	}
+	checkForgotten(t, "a", a, "for a tenant the store holds deleted")
 }
 
 // Redis loses its data (a restart without persistence, a FLUSHALL, a
@@ -143,7 +140,7 @@ func TestAdversarialImportLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
 	redis := testutil.StartRedis(t)
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	g := double.NewGrant()
 	importGrant(t, a, "acme", g, g.Expiry)
@@ -152,16 +149,12 @@ func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := redis.Client().FlushAll(t.Context()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	flushAll(t, redis)
 	if err := b.Forget(t.Context(), "acme"); err != nil {
 		t.Fatalf("b.Forget: %v", err)
 	}
 	time.Sleep(150 * time.Millisecond)
-	if tok, err := a.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) {
-		t.Errorf("a.Token 150 ms after b's DELETE = %q, %v; want ErrUnknownTenant", short(tok), err)
-	}
+	checkForgotten(t, "a", a, "150 ms after b's DELETE")
 	// a stops only at its next epoch check (up to 5 s later), whose
 	// re-validation finds the tombstone; in Redis Cluster, where the
 	// epoch lives on another shard than the one that lost its data, never.
@@ -175,17 +168,14 @@ func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
 func TestAdversarialWriteBackAfterADataLossDoesNotUndoAReconnect(t *testing.T) {
 	redis := testutil.StartRedis(t)
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	a, b := replica(t, open(), double), replica(t, open(), double)
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, a, "acme")
 	double.Revoke(g.RefreshToken)
 	if _, err := a.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrReauthorizationRequired) {
 		t.Fatalf("a.Token with a revoked grant = %v; want ErrReauthorizationRequired", err)
 	}
-	if err := redis.Client().FlushAll(t.Context()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	flushAll(t, redis)
 	// The owner connects again, through b.
 	fresh := double.NewGrant()
 	importGrant(t, b, "acme", fresh, fresh.Expiry)
@@ -215,33 +205,25 @@ func TestAdversarialWriteBackAfterADataLossDoesNotUndoAReconnect(t *testing.T) {
 func TestAdversarialDataLossDuringARefreshPresentsNoTokenTwice(t *testing.T) {
 	redis := testutil.StartRedis(t) // no persistence
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	// The default lease (45 s, renewed every 5 s).
 	lease := func(c *auth.Config) { c.LockLease = 0; c.LockWait = 2 * time.Second }
 	a, b := replica(t, open(), double, lease), replica(t, open(), double, lease)
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, a, "acme")
 
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	aDone := make(chan error, 1)
-	go func() {
-		_, err := a.Token(context.Background(), "acme")
-		aDone <- err
-	}()
-	waitTokenCalls(t, double, 1)
+	stall, aDone := stalledToken(t, double, a, "acme")
 
 	redis.Restart() // empty
 	reader := open()
-	eventually(t, "a replica writes the tenant back", func() bool {
+	testutil.Eventually(t, "a replica writes the tenant back", func() bool {
 		_, err := reader.Get(t.Context(), "acme")
 		return err == nil
 	})
 	// b's callers find the token expired.
 	_, bErr := b.Token(t.Context(), "acme")
 	close(stall)
-	aErr := <-aDone
-	t.Logf("b.Token = %v; a.Token = %v; refresh calls %d", bErr, aErr, double.RefreshCalls())
+	aRes := <-aDone
+	t.Logf("b.Token = %v; a.Token = %v; refresh calls %d", bErr, aRes.err, double.RefreshCalls())
 	checkGrantAlive(t, double, reader, "acme")
 }
 
@@ -253,14 +235,10 @@ func TestAdversarialDataLossDuringARefreshPresentsNoTokenTwice(t *testing.T) {
 func TestAdversarialHeldTenantIsWrittenBackAfterADataLoss(t *testing.T) {
 	redis := testutil.StartRedis(t)
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	a := replica(t, open(), double)
-	g := double.NewGrant()
-	// Imported with an expiry in the past: refreshed at first use.
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
-	if err := redis.Client().FlushAll(t.Context()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	importExpired(t, double, a, "acme")
+	flushAll(t, redis)
 	_, err := a.Token(t.Context(), "acme")
 	t.Logf("a.Token right after the loss = %v", err)
 
@@ -276,6 +254,23 @@ func TestAdversarialHeldTenantIsWrittenBackAfterADataLoss(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	checkGrantAlive(t, double, open(), "acme")
+}
+
+// flushAll empties the Redis, as a restart without persistence does.
+func flushAll(t *testing.T, redis *testutil.RedisServer) {
+	t.Helper()
+	if err := redis.Client().FlushAll(t.Context()).Err(); err != nil {
+		t.Fatalf("FLUSHALL: %v", err)
+	}
+}
+
+// checkForgotten fails the test unless r, the replica named name, answers
+// acme's Token with ErrUnknownTenant; when says when it asks.
+func checkForgotten(t *testing.T, name string, r *auth.Tokens, when string) {
+	t.Helper()
+	if tok, err := r.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) {
+		t.Errorf("%s.Token %s = %q, %v; want ErrUnknownTenant", name, when, short(tok), err)
+	}
 }
 
 // short shows no more of a token than its first characters.
@@ -295,21 +290,13 @@ func TestAdversarialDeleteDuringARefreshWhoseWriteFails(t *testing.T) {
 	for _, deleter := range []string{"same replica", "another replica"} {
 		t.Run(deleter, func(t *testing.T) {
 			double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-			open := redisStores(t, "")
+			open := testutil.RedisStores(t, "")
 			gated := newGatedPutStore(open())
 			a := replica(t, gated, double)
 			b := replica(t, open(), double)
-			g := double.NewGrant()
-			importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+			importExpired(t, double, a, "acme")
 
-			stall := make(chan struct{})
-			double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-			aDone := make(chan error, 1)
-			go func() {
-				_, err := a.Token(context.Background(), "acme")
-				aDone <- err
-			}()
-			waitTokenCalls(t, double, 1)
+			stall, aDone := stalledToken(t, double, a, "acme")
 			del := a
 			if deleter == "another replica" {
 				del = b
@@ -320,7 +307,7 @@ func TestAdversarialDeleteDuringARefreshWhoseWriteFails(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // the deletion's invalidation reaches every replica
 			gated.failing.Store(true)
 			close(stall)
-			t.Logf("a.Token whose refresh started before the DELETE = %v", <-aDone)
+			t.Logf("a.Token whose refresh started before the DELETE = %v", (<-aDone).err)
 			if tok, err := a.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) && !errors.Is(err, auth.ErrTokenUnavailable) {
 				t.Errorf("a.Token after the DELETE = %q, %v; want no token", short(tok), err)
 			}
@@ -328,9 +315,7 @@ func TestAdversarialDeleteDuringARefreshWhoseWriteFails(t *testing.T) {
 			// gives up (within 2 s); nothing may be served after that.
 			gated.failing.Store(false)
 			time.Sleep(2500 * time.Millisecond)
-			if tok, err := a.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrUnknownTenant) {
-				t.Errorf("a.Token 2.6 s after the DELETE = %q, %v; want ErrUnknownTenant", short(tok), err)
-			}
+			checkForgotten(t, "a", a, "2.6 s after the DELETE")
 		})
 	}
 }

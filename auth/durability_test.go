@@ -51,14 +51,28 @@ func checkGrantAlive(t *testing.T, double *thanksiotest.Server, st auth.Store, t
 	}
 }
 
+// checkRotationLands waits until b serves tok, the token of acme's one
+// rotation, once what has happened, and then fails the test unless the
+// double saw that one refresh and st holds the grant's live refresh token.
+func checkRotationLands(t *testing.T, double *thanksiotest.Server, b *auth.Tokens, st auth.Store, tok, what string) {
+	t.Helper()
+	testutil.Eventually(t, "b serves the rotated token once "+what, func() bool {
+		got, err := b.Token(t.Context(), "acme")
+		return err == nil && got == tok
+	})
+	if n := double.RefreshCalls(); n != 1 {
+		t.Errorf("refresh calls = %d; want 1", n)
+	}
+	checkGrantAlive(t, double, st, "acme")
+}
+
 func TestLockIsHeldWhileARotatedTokenAwaitsItsWrite(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	refusing := &refusingPutStore{Store: open()}
 	a := replica(t, refusing, double)
 	b := replica(t, open(), double, func(c *auth.Config) { c.LockWait = time.Second })
-	g := double.NewGrant()
-	importGrant(t, b, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, b, "acme")
 	if _, err := b.Status(t.Context(), "acme"); err != nil {
 		t.Fatal(err)
 	}
@@ -82,36 +96,19 @@ func TestLockIsHeldWhileARotatedTokenAwaitsItsWrite(t *testing.T) {
 	}
 
 	refusing.refusing.Store(false)
-	eventually(t, "b serves a's rotated token once its write lands", func() bool {
-		tok, err := b.Token(t.Context(), "acme")
-		return err == nil && tok == got
-	})
-	if n := double.RefreshCalls(); n != 1 {
-		t.Errorf("refresh calls = %d; want 1", n)
-	}
-	checkGrantAlive(t, double, open(), "acme")
+	checkRotationLands(t, double, b, open(), got, "its write lands")
 }
 
 func TestStoreRefusingWritesForTenSecondsLosesNoRotation(t *testing.T) {
 	redis := testutil.StartRedis(t)
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	// The default lease, which must outlast the outage.
 	lease := func(c *auth.Config) { c.LockLease = 0; c.LockWait = 200 * time.Millisecond }
 	a, b := replica(t, open(), double, lease), replica(t, open(), double, lease)
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, a, "acme")
 
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	aDone := make(chan error, 1)
-	var aGot string
-	go func() {
-		var err error
-		aGot, err = a.Token(context.Background(), "acme")
-		aDone <- err
-	}()
-	waitTokenCalls(t, double, 1)
+	stall, aDone := stalledToken(t, double, a, "acme")
 	// The primary now refuses every write (the lock's renewal included)
 	// while reads work, as it does when it loses its replicas.
 	admin := redis.Client()
@@ -119,9 +116,11 @@ func TestStoreRefusingWritesForTenSecondsLosesNoRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(stall)
-	if err := <-aDone; err != nil || !double.AccessValid(aGot) {
-		t.Fatalf("a.Token = %v; want the rotated token, served from memory", err)
+	aRes := <-aDone
+	if aRes.err != nil || !double.AccessValid(aRes.token) {
+		t.Fatalf("a.Token = %v; want the rotated token, served from memory", aRes.err)
 	}
+	aGot := aRes.token
 
 	// Ten seconds of callers on both replicas while writes are refused,
 	// each calling every millisecond.
@@ -158,29 +157,18 @@ func TestStoreRefusingWritesForTenSecondsLosesNoRotation(t *testing.T) {
 	if err := admin.ConfigSet(t.Context(), "min-replicas-to-write", "0").Err(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the rotated pair reaches the store and b serves it", func() bool {
-		tok, err := b.Token(t.Context(), "acme")
-		return err == nil && tok == aGot
-	})
-	if n := double.RefreshCalls(); n != 1 {
-		t.Errorf("refresh calls = %d; want 1", n)
-	}
-	checkGrantAlive(t, double, open(), "acme")
+	checkRotationLands(t, double, b, open(), aGot, "the rotated pair reaches the store")
 }
 
 func TestCloseKeepsTheLockUntilItsRefreshEnds(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	lease := func(c *auth.Config) { c.LockLease = 600 * time.Millisecond; c.RefreshTimeout = 20 * time.Second }
 	a := replica(t, open(), double, lease)
 	b := replica(t, open(), double, lease, func(c *auth.Config) { c.LockWait = 3 * time.Second })
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, a, "acme")
 
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	go func() { _, _ = a.Token(context.Background(), "acme") }()
-	waitTokenCalls(t, double, 1)
+	stall, _ := stalledToken(t, double, a, "acme")
 	// SIGTERM: a closes while its refresh is stalled at the token endpoint.
 	closed := make(chan struct{})
 	go func() {
@@ -217,10 +205,9 @@ func TestRotationSurvivesASentinelFailover(t *testing.T) {
 	standby := testutil.StartReplica(t, primary)
 	sentinel := testutil.StartSentinel(t, primary, "thanksio")
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, sentinel.URL())
+	open := testutil.RedisStores(t, sentinel.URL())
 	a := replica(t, open(), double, func(c *auth.Config) { c.LockLease = 0 })
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, a, "acme")
 
 	// Replication lags: the primary acknowledges the rotation alone.
 	standby.Pause()
@@ -235,7 +222,7 @@ func TestRotationSurvivesASentinelFailover(t *testing.T) {
 	sentinel.WaitMaster(t, standby.Addr())
 
 	reader := open()
-	eventually(t, "the promoted replica holds the rotated pair", func() bool {
+	testutil.Eventually(t, "the promoted replica holds the rotated pair", func() bool {
 		rec, err := reader.Get(t.Context(), "acme")
 		return err == nil && rec.AccessToken == got
 	})
@@ -267,7 +254,7 @@ func (o *lossObserver) StoreDataLost()                { o.losses.Add(1) }
 func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
 	redis := testutil.StartRedis(t) // no persistence
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	var replicas []*auth.Tokens
 	var observers []*lossObserver
 	for range 3 {
@@ -299,7 +286,7 @@ func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
 	if err := replicas[1].Forget(t.Context(), "gone"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "every replica forgets the deleted tenant", func() bool {
+	testutil.Eventually(t, "every replica forgets the deleted tenant", func() bool {
 		for _, r := range replicas {
 			if _, err := r.Token(t.Context(), "gone"); !errors.Is(err, auth.ErrUnknownTenant) {
 				return false
@@ -330,7 +317,7 @@ func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
 	redis.Restart() // empty: no persistence
 
 	reader := open()
-	eventually(t, "every tenant is written back", func() bool {
+	testutil.Eventually(t, "every tenant is written back", func() bool {
 		for tenant, g := range grants {
 			rec, err := reader.Get(t.Context(), tenant)
 			if err != nil || rec.AccessToken != g.AccessToken || rec.RefreshToken != g.RefreshToken {
@@ -351,7 +338,7 @@ func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
 		}
 	}
 	// The indexes follow each write-back, just after its record.
-	eventually(t, fmt.Sprintf("List shows the %d tenants written back", n), func() bool {
+	testutil.Eventually(t, fmt.Sprintf("List shows the %d tenants written back", n), func() bool {
 		tenants, _, err := reader.List(t.Context(), "", 100)
 		return err == nil && len(tenants) == n
 	})
@@ -368,7 +355,7 @@ func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
 
 func TestRefusedTokenForcesOneRotationAcrossReplicas(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	replicas := []*auth.Tokens{replica(t, open(), double), replica(t, open(), double), replica(t, open(), double)}
 	g := double.NewGrant()
 	importGrant(t, replicas[0], "acme", g, g.Expiry)

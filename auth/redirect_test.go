@@ -38,8 +38,7 @@ func TestTokenEndpointRedirectsAreNotFollowed(t *testing.T) {
 			// A caller's client that would follow redirects.
 			c.HTTPClient = &http.Client{Timeout: 5 * time.Second}
 		})
-		g := double.NewGrant()
-		importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+		importExpired(t, double, tokens, "acme")
 		if _, err := tokens.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrTokenUnavailable) {
 			t.Errorf("%d from the token endpoint: Token = %v; want ErrTokenUnavailable (a failed call, not a revocation)", status, err)
 		}

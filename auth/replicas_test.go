@@ -2,20 +2,15 @@ package auth_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/alicebob/miniredis/v2"
 
 	"thanksio-proxy/auth"
 	"thanksio-proxy/internal/testutil"
@@ -24,65 +19,11 @@ import (
 	"thanksio-proxy/store"
 )
 
-// redisStores returns a function that opens a new connection (as another
-// replica's process would) to the test Redis, all under one fresh key prefix.
-// The Redis is REDIS_URL when set, else a miniredis.
-func redisStores(t *testing.T, url string) func() auth.Store {
-	t.Helper()
-	if url == "" {
-		url = os.Getenv("REDIS_URL")
-	}
-	if url == "" {
-		m := miniredis.RunT(t)
-		// miniredis expires keys only when told time has passed: tell it as
-		// real time passes, so that lock leases run out as in Redis.
-		stop := make(chan struct{})
-		t.Cleanup(func() { close(stop) })
-		go func() {
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-					m.FastForward(10 * time.Millisecond)
-				}
-			}
-		}()
-		url = "redis://" + m.Addr()
-	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	prefix := "thanksio-proxy-test-" + hex.EncodeToString(b) + ":"
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	sealer, err := store.NewSealer([][]byte{key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return func() auth.Store {
-		client, err := store.OpenRedisURL(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { client.Close() })
-		st := store.NewRedis(client, prefix, sealer)
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		defer cancel()
-		if err := st.Ping(ctx); err != nil {
-			t.Fatalf("Redis at %s is not reachable: %v", url, err)
-		}
-		return st
-	}
-}
-
 func TestThreeReplicasRefreshAnExpiredTokenOnce(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	replicas := []*auth.Tokens{replica(t, open(), double), replica(t, open(), double), replica(t, open(), double)}
-	g := double.NewGrant()
-	importGrant(t, replicas[0], "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, replicas[0], "acme")
 	double.SetTokenFault(thanksiotest.TokenFault{Delay: 50 * time.Millisecond})
 
 	var wg sync.WaitGroup
@@ -107,7 +48,7 @@ func TestThreeReplicasRefreshAnExpiredTokenOnce(t *testing.T) {
 func TestSteadyLoadOverManyRefreshCycles(t *testing.T) {
 	const lifetime, ahead, cycles = 2 * time.Second, time.Second, 10
 	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: lifetime, StrictReuse: true})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	var replicas []*auth.Tokens
 	for range 3 {
 		replicas = append(replicas, replica(t, open(), double, func(c *auth.Config) {
@@ -201,11 +142,10 @@ func currentRefresh(t *testing.T, st auth.Store, tenant string) string {
 
 func TestDeadLockHolderIsTakenOver(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	st := open()
 	tokens := replica(t, open(), double, func(c *auth.Config) { c.LockWait = 10 * time.Second })
-	g := double.NewGrant()
-	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, tokens, "acme")
 
 	// A replica took the lock and died: it never renews nor releases it.
 	if ok, err := st.TryLock(t.Context(), "acme", "dead-replica", 500*time.Millisecond); !ok || err != nil {
@@ -229,34 +169,25 @@ func (lockLosingStore) RenewLock(context.Context, string, string, time.Duration)
 
 func TestStalledHolderPastItsLeaseLosesCleanly(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	lease := func(c *auth.Config) { c.LockLease = 600 * time.Millisecond; c.RefreshTimeout = 20 * time.Second }
 	a := replica(t, lockLosingStore{open()}, double, lease)
 	b := replica(t, open(), double, lease)
-	g := double.NewGrant()
-	importGrant(t, a, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, a, "acme")
 
 	// a's refresh stalls at the token endpoint past its lease.
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	aDone := make(chan error, 1)
-	var aGot string
-	go func() {
-		var err error
-		aGot, err = a.Token(context.Background(), "acme")
-		aDone <- err
-	}()
-	waitTokenCalls(t, double, 1)
+	stall, aDone := stalledToken(t, double, a, "acme")
 	// b takes over once a's lease has run out, and its refresh wins.
 	bGot, err := b.Token(t.Context(), "acme")
 	if err != nil || !double.AccessValid(bGot) {
 		t.Fatalf("b.Token = %v; want b to refresh after a's lease ran out", err)
 	}
 	close(stall)
-	if err := <-aDone; err != nil {
-		t.Fatalf("a.Token after losing the race = %v; want b's token", err)
+	aRes := <-aDone
+	if aRes.err != nil {
+		t.Fatalf("a.Token after losing the race = %v; want b's token", aRes.err)
 	}
-	if aGot != bGot {
+	if aRes.token != bGot {
 		t.Errorf("a and b hand out different tokens; want b's, the winner's")
 	}
 	st, _ := b.Status(t.Context(), "acme")
@@ -283,11 +214,10 @@ func (s *flakyPutStore) Put(ctx context.Context, tenant string, rec store.TokenR
 
 func TestRotatedTokenIsKeptUntilItsWriteLands(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := redisStores(t, "")
+	open := testutil.RedisStores(t, "")
 	flaky := &flakyPutStore{Store: open()}
 	tokens := replica(t, flaky, double)
-	g := double.NewGrant()
-	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+	importExpired(t, double, tokens, "acme")
 	flaky.failures.Store(3)
 
 	got, err := tokens.Token(t.Context(), "acme")
@@ -295,7 +225,7 @@ func TestRotatedTokenIsKeptUntilItsWriteLands(t *testing.T) {
 		t.Fatalf("Token while the store refuses writes = %v; want the refreshed token from memory", err)
 	}
 	other := open()
-	eventually(t, "the rotated pair reaches the store", func() bool {
+	testutil.Eventually(t, "the rotated pair reaches the store", func() bool {
 		rec, err := other.Get(t.Context(), "acme")
 		return err == nil && rec.AccessToken == got && !double.IsRevoked(rec.RefreshToken)
 	})
@@ -308,7 +238,7 @@ func TestRedisOutageIsSurvived(t *testing.T) {
 	// Append-only with fsync on every write, so that a restart keeps the data.
 	redis := testutil.StartRedis(t, "--appendonly", "yes", "--appendfsync", "always")
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := redisStores(t, redis.URL())
+	open := testutil.RedisStores(t, redis.URL())
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	cached := double.NewGrant()
 	importGrant(t, a, "cached", cached, cached.Expiry)
@@ -340,13 +270,13 @@ func TestRedisOutageIsSurvived(t *testing.T) {
 
 	redis.Restart()
 	// Refresh works again without a restart.
-	eventually(t, "the due tenant is refreshed after Redis returned", func() bool {
+	testutil.Eventually(t, "the due tenant is refreshed after Redis returned", func() bool {
 		_, _ = a.Token(t.Context(), "due")
 		return double.RefreshCalls() == 1 && double.IsRevoked(due.RefreshToken)
 	})
 	// Invalidation works again: an import through a reaches b's cache.
 	fresh := double.NewGrant()
-	eventually(t, "b serves a token imported through a", func() bool {
+	testutil.Eventually(t, "b serves a token imported through a", func() bool {
 		importGrant(t, a, "cached", fresh, fresh.Expiry)
 		got, err := b.Token(t.Context(), "cached")
 		return err == nil && got == fresh.AccessToken

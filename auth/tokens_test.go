@@ -12,6 +12,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/store"
 )
@@ -64,6 +65,16 @@ func importGrant(t *testing.T, tokens *auth.Tokens, tenant string, g thanksiotes
 	}
 }
 
+// importExpired imports a new grant of the double for tenant through r,
+// with an access token that has already expired, so that the first call of
+// Token refreshes it, and returns the grant.
+func importExpired(t *testing.T, double *thanksiotest.Server, r *auth.Tokens, tenant string) thanksiotest.Token {
+	t.Helper()
+	g := double.NewGrant()
+	importGrant(t, r, tenant, g, time.Now().Add(-time.Second))
+	return g
+}
+
 // waitTokenCalls waits until the double has received n token requests,
 // failing the test after 10 seconds.
 func waitTokenCalls(t *testing.T, double *thanksiotest.Server, n int) {
@@ -75,16 +86,27 @@ func waitTokenCalls(t *testing.T, double *thanksiotest.Server, n int) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
+// tokenResult is what a call of Tokens.Token returned.
+type tokenResult struct {
+	token string
+	err   error
+}
+
+// stalledToken stalls the double's token endpoint for its next request,
+// calls r.Token(tenant) in the background, and returns once the refresh
+// that the call starts is held at the endpoint. Closing stall lets the
+// endpoint answer; the call's result then comes on the returned channel.
+func stalledToken(t *testing.T, double *thanksiotest.Server, r *auth.Tokens, tenant string) (stall chan struct{}, result <-chan tokenResult) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	stall = make(chan struct{})
+	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
+	results := make(chan tokenResult, 1)
+	go func() {
+		tok, err := r.Token(context.Background(), tenant)
+		results <- tokenResult{tok, err}
+	}()
+	waitTokenCalls(t, double, 1)
+	return stall, results
 }
 
 func TestCachedTokenNeedsNoStore(t *testing.T) {
@@ -148,7 +170,7 @@ func TestRefreshAheadIsOneBackgroundRefresh(t *testing.T) {
 	close(stall)
 
 	var rec store.TokenRecord
-	eventually(t, "the rotated pair is stored", func() bool {
+	testutil.Eventually(t, "the rotated pair is stored", func() bool {
 		rec, _ = st.Get(t.Context(), "acme")
 		return rec.RefreshToken != old.RefreshToken
 	})
@@ -158,7 +180,7 @@ func TestRefreshAheadIsOneBackgroundRefresh(t *testing.T) {
 	if !double.IsRevoked(old.RefreshToken) {
 		t.Errorf("old refresh token still valid at the double; the refresh did not rotate it")
 	}
-	eventually(t, "callers get the new token", func() bool {
+	testutil.Eventually(t, "callers get the new token", func() bool {
 		got, err := tokens.Token(t.Context(), "acme")
 		return err == nil && got == rec.AccessToken
 	})
@@ -184,8 +206,7 @@ func TestExpiredTokenCallersWaitForOneRefresh(t *testing.T) {
 	st := store.NewMemory()
 	// Three replicas, each with its own cache, share the store.
 	replicas := []*auth.Tokens{replica(t, st, double), replica(t, st, double), replica(t, st, double)}
-	g := double.NewGrant()
-	importGrant(t, replicas[0], "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, replicas[0], "acme")
 	double.SetTokenFault(thanksiotest.TokenFault{Delay: 50 * time.Millisecond})
 
 	var wg sync.WaitGroup
@@ -251,8 +272,7 @@ func TestRevokedRefreshTokenNeedsReauthorization(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	st := store.NewMemory()
 	tokens := replica(t, st, double)
-	g := double.NewGrant()
-	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, tokens, "acme")
 	double.Revoke(g.RefreshToken)
 
 	if _, err := tokens.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrReauthorizationRequired) {
@@ -277,7 +297,7 @@ func TestRevokedRefreshTokenNeedsReauthorization(t *testing.T) {
 	// Importing a new token recovers the tenant on every replica.
 	fresh := double.NewGrant()
 	importGrant(t, other, "acme", fresh, fresh.Expiry)
-	eventually(t, "the first replica serves the new token", func() bool {
+	testutil.Eventually(t, "the first replica serves the new token", func() bool {
 		got, err := tokens.Token(t.Context(), "acme")
 		return err == nil && got == fresh.AccessToken
 	})
@@ -287,21 +307,11 @@ func TestRefreshRefusedAfterLostRaceIsNotRevocation(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	st := store.NewMemory()
 	tokens := replica(t, st, double)
-	g := double.NewGrant()
-	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, tokens, "acme")
 
 	// The refresh is held at the token endpoint while another writer
 	// rotates the grant and stores the winner's pair.
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	done := make(chan error, 1)
-	var got string
-	go func() {
-		var err error
-		got, err = tokens.Token(context.Background(), "acme")
-		done <- err
-	}()
-	waitTokenCalls(t, double, 1)
+	stall, done := stalledToken(t, double, tokens, "acme")
 	winner, ok := double.Rotate(g.RefreshToken)
 	if !ok {
 		t.Fatal("Rotate failed")
@@ -313,10 +323,11 @@ func TestRefreshRefusedAfterLostRaceIsNotRevocation(t *testing.T) {
 	}
 	close(stall)
 
-	if err := <-done; err != nil {
-		t.Fatalf("Token after a lost race: %v; want the winner's token", err)
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("Token after a lost race: %v; want the winner's token", res.err)
 	}
-	if got != winner.AccessToken {
+	if res.token != winner.AccessToken {
 		t.Errorf("Token after a lost race returned another token than the winner's")
 	}
 	status, _ := tokens.Status(t.Context(), "acme")
@@ -339,7 +350,7 @@ func TestTransientFailuresKeepServingValidToken(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // callers spread over half a second, as real traffic is
 	}
-	eventually(t, "the failure is recorded", func() bool {
+	testutil.Eventually(t, "the failure is recorded", func() bool {
 		s, _ := tokens.Status(t.Context(), "acme")
 		return s.LastError != ""
 	})
@@ -349,7 +360,7 @@ func TestTransientFailuresKeepServingValidToken(t *testing.T) {
 	}
 
 	// Once the token has expired, callers are told to come back later.
-	importGrant(t, tokens, "expired", double.NewGrant(), time.Now().Add(-time.Second))
+	importExpired(t, double, tokens, "expired")
 	_, err := tokens.Token(t.Context(), "expired")
 	var ue *auth.UnavailableError
 	if !errors.As(err, &ue) || ue.RetryAfter < time.Second {
@@ -439,7 +450,7 @@ func TestDeletedTenantStaysDeletedDuringARefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(stall)
-	eventually(t, "the refresh has ended", func() bool {
+	testutil.Eventually(t, "the refresh has ended", func() bool {
 		s, err := tokens.Status(t.Context(), "acme")
 		return errors.Is(err, auth.ErrUnknownTenant) && !s.RefreshPending
 	})
@@ -455,13 +466,9 @@ func TestCloseDuringARefreshKeepsTheRotatedToken(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	st := store.NewMemory()
 	tokens := replica(t, st, double)
-	g := double.NewGrant()
-	importGrant(t, tokens, "acme", g, time.Now().Add(-time.Second))
+	g := importExpired(t, double, tokens, "acme")
 
-	stall := make(chan struct{})
-	double.SetTokenFault(thanksiotest.TokenFault{Stall: stall, Times: 1})
-	go func() { _, _ = tokens.Token(context.Background(), "acme") }()
-	waitTokenCalls(t, double, 1)
+	stall, _ := stalledToken(t, double, tokens, "acme")
 	closed := make(chan struct{})
 	go func() { tokens.Close(); close(closed) }()
 	close(stall)

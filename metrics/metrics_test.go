@@ -9,22 +9,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/metrics"
 )
-
-// Lint lints a metrics exposition and reports every problem as a test error.
-func Lint(t *testing.T, exposition string) {
-	t.Helper()
-	problems, err := promlint.New(strings.NewReader(exposition)).Lint()
-	if err != nil {
-		t.Fatalf("lint: %v", err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
-}
 
 func TestExpositionPassesLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -46,7 +34,7 @@ func TestExpositionPassesLint(t *testing.T) {
 	rec := httptest.NewRecorder()
 	metrics.Handler(reg).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
-	Lint(t, body)
+	testutil.LintMetrics(t, body)
 	for _, want := range []string{
 		`thanksio_proxy_requests_total{code="418",method="other"} 1`,
 		`thanksio_proxy_upstream_responses_total{code="error"} 1`,
@@ -97,14 +85,11 @@ func TestTenantStatesNeverWaitOnTheStore(t *testing.T) {
 	if got := gather(); len(got) != 0 {
 		t.Errorf("first scrape = %v; want nothing before the first read", got)
 	}
-	deadline := time.Now().Add(5 * time.Second)
 	var got map[string]float64
-	for got = gather(); got["thanksio_proxy_tenants"] != 3; got = gather() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the counts never arrived: %v", got)
-		}
-		time.Sleep(5 * time.Millisecond) // polls, as testutil.Eventually does
-	}
+	testutil.Eventually(t, "the counts arrive", func() bool {
+		got = gather()
+		return got["thanksio_proxy_tenants"] == 3
+	})
 	if got["thanksio_proxy_tenants_updated_timestamp_seconds"] <= 0 {
 		t.Errorf("no update time: %v", got)
 	}

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"maps"
@@ -11,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
 	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/store"
+	"thanksio-proxy/store/storetest"
 )
 
 // dumpKey returns every value and member of key as text, whatever its type.
@@ -63,11 +66,11 @@ func TestRedisKeepsNoSecretInPlainText(t *testing.T) {
 	for _, b := range redisBackends(t) {
 		t.Run(b.name, func(t *testing.T) {
 			f := b.setup(t)
-			s := f.open(t)
+			s := f.Open(t)
 			ctx := t.Context()
-			rec := sampleRecord(randomHex(t, 8))
-			verifier := "verifier-" + randomHex(t, 16)
-			mustPut(t, s, "acme", rec, 0)
+			rec := storetest.SampleRecord(rand.Text())
+			verifier := "verifier-" + rand.Text()
+			storetest.MustPut(t, s, "acme", rec, 0)
 			if err := s.PutOAuthState(ctx, "st", store.OAuthState{Tenant: "acme", CodeVerifier: verifier}, time.Minute); err != nil {
 				t.Fatalf("PutOAuthState: %v", err)
 			}
@@ -109,8 +112,8 @@ func testRedisSealing(t *testing.T, b backend) {
 		ctx := t.Context()
 		owner := f.redis.newStore(t, mustSealer(t, newKey(t)))
 		stranger := f.redis.newStore(t, mustSealer(t, newKey(t)))
-		rec := sampleRecord("a")
-		mustPut(t, owner, "acme", rec, 0)
+		rec := storetest.SampleRecord("a")
+		storetest.MustPut(t, owner, "acme", rec, 0)
 		key := f.redis.prefix + "{acme}:token"
 		before := f.redis.client.HGetAll(ctx, key).Val()
 
@@ -124,7 +127,7 @@ func testRedisSealing(t *testing.T, b backend) {
 		if after := f.redis.client.HGetAll(ctx, key).Val(); !maps.Equal(before, after) {
 			t.Errorf("the stored record changed on a failed Get")
 		}
-		if got := mustGet(t, owner, "acme"); got.AccessToken != rec.AccessToken {
+		if got := storetest.MustGet(t, owner, "acme"); got.AccessToken != rec.AccessToken {
 			t.Errorf("Get with the right key = %q; want %q", got.AccessToken, rec.AccessToken)
 		}
 	})
@@ -132,8 +135,8 @@ func testRedisSealing(t *testing.T, b backend) {
 	t.Run("a record copied to another tenant does not open", func(t *testing.T) {
 		f := b.setup(t)
 		ctx := t.Context()
-		s := f.open(t)
-		mustPut(t, s, "victim", sampleRecord("v"), 0)
+		s := f.Open(t)
+		storetest.MustPut(t, s, "victim", storetest.SampleRecord("v"), 0)
 		fields := f.redis.client.HGetAll(ctx, f.redis.prefix+"{victim}:token").Val()
 		if err := f.redis.client.HSet(ctx, f.redis.prefix+"{thief}:token", fields).Err(); err != nil {
 			t.Fatalf("HSET: %v", err)
@@ -160,7 +163,7 @@ func testRedisSealing(t *testing.T, b backend) {
 				if err := f.redis.client.HSet(t.Context(), f.redis.prefix+"{acme}:token", tt.fields).Err(); err != nil {
 					t.Fatalf("HSET: %v", err)
 				}
-				if rec, err := f.open(t).Get(t.Context(), "acme"); !errors.Is(err, store.ErrSealed) {
+				if rec, err := f.Open(t).Get(t.Context(), "acme"); !errors.Is(err, store.ErrSealed) {
 					t.Errorf("Get = %+v, %v; want ErrSealed", rec, err)
 				}
 			})
@@ -170,7 +173,7 @@ func testRedisSealing(t *testing.T, b backend) {
 	t.Run("an oauth state moved to another name does not open", func(t *testing.T) {
 		f := b.setup(t)
 		ctx := t.Context()
-		s := f.open(t)
+		s := f.Open(t)
 		if err := s.PutOAuthState(ctx, "real", store.OAuthState{Tenant: "acme", CodeVerifier: "v"}, time.Minute); err != nil {
 			t.Fatalf("PutOAuthState: %v", err)
 		}
@@ -195,22 +198,22 @@ func testRedisSealing(t *testing.T, b backend) {
 			return []byte(f.redis.client.HGet(ctx, f.redis.prefix+"{acme}:token", "d").Val())
 		}
 
-		mustPut(t, onlyA, "acme", sampleRecord("old"), 0)
+		storetest.MustPut(t, onlyA, "acme", storetest.SampleRecord("old"), 0)
 		if _, err := onlyB.Get(ctx, "acme"); !errors.Is(err, store.ErrSealed) {
 			t.Errorf("Get of a record sealed under A by a store with only B = %v; want ErrSealed", err)
 		}
-		if got := mustGet(t, rotated, "acme"); got.AccessToken != "access-old" {
+		if got := storetest.MustGet(t, rotated, "acme"); got.AccessToken != "access-old" {
 			t.Errorf("Get by B,A = %q; want %q", got.AccessToken, "access-old")
 		}
 		if !mustSealer(t, b, a).NeedsReseal(sealedData()) {
 			t.Errorf("NeedsReseal of a record sealed under A, with B first = false; want true")
 		}
 
-		mustPut(t, rotated, "acme", sampleRecord("new"), 1)
+		storetest.MustPut(t, rotated, "acme", storetest.SampleRecord("new"), 1)
 		if mustSealer(t, b, a).NeedsReseal(sealedData()) {
 			t.Errorf("NeedsReseal after a write by B,A = true; want false (sealed under B)")
 		}
-		if got := mustGet(t, onlyB, "acme"); got.AccessToken != "access-new" || got.Version != 2 {
+		if got := storetest.MustGet(t, onlyB, "acme"); got.AccessToken != "access-new" || got.Version != 2 {
 			t.Errorf("Get by B = %q version %d; want %q version 2", got.AccessToken, got.Version, "access-new")
 		}
 		if _, err := onlyA.Get(ctx, "acme"); !errors.Is(err, store.ErrSealed) {
@@ -221,21 +224,21 @@ func testRedisSealing(t *testing.T, b backend) {
 	t.Run("malformed invalidations are ignored", func(t *testing.T) {
 		f := b.setup(t)
 		ctx := t.Context()
-		s := f.open(t)
-		invs, _ := subscribe(t, f.open(t))
+		s := f.Open(t)
+		invs, _ := storetest.Subscribe(t, f.Open(t))
 		for _, payload := range []string{"", "acme", "acme x", "acme -1", " 5", "a{b 3", "acme 1.5"} {
 			if err := f.redis.client.Publish(ctx, f.redis.prefix+"invalidate", payload).Err(); err != nil {
 				t.Fatalf("PUBLISH: %v", err)
 			}
 		}
-		mustPut(t, s, "acme", sampleRecord("a"), 0)
-		if got := nextInvalidation(t, invs); got != (store.Invalidation{Tenant: "acme", Version: 1}) {
+		storetest.MustPut(t, s, "acme", storetest.SampleRecord("a"), 0)
+		if got := storetest.NextInvalidation(t, invs); got != (store.Invalidation{Tenant: "acme", Version: 1}) {
 			t.Errorf("first invalidation = %+v; want acme version 1, the malformed ones ignored", got)
 		}
 	})
 
 	t.Run("subscribe fails when its context has ended", func(t *testing.T) {
-		s := b.setup(t).open(t)
+		s := b.setup(t).Open(t)
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
 		if err := s.Subscribe(ctx, nil, nil); err == nil {
@@ -249,10 +252,10 @@ func TestRedisTombstone(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			f := b.setup(t)
 			ctx := t.Context()
-			s := f.open(t)
+			s := f.Open(t)
 			p := f.redis.prefix
-			mustPut(t, s, "acme", sampleRecord("a"), 0)
-			mustPut(t, s, "acme", sampleRecord("b"), 1)
+			storetest.MustPut(t, s, "acme", storetest.SampleRecord("a"), 0)
+			storetest.MustPut(t, s, "acme", storetest.SampleRecord("b"), 1)
 			if ok, err := s.TryLock(ctx, "acme", "owner", time.Minute); !ok || err != nil {
 				t.Fatalf("TryLock = %v, %v; want true", ok, err)
 			}
@@ -283,7 +286,7 @@ func TestRedisIndexFailure(t *testing.T) {
 			var reports []report
 			s := f.redis.newStore(t, mustSealer(t, newKey(t)))
 			s.OnIndexError = func(op string, err error) { reports = append(reports, report{op, err}) }
-			invs, _ := subscribe(t, f.open(t))
+			invs, _ := storetest.Subscribe(t, f.Open(t))
 			// A key of the wrong type makes every update of the tenant
 			// index fail, the retry included.
 			tenants := f.redis.prefix + "tenants"
@@ -291,15 +294,15 @@ func TestRedisIndexFailure(t *testing.T) {
 				t.Fatalf("SET: %v", err)
 			}
 
-			rec := sampleRecord("a")
+			rec := storetest.SampleRecord("a")
 			v, err := s.Put(ctx, "acme", rec, 0)
 			if err != nil || v != 1 {
 				t.Fatalf("Put with a broken index = %d, %v; want 1, nil (the record is stored)", v, err)
 			}
-			if got := mustGet(t, s, "acme"); got.AccessToken != rec.AccessToken || got.Version != 1 {
+			if got := storetest.MustGet(t, s, "acme"); got.AccessToken != rec.AccessToken || got.Version != 1 {
 				t.Errorf("Get = %q version %d; want %q version 1", got.AccessToken, got.Version, rec.AccessToken)
 			}
-			if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 1}) {
+			if inv := storetest.NextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 1}) {
 				t.Errorf("invalidation = %+v; want acme version 1 (publish does not depend on the index)", inv)
 			}
 			if len(reports) != 1 || reports[0].op != "index" || !strings.Contains(reports[0].err.Error(), `put "acme"`) {
@@ -356,24 +359,27 @@ func testRedisReseal(t *testing.T, b backend) {
 	want := map[string]store.TokenRecord{}
 	for i := range underA {
 		tenant := fmt.Sprintf("t-%03d", i)
-		rec := sampleRecord(tenant)
+		rec := storetest.SampleRecord(tenant)
 		if i%7 == 0 {
 			rec.State = store.StateReauthorizationRequired
 		}
-		mustPut(t, onlyA, tenant, rec, 0)
+		storetest.MustPut(t, onlyA, tenant, rec, 0)
 		if i%10 == 0 {
-			mustPut(t, onlyA, tenant, rec, 1)
+			storetest.MustPut(t, onlyA, tenant, rec, 1)
 		}
-		rec.Version = mustGet(t, onlyA, tenant).Version
+		rec.Version = storetest.MustGet(t, onlyA, tenant).Version
 		want[tenant] = rec
 	}
-	mustPut(t, onlyB, "already-b", sampleRecord("b"), 0)
-	mustPut(t, stranger, "lost", sampleRecord("lost"), 0)
-	mustPut(t, onlyA, "gone", sampleRecord("gone"), 0)
+	storetest.MustPut(t, onlyB, "already-b", storetest.SampleRecord("b"), 0)
+	storetest.MustPut(t, stranger, "lost", storetest.SampleRecord("lost"), 0)
+	storetest.MustPut(t, onlyA, "gone", storetest.SampleRecord("gone"), 0)
 	if err := onlyA.Delete(ctx, "gone"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	countsBefore := mustCount(t, onlyA)
+	countsBefore, err := onlyA.CountByState(ctx)
+	if err != nil {
+		t.Fatalf("CountByState: %v", err)
+	}
 	lostBefore := f.redis.client.HGetAll(ctx, f.redis.prefix+"{lost}:token").Val()
 
 	var invalidated sync.Map
@@ -399,14 +405,12 @@ func testRedisReseal(t *testing.T, b backend) {
 			t.Errorf("Get(%q) by a store with only B after Reseal: %v", tenant, err)
 			continue
 		}
-		if diff := recordDiff(got, w); len(diff) > 0 {
-			t.Errorf("Get(%q) after Reseal differs in %v", tenant, diff)
-		}
-		if got.Version != w.Version+1 {
-			t.Errorf("Get(%q).Version after Reseal = %d; want %d (a reseal is a write)", tenant, got.Version, w.Version+1)
+		w.Version++ // a reseal is a write
+		if diff := cmp.Diff(w, got); diff != "" {
+			t.Errorf("Get(%q) after Reseal differs from the record written, one version on (-want +got):\n%s", tenant, diff)
 		}
 	}
-	if got := mustGet(t, onlyB, "already-b"); got.Version != 1 {
+	if got := storetest.MustGet(t, onlyB, "already-b"); got.Version != 1 {
 		t.Errorf("Get(already-b).Version = %d; want 1 (not rewritten)", got.Version)
 	}
 	if after := f.redis.client.HGetAll(ctx, f.redis.prefix+"{lost}:token").Val(); !maps.Equal(lostBefore, after) {
@@ -415,10 +419,10 @@ func testRedisReseal(t *testing.T, b backend) {
 	if rec, err := onlyB.Get(ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Get(gone) after Reseal = %+v, %v; want ErrNotFound (a tombstone stays one)", rec, err)
 	}
-	if counts := mustCount(t, onlyB); !maps.Equal(counts, countsBefore) {
-		t.Errorf("CountByState after Reseal = %v; want %v", counts, countsBefore)
+	if counts, err := onlyB.CountByState(ctx); err != nil || !maps.Equal(counts, countsBefore) {
+		t.Errorf("CountByState after Reseal = %v, %v; want %v", counts, err, countsBefore)
 	}
-	waitFor(t, "an invalidation of every resealed record", func() bool {
+	testutil.Eventually(t, "an invalidation of every resealed record", func() bool {
 		for tenant, w := range want {
 			if _, ok := invalidated.Load(store.Invalidation{Tenant: tenant, Version: w.Version + 1}); !ok {
 				return false
@@ -495,7 +499,7 @@ func TestRedisEpochAfterDataLoss(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Epoch: %v", err)
 			}
-			mustPut(t, s, "acme", sampleRecord("a"), 0)
+			storetest.MustPut(t, s, "acme", storetest.SampleRecord("a"), 0)
 
 			tt.lose(t, srv)
 			after, err := s.Epoch(ctx)
@@ -525,33 +529,33 @@ func TestRedisWaitsForReplica(t *testing.T) {
 	sealer := mustSealer(t, newKey(t))
 	s := serverStore(t, primary, sealer, store.AutoReplicas, 200*time.Millisecond)
 	onReplica := serverStore(t, replica, sealer, store.AutoReplicas, 0)
-	invs, _ := subscribe(t, serverStore(t, primary, sealer, store.AutoReplicas, 0))
+	invs, _ := storetest.Subscribe(t, serverStore(t, primary, sealer, store.AutoReplicas, 0))
 	ctx := t.Context()
 
-	mustPut(t, s, "acme", sampleRecord("one"), 0)
-	nextInvalidation(t, invs)
+	storetest.MustPut(t, s, "acme", storetest.SampleRecord("one"), 0)
+	storetest.NextInvalidation(t, invs)
 	// WAIT returned: the replica has the record, no polling needed.
-	if got := mustGet(t, onReplica, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
+	if got := storetest.MustGet(t, onReplica, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
 		t.Errorf("Get on the replica = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-one")
 	}
 
 	replica.Pause()
-	if v, err := s.Put(ctx, "acme", sampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
+	if v, err := s.Put(ctx, "acme", storetest.SampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
 		t.Fatalf("Put with the replica paused = %d, %v; want ErrUnconfirmed", v, err)
 	}
 	// The primary holds it, and said so.
-	if got := mustGet(t, s, "acme"); got.Version != 2 || got.AccessToken != "access-two" {
+	if got := storetest.MustGet(t, s, "acme"); got.Version != 2 || got.AccessToken != "access-two" {
 		t.Errorf("Get on the primary after the unconfirmed Put = version %d, %q; want 2, %q", got.Version, got.AccessToken, "access-two")
 	}
-	if inv := nextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 2}) {
+	if inv := storetest.NextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 2}) {
 		t.Errorf("invalidation of the unconfirmed Put = %+v; want acme version 2", inv)
 	}
 
 	replica.Resume()
-	if v := mustPut(t, s, "acme", sampleRecord("three"), 2); v != 3 {
+	if v := storetest.MustPut(t, s, "acme", storetest.SampleRecord("three"), 2); v != 3 {
 		t.Errorf("Put after Resume = %d; want 3", v)
 	}
-	if got := mustGet(t, onReplica, "acme"); got.Version != 3 {
+	if got := storetest.MustGet(t, onReplica, "acme"); got.Version != 3 {
 		t.Errorf("Get on the replica after Resume = version %d; want 3", got.Version)
 	}
 
@@ -589,18 +593,26 @@ func TestRedisMinReplicasAck(t *testing.T) {
 				t.Cleanup(replica.Resume) // registered after Kill, so run before it
 			}
 			s := serverStore(t, primary, mustSealer(t, newKey(t)), tt.minAck, 200*time.Millisecond)
-			v, err := s.Put(t.Context(), "acme", sampleRecord("a"), 0)
-			if tt.wantUnconfirmed {
-				if !errors.Is(err, store.ErrUnconfirmed) {
-					t.Fatalf("Put = %d, %v; want ErrUnconfirmed", v, err)
-				}
-			} else if err != nil || v != 1 {
-				t.Fatalf("Put = %d, %v; want 1, nil", v, err)
-			}
-			if got := mustGet(t, s, "acme"); got.Version != 1 {
-				t.Errorf("Get on the primary = version %d; want 1", got.Version)
-			}
+			checkFirstPut(t, s, tt.wantUnconfirmed)
 		})
+	}
+}
+
+// checkFirstPut writes acme's first record on s, and fails the test unless
+// the write is ErrUnconfirmed when wantUnconfirmed is set, and succeeds at
+// version 1 when it is not; either way the primary holds it, at version 1.
+func checkFirstPut(t *testing.T, s *store.Redis, wantUnconfirmed bool) {
+	t.Helper()
+	v, err := s.Put(t.Context(), "acme", storetest.SampleRecord("a"), 0)
+	if wantUnconfirmed {
+		if !errors.Is(err, store.ErrUnconfirmed) {
+			t.Fatalf("Put = %d, %v; want ErrUnconfirmed", v, err)
+		}
+	} else if err != nil || v != 1 {
+		t.Fatalf("Put = %d, %v; want 1, nil", v, err)
+	}
+	if got := storetest.MustGet(t, s, "acme"); got.Version != 1 {
+		t.Errorf("Get on the primary = version %d; want 1", got.Version)
 	}
 }
 
@@ -616,7 +628,7 @@ func TestRedisAppendOnlyWithoutWaitAOF(t *testing.T) {
 	// Twice: the first write may learn that the server has no WAITAOF
 	// (before Redis 7.2), the second goes without asking.
 	for want := int64(1); want <= 2; want++ {
-		if v, err := s.Put(ctx, "acme", sampleRecord("a"), want-1); err != nil || v != want {
+		if v, err := s.Put(ctx, "acme", storetest.SampleRecord("a"), want-1); err != nil || v != want {
 			t.Fatalf("Put(prev %d) with AOF on = %d, %v; want %d, nil", want-1, v, err, want)
 		}
 	}
@@ -628,7 +640,7 @@ func TestRedisAppendOnlyWithoutWaitAOF(t *testing.T) {
 	replica := testutil.StartReplica(t, primary)
 	replica.Pause()
 	defer replica.Resume()
-	if v, err := s.Put(ctx, "acme", sampleRecord("b"), 0); !errors.Is(err, store.ErrUnconfirmed) {
+	if v, err := s.Put(ctx, "acme", storetest.SampleRecord("b"), 0); !errors.Is(err, store.ErrUnconfirmed) {
 		t.Errorf("Put with AOF on and the replica paused = %d, %v; want ErrUnconfirmed", v, err)
 	}
 }
@@ -639,23 +651,23 @@ func TestRedisPrimaryRefusesWrites(t *testing.T) {
 	admin := primary.Client()
 	s := serverStore(t, primary, mustSealer(t, newKey(t)), store.AutoReplicas, 200*time.Millisecond)
 	ctx := t.Context()
-	mustPut(t, s, "acme", sampleRecord("one"), 0)
+	storetest.MustPut(t, s, "acme", storetest.SampleRecord("one"), 0)
 
 	if err := admin.ConfigSet(ctx, "min-replicas-to-write", "1").Err(); err != nil {
 		t.Fatalf("CONFIG SET min-replicas-to-write 1: %v", err)
 	}
-	v, err := s.Put(ctx, "acme", sampleRecord("two"), 1)
+	v, err := s.Put(ctx, "acme", storetest.SampleRecord("two"), 1)
 	if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnconfirmed) {
 		t.Errorf("Put on a primary that refuses writes = %d, %v; want an error, neither ErrConflict nor ErrUnconfirmed (nothing was written)", v, err)
 	}
-	if got := mustGet(t, s, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
+	if got := storetest.MustGet(t, s, "acme"); got.Version != 1 || got.AccessToken != "access-one" {
 		t.Errorf("Get while writes are refused = version %d, %q; want 1, %q", got.Version, got.AccessToken, "access-one")
 	}
 
 	if err := admin.ConfigSet(ctx, "min-replicas-to-write", "0").Err(); err != nil {
 		t.Fatalf("CONFIG SET min-replicas-to-write 0: %v", err)
 	}
-	if v := mustPut(t, s, "acme", sampleRecord("two"), 1); v != 2 {
+	if v := storetest.MustPut(t, s, "acme", storetest.SampleRecord("two"), 1); v != 2 {
 		t.Errorf("Put once writes are allowed again = %d; want 2", v)
 	}
 }
@@ -674,10 +686,10 @@ func TestRedisSentinelWaitsForReplica(t *testing.T) {
 	s.DurableTimeout = 200 * time.Millisecond
 	ctx := t.Context()
 
-	mustPut(t, s, "acme", sampleRecord("one"), 0)
+	storetest.MustPut(t, s, "acme", storetest.SampleRecord("one"), 0)
 	replica.Pause()
 	defer replica.Resume()
-	if v, err := s.Put(ctx, "acme", sampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
+	if v, err := s.Put(ctx, "acme", storetest.SampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
 		t.Errorf("Put through Sentinel with the replica paused = %d, %v; want ErrUnconfirmed", v, err)
 	}
 }
@@ -710,18 +722,7 @@ func TestRedisUserWithoutInfo(t *testing.T) {
 			}
 			s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
 			s.MinReplicasAck, s.DurableTimeout = tt.minAck, 200*time.Millisecond
-
-			v, err := s.Put(ctx, "acme", sampleRecord("a"), 0)
-			if tt.wantUnconfirmed {
-				if !errors.Is(err, store.ErrUnconfirmed) {
-					t.Fatalf("Put = %d, %v; want ErrUnconfirmed", v, err)
-				}
-			} else if err != nil || v != 1 {
-				t.Fatalf("Put = %d, %v; want 1, nil", v, err)
-			}
-			if got := mustGet(t, s, "acme"); got.Version != 1 {
-				t.Errorf("Get = version %d; want 1", got.Version)
-			}
+			checkFirstPut(t, s, tt.wantUnconfirmed)
 		})
 	}
 }
@@ -734,12 +735,12 @@ func TestRedisConcurrentFirstWrites(t *testing.T) {
 			// of its own: run with -race.
 			const rounds, writers = 10, 8
 			for round := range rounds {
-				s := f.open(t)
+				s := f.Open(t)
 				var wg sync.WaitGroup
 				for w := range writers {
 					wg.Go(func() {
 						tenant := fmt.Sprintf("t-%d-%d", round, w)
-						if _, err := s.Put(t.Context(), tenant, sampleRecord(tenant), 0); err != nil {
+						if _, err := s.Put(t.Context(), tenant, storetest.SampleRecord(tenant), 0); err != nil {
 							t.Errorf("Put(%q): %v", tenant, err)
 						}
 					})

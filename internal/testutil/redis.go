@@ -1,7 +1,4 @@
-// Package testutil provides helpers shared by the tests of the proxy: real
-// redis-server processes that a test owns, for fault injection (StartRedis,
-// StartReplica, StartSentinel), and Eventually, which waits for a condition
-// that no event announces.
+// Redis processes that a test owns, for fault injection.
 //
 // Each process listens on 127.0.0.1 only, on a port picked at random in
 // [MinPort, MaxPort), below the range from which Linux picks the local ports
@@ -9,6 +6,7 @@
 // kills, restarts, pauses and resumes only the processes it started, and the
 // test's cleanup kills them. redis-server must be on PATH: a test that
 // needs it fails without it, it is never skipped.
+
 package testutil
 
 import (
@@ -529,25 +527,5 @@ func (s *Sentinel) nextSwitch(tb testing.TB, ctx context.Context, ps *redis.PubS
 		if len(f) == 5 && f[0] == s.masterName {
 			return net.JoinHostPort(f[3], f[4])
 		}
-	}
-}
-
-// Eventually waits until cond returns true, calling it every 5 ms, and
-// fails tb, saying it was waiting until what, if that has not happened
-// within 10 s. It is for conditions that no event announces; where there is
-// an event, wait on it instead.
-func Eventually(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	waitUntil(tb, what, 10*time.Second, 5*time.Millisecond, cond)
-}
-
-func waitUntil(tb testing.TB, what string, timeout, interval time.Duration, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(interval)
 	}
 }

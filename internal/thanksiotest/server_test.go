@@ -15,34 +15,17 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"thanksio-proxy/internal/testutil"
 )
 
 // testRedirectURL is the redirect URI registered by the tests that need
 // one; its own query must survive the redirect.
 const testRedirectURL = "https://app.example/oauth/callback?from=test"
 
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-// Now returns the clock's time.
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward by d.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newClock returns a clock for the tests, standing at a fixed time.
+func newClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // oauthConfig returns a client of s that authenticates with
@@ -241,7 +224,7 @@ func TestExpiresIn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := newClock()
 			s := NewServer(t, Options{Now: clock.Now})
 			s.SetAccessLifetime(tt.lifetime)
 			minted := s.NewGrant()
@@ -268,7 +251,7 @@ func TestExpiresIn(t *testing.T) {
 }
 
 func TestAccessTokenExpiresByClock(t *testing.T) {
-	clock := newFakeClock()
+	clock := newClock()
 	s := NewServer(t, Options{Now: clock.Now, AccessLifetime: 30 * time.Second})
 	tok := s.NewGrant()
 	clock.Advance(29 * time.Second)
@@ -730,7 +713,7 @@ func TestCodeExchange(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := newClock()
 			// Both URIs are registered: a code is bound to the one it was
 			// issued for, not to any registered one.
 			s := NewServer(t, Options{RedirectURLs: []string{testRedirectURL, otherRedirect}, Now: clock.Now})
@@ -941,37 +924,37 @@ func TestAPIAuthentication(t *testing.T) {
 		name string
 		opts Options
 		// setup returns the Authorization header values to send.
-		setup      func(s *Server, clock *fakeClock) []string
+		setup      func(s *Server, clock *testutil.Clock) []string
 		wantStatus int
 		wantBody   map[string]string
 	}{
 		{
 			name:       "no token",
-			setup:      func(*Server, *fakeClock) []string { return nil },
+			setup:      func(*Server, *testutil.Clock) []string { return nil },
 			wantStatus: http.StatusUnauthorized,
 			wantBody:   unauthenticated,
 		},
 		{
 			name:       "unknown token",
-			setup:      func(*Server, *fakeClock) []string { return []string{"Bearer " + randomValue(AccessTokenPrefix)} },
+			setup:      func(*Server, *testutil.Clock) []string { return []string{"Bearer " + randomValue(AccessTokenPrefix)} },
 			wantStatus: http.StatusUnauthorized,
 			wantBody:   unauthenticated,
 		},
 		{
 			name:       "refresh token as bearer",
-			setup:      func(s *Server, _ *fakeClock) []string { return []string{"Bearer " + s.NewGrant().RefreshToken} },
+			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().RefreshToken} },
 			wantStatus: http.StatusUnauthorized,
 			wantBody:   unauthenticated,
 		},
 		{
 			name:       "basic scheme",
-			setup:      func(s *Server, _ *fakeClock) []string { return []string{"Basic " + s.NewGrant().AccessToken} },
+			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Basic " + s.NewGrant().AccessToken} },
 			wantStatus: http.StatusUnauthorized,
 			wantBody:   unauthenticated,
 		},
 		{
 			name: "two authorization headers",
-			setup: func(s *Server, _ *fakeClock) []string {
+			setup: func(s *Server, _ *testutil.Clock) []string {
 				at := s.NewGrant().AccessToken
 				return []string{"Bearer " + at, "Bearer " + at}
 			},
@@ -980,7 +963,7 @@ func TestAPIAuthentication(t *testing.T) {
 		},
 		{
 			name: "expired",
-			setup: func(s *Server, clock *fakeClock) []string {
+			setup: func(s *Server, clock *testutil.Clock) []string {
 				at := s.NewGrant().AccessToken
 				clock.Advance(DefaultAccessLifetime)
 				return []string{"Bearer " + at}
@@ -990,7 +973,7 @@ func TestAPIAuthentication(t *testing.T) {
 		},
 		{
 			name: "access revoked",
-			setup: func(s *Server, _ *fakeClock) []string {
+			setup: func(s *Server, _ *testutil.Clock) []string {
 				at := s.NewGrant().AccessToken
 				s.RevokeAccess(at)
 				return []string{"Bearer " + at}
@@ -1000,7 +983,7 @@ func TestAPIAuthentication(t *testing.T) {
 		},
 		{
 			name: "grant revoked",
-			setup: func(s *Server, _ *fakeClock) []string {
+			setup: func(s *Server, _ *testutil.Clock) []string {
 				tok := s.NewGrant()
 				s.Revoke(tok.RefreshToken)
 				return []string{"Bearer " + tok.AccessToken}
@@ -1011,7 +994,7 @@ func TestAPIAuthentication(t *testing.T) {
 		{
 			name: "openapi 403",
 			opts: Options{UnauthenticatedAs403: true},
-			setup: func(*Server, *fakeClock) []string {
+			setup: func(*Server, *testutil.Clock) []string {
 				return []string{"Bearer " + randomValue(AccessTokenPrefix)}
 			},
 			wantStatus: http.StatusForbidden,
@@ -1019,19 +1002,19 @@ func TestAPIAuthentication(t *testing.T) {
 		},
 		{
 			name:       "valid",
-			setup:      func(s *Server, _ *fakeClock) []string { return []string{"Bearer " + s.NewGrant().AccessToken} },
+			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().AccessToken} },
 			wantStatus: http.StatusOK,
 			wantBody:   map[string]string{"message": "pong"},
 		},
 		{
 			name:       "lowercase scheme",
-			setup:      func(s *Server, _ *fakeClock) []string { return []string{"bearer " + s.NewGrant().AccessToken} },
+			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"bearer " + s.NewGrant().AccessToken} },
 			wantStatus: http.StatusOK,
 			wantBody:   map[string]string{"message": "pong"},
 		},
 		{
 			name: "personal access token never expires",
-			setup: func(s *Server, clock *fakeClock) []string {
+			setup: func(s *Server, clock *testutil.Clock) []string {
 				pat := s.NewPersonalAccessToken()
 				clock.Advance(10 * 365 * 24 * time.Hour)
 				return []string{"Bearer " + pat}
@@ -1041,7 +1024,7 @@ func TestAPIAuthentication(t *testing.T) {
 		},
 		{
 			name: "personal access token revoked",
-			setup: func(s *Server, _ *fakeClock) []string {
+			setup: func(s *Server, _ *testutil.Clock) []string {
 				pat := s.NewPersonalAccessToken()
 				s.RevokeAccess(pat)
 				return []string{"Bearer " + pat}
@@ -1052,7 +1035,7 @@ func TestAPIAuthentication(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
+			clock := newClock()
 			opts := tt.opts
 			opts.Now = clock.Now
 			s := NewServer(t, opts)

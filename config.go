@@ -44,12 +44,12 @@ type Config struct {
 	OAuthReturnURLs string `env:"OAUTH_RETURN_URLS"`
 
 	// TenantHeader names the header that names the tenant.
-	TenantHeader string `env:"TENANT_HEADER" envDefault:"X-Tenant-ID"`
+	TenantHeader string `env:"TENANT_HEADER"`
 
 	// RedisURL selects the Redis store; empty means the in-memory store.
 	RedisURL string `env:"REDIS_URL"`
 	// RedisKeyPrefix starts every Redis key.
-	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX" envDefault:"thanksio-proxy:"`
+	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX"`
 	// RedisMinReplicasAck is how many replicas must confirm (WAIT) the write
 	// of a token record before it counts as done; empty means 1 when the
 	// primary has a replica connected at the time of the write, else 0.
@@ -62,7 +62,7 @@ type Config struct {
 	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
 
 	// RefreshAhead starts a refresh when less than this is left of a token.
-	RefreshAhead time.Duration `env:"REFRESH_AHEAD" envDefault:"5m"`
+	RefreshAhead time.Duration `env:"REFRESH_AHEAD"`
 	// RefreshTimeout bounds one call to the token endpoint.
 	RefreshTimeout time.Duration `env:"REFRESH_TIMEOUT" envDefault:"10s"`
 	// BackgroundRefreshInterval is how often tenants due for a refresh are
@@ -72,20 +72,20 @@ type Config struct {
 	// reading the store while invalidations do not reach this replica.
 	CacheRevalidate time.Duration `env:"CACHE_REVALIDATE" envDefault:"30s"`
 	// CacheSize bounds the tenants whose tokens are kept in process.
-	CacheSize int `env:"CACHE_SIZE" envDefault:"100000"`
+	CacheSize int `env:"CACHE_SIZE"`
 
 	// CallerKeysFile names the file of caller keys and the tenants each may
 	// use; empty switches caller authentication off. Reread on SIGHUP.
 	CallerKeysFile string `env:"CALLER_KEYS_FILE"`
 	// CallerKeyHeader names the header a caller presents its key in.
-	CallerKeyHeader string `env:"CALLER_KEY_HEADER" envDefault:"X-Caller-Key"`
+	CallerKeyHeader string `env:"CALLER_KEY_HEADER"`
 
 	// AdminToken is the bearer token of /admin/; empty disables the admin API.
 	AdminToken string `env:"ADMIN_TOKEN"`
 
 	// MaxReplayBody is the largest request body kept so that a request can be
 	// replayed after a 401.
-	MaxReplayBody int64 `env:"MAX_REPLAY_BODY" envDefault:"1048576"`
+	MaxReplayBody int64 `env:"MAX_REPLAY_BODY"`
 	// MaxReplayMemory bounds the bytes of request bodies kept for replays
 	// across all requests at once; beyond it, bodies stream unreplayed.
 	MaxReplayMemory int64 `env:"MAX_REPLAY_MEMORY" envDefault:"67108864"`
@@ -135,7 +135,17 @@ func (e *configError) Error() string { return "config: " + e.variable + ": " + e
 
 // loadConfig reads and checks the configuration.
 func loadConfig(getenv func(string) string) (*Config, error) {
-	var cfg Config
+	// The defaults that a package states for its own zero values are set
+	// here from the package, not repeated in envDefault tags: a variable
+	// set in the environment replaces them.
+	cfg := Config{
+		TenantHeader:    proxy.DefaultTenantHeader,
+		CallerKeyHeader: proxy.DefaultCallerKeyHeader,
+		MaxReplayBody:   proxy.DefaultMaxReplayBody,
+		RefreshAhead:    auth.DefaultRefreshAhead,
+		CacheSize:       auth.DefaultCacheSize,
+		RedisKeyPrefix:  store.DefaultPrefix,
+	}
 	params, err := env.GetFieldParams(&cfg)
 	if err != nil {
 		return nil, err
@@ -248,8 +258,11 @@ func (c *Config) check() error {
 	if c.CacheSize < 1 {
 		return bad("CACHE_SIZE", "must be at least 1")
 	}
-	if c.MaxReplayBody < 0 || c.MaxReplayBody > 64<<20 {
-		return bad("MAX_REPLAY_BODY", "must be between 0 and 67108864 bytes")
+	if c.MaxReplayBody < 1 || c.MaxReplayBody > 64<<20 {
+		// 0 is refused rather than given a meaning: a proxy that never
+		// keeps a body could not replay a request after a 401, which is
+		// how replicas get past a token another one just rotated.
+		return bad("MAX_REPLAY_BODY", "must be between 1 and 67108864 bytes")
 	}
 	if c.MaxReplayMemory < c.MaxReplayBody {
 		return bad("MAX_REPLAY_MEMORY", fmt.Sprintf("must be a number of bytes, at least MAX_REPLAY_BODY (%d)", c.MaxReplayBody))

@@ -499,12 +499,19 @@ func loadDeploySet(t *testing.T) *deploySet {
 // deployConfigVariables returns the variables that Config reads, with their
 // defaults.
 func deployConfigVariables() map[string]string {
+	// The defaults as the proxy applies them: a configuration loaded from
+	// an empty environment.
+	cfg, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		panic("the default configuration does not load: " + err.Error())
+	}
 	vars := map[string]string{}
 	typ := reflect.TypeFor[Config]()
+	val := reflect.ValueOf(*cfg)
 	for i := range typ.NumField() {
 		f := typ.Field(i)
 		if name, _, _ := strings.Cut(f.Tag.Get("env"), ","); name != "" {
-			vars[name] = f.Tag.Get("envDefault")
+			vars[name] = fmt.Sprint(val.Field(i).Interface())
 		}
 	}
 	return vars

@@ -20,9 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"thanksio-proxy/auth"
 	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 	"thanksio-proxy/proxy"
+	"thanksio-proxy/store"
 )
 
 // syncBuffer collects a proxy's log output, and lets a test wait for a line
@@ -538,6 +540,10 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"CALLER_KEYS_FILE": "/nonexistent/callers"}, "CALLER_KEYS_FILE"},
 		{map[string]string{"CALLER_KEY_HEADER": "X-Tenant-ID"}, "CALLER_KEY_HEADER"},
 		{map[string]string{"CACHE_SIZE": "many"}, "CACHE_SIZE"},
+		// 0 is refused, not turned into the default behind the operator's back.
+		{map[string]string{"MAX_REPLAY_BODY": "0"}, "MAX_REPLAY_BODY"},
+		{map[string]string{"CACHE_SIZE": "0"}, "CACHE_SIZE"},
+		{map[string]string{"REFRESH_AHEAD": "0s"}, "REFRESH_AHEAD"},
 		{map[string]string{"REDIS_MIN_REPLICAS_ACK": "-1"}, "REDIS_MIN_REPLICAS_ACK"},
 		{map[string]string{"REDIS_MIN_REPLICAS_ACK": "one"}, "REDIS_MIN_REPLICAS_ACK"},
 		{map[string]string{"LISTEN_ADDR": "127.0.0.1:8080", "OPS_ADDR": "127.0.0.1:8080"}, "OPS_ADDR"},
@@ -712,5 +718,20 @@ func TestAdminListsTenantsByState(t *testing.T) {
 		if code != tt.code || tt.want != "" && strings.TrimSpace(body) != tt.want {
 			t.Errorf("GET /admin/tenants%s = %d %s; want %d %s", tt.query, code, body, tt.code, tt.want)
 		}
+	}
+}
+
+// TestDefaultsComeFromThePackages checks that an empty environment gives
+// the defaults the packages state for their zero values, once.
+func TestDefaultsComeFromThePackages(t *testing.T) {
+	cfg, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TenantHeader != proxy.DefaultTenantHeader || cfg.CallerKeyHeader != proxy.DefaultCallerKeyHeader ||
+		cfg.MaxReplayBody != proxy.DefaultMaxReplayBody || cfg.RefreshAhead != auth.DefaultRefreshAhead ||
+		cfg.CacheSize != auth.DefaultCacheSize || cfg.RedisKeyPrefix != store.DefaultPrefix {
+		t.Errorf("defaults = %q %q %d %v %d %q; want the packages' Default constants",
+			cfg.TenantHeader, cfg.CallerKeyHeader, cfg.MaxReplayBody, cfg.RefreshAhead, cfg.CacheSize, cfg.RedisKeyPrefix)
 	}
 }

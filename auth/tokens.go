@@ -56,6 +56,13 @@ type Observer interface {
 	Invalidations(subscribed bool, lastHeard time.Time)
 }
 
+// The defaults of Config's fields that the command's configuration starts
+// from too, stated once.
+const (
+	DefaultRefreshAhead = 5 * time.Minute
+	DefaultCacheSize    = 100_000
+)
+
 // Config configures Tokens. Zero values take the documented defaults.
 type Config struct {
 	// Store holds the records, locks and OAuth states. Required.
@@ -72,7 +79,8 @@ type Config struct {
 	// means a client with
 	// RefreshTimeout as its timeout.
 	HTTPClient *http.Client
-	// RefreshAhead is how long before expiry a refresh starts (default 5m).
+	// RefreshAhead is how long before expiry a refresh starts; zero or less
+	// means DefaultRefreshAhead.
 	RefreshAhead time.Duration
 	// RefreshTimeout bounds one call to the token endpoint (default 10s).
 	RefreshTimeout time.Duration
@@ -86,7 +94,8 @@ type Config struct {
 	// LockWait bounds how long a replica waits for another replica's refresh
 	// before it gives up (default 15s).
 	LockWait time.Duration
-	// CacheSize bounds the tenants cached in process (default 100000).
+	// CacheSize bounds the tenants cached in process; zero or less means
+	// DefaultCacheSize.
 	CacheSize int
 	// CacheRevalidate is how long a cached token is served without reading
 	// the store again while invalidations do not reach this replica
@@ -155,7 +164,7 @@ type Tokens struct {
 // and Close to stop.
 func New(cfg Config) *Tokens {
 	if cfg.RefreshAhead <= 0 {
-		cfg.RefreshAhead = 5 * time.Minute
+		cfg.RefreshAhead = DefaultRefreshAhead
 	}
 	if cfg.RefreshTimeout <= 0 {
 		cfg.RefreshTimeout = 10 * time.Second
@@ -170,7 +179,7 @@ func New(cfg Config) *Tokens {
 		cfg.CacheRevalidate = 30 * time.Second
 	}
 	if cfg.CacheSize <= 0 {
-		cfg.CacheSize = 100_000
+		cfg.CacheSize = DefaultCacheSize
 	}
 	if cfg.BackgroundConcurrency <= 0 {
 		cfg.BackgroundConcurrency = 4

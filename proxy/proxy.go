@@ -62,6 +62,14 @@ type Observer interface {
 	InFlight(delta int)
 }
 
+// The defaults of Config's fields, stated once: the command's configuration
+// starts from them too.
+const (
+	DefaultTenantHeader    = "X-Tenant-ID"
+	DefaultCallerKeyHeader = "X-Caller-Key"
+	DefaultMaxReplayBody   = 1 << 20
+)
+
 // Config configures a Handler.
 type Config struct {
 	// Tokens gives each tenant's access token. Required.
@@ -69,15 +77,16 @@ type Config struct {
 	// Upstream is the API base URL; request paths are appended to its path.
 	// Required.
 	Upstream *url.URL
-	// TenantHeader names the header that names the tenant (default
-	// X-Tenant-ID). It is never forwarded.
+	// TenantHeader names the header that names the tenant; empty means
+	// DefaultTenantHeader. It is never forwarded.
 	TenantHeader string
 	// Transport makes the upstream round trips; nil means
 	// http.DefaultTransport.
 	Transport http.RoundTripper
 	// MaxReplayBody is the largest request body kept in memory so that the
-	// request can be replayed after a 401 (default 1 MiB). Larger bodies
-	// stream through and are not replayed.
+	// request can be replayed after a 401; zero or less means
+	// DefaultMaxReplayBody. Larger bodies stream through and are not
+	// replayed.
 	MaxReplayBody int64
 	// MaxReplayMemory bounds the bytes of request bodies kept for replays
 	// across all requests at once (default 64 MiB). A body that arrives
@@ -100,8 +109,8 @@ type Config struct {
 	// tenants that key allows. Nil lets anyone who reaches the proxy name
 	// any tenant (a sidecar on loopback).
 	Callers *Callers
-	// CallerKeyHeader names the header that carries the caller key (default
-	// X-Caller-Key). It is never forwarded.
+	// CallerKeyHeader names the header that carries the caller key; empty
+	// means DefaultCallerKeyHeader. It is never forwarded.
 	CallerKeyHeader string
 	// MaxCallerConcurrency bounds the requests that one caller key has in
 	// flight when Callers is set; beyond it, the caller is answered 429
@@ -134,13 +143,13 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("proxy: the upstream must be an absolute http or https URL")
 	}
 	if cfg.TenantHeader == "" {
-		cfg.TenantHeader = "X-Tenant-ID"
+		cfg.TenantHeader = DefaultTenantHeader
 	}
 	if cfg.CallerKeyHeader == "" {
-		cfg.CallerKeyHeader = "X-Caller-Key"
+		cfg.CallerKeyHeader = DefaultCallerKeyHeader
 	}
 	if cfg.MaxReplayBody <= 0 {
-		cfg.MaxReplayBody = 1 << 20
+		cfg.MaxReplayBody = DefaultMaxReplayBody
 	}
 	if cfg.MaxReplayMemory <= 0 {
 		cfg.MaxReplayMemory = 64 << 20

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strings"
 	"sync/atomic"
 )
@@ -112,7 +113,10 @@ func (k *CallerKeys) lookup(key string) (*caller, bool) {
 // allows reports whether the caller may use tenant.
 func (c *caller) allows(tenant string) bool {
 	for _, p := range c.patterns {
-		if matchPattern(p, tenant) {
+		// A tenant id holds no '/', and a pattern only '*' beside the
+		// tenant alphabet (validPattern), so path.Match's '*' is "any run
+		// of characters", and it never reports a malformed pattern.
+		if ok, _ := path.Match(p, tenant); ok {
 			return true
 		}
 	}
@@ -124,34 +128,6 @@ func validPattern(p string) bool {
 		return false
 	}
 	return ValidTenant(strings.ReplaceAll(p, "*", "x"))
-}
-
-// matchPattern reports whether s matches p, where "*" matches any run of
-// characters (tenant ids hold no '*'). It is the two-pointer wildcard match:
-// no backtracking blow-up, whatever the number of stars.
-func matchPattern(p, s string) bool {
-	pi, si := 0, 0
-	star, mark := -1, 0
-	for si < len(s) {
-		switch {
-		case pi < len(p) && p[pi] == s[si]:
-			pi++
-			si++
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
 }
 
 // Callers holds the caller keys in force, swapped whole on reload. It is

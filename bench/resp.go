@@ -3,101 +3,52 @@
 package main
 
 import (
-	"bufio"
-	"errors"
-	"fmt"
-	"io"
-	"net"
+	"context"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// redisConn is a minimal RESP2 client: enough to read INFO commandstats and
-// to delete the benchmark's own keys. The benchmark uses it only outside the
-// measured rounds (INFO before and after them).
+// redisConn is the benchmark's Redis client, used only outside the measured
+// rounds: to check the server, read INFO commandstats before and after them,
+// and delete the benchmark's own keys.
 type redisConn struct {
-	c net.Conn
-	r *bufio.Reader
+	c *redis.Client
 }
 
 func dialRedis(addr string) (*redisConn, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
+	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 5 * time.Second, PoolSize: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		c.Close()
 		return nil, err
 	}
-	return &redisConn{c: c, r: bufio.NewReader(c)}, nil
+	return &redisConn{c: c}, nil
 }
 
 func (rc *redisConn) Close() error { return rc.c.Close() }
 
-// do sends one command and returns its reply: a string, an int64, nil, or a
-// []any of those.
+// do sends one command and returns its reply.
 func (rc *redisConn) do(args ...string) (any, error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	a := make([]any, len(args))
+	for i, s := range args {
+		a[i] = s
 	}
-	_ = rc.c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := rc.c.Write([]byte(b.String())); err != nil {
-		return nil, err
-	}
-	return rc.reply()
-}
-
-func (rc *redisConn) reply() (any, error) {
-	line, err := rc.r.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	line = strings.TrimSuffix(line, "\r\n")
-	if line == "" {
-		return nil, errors.New("redis: empty reply")
-	}
-	switch line[0] {
-	case '+':
-		return line[1:], nil
-	case '-':
-		return nil, errors.New("redis: " + line[1:])
-	case ':':
-		return strconv.ParseInt(line[1:], 10, 64)
-	case '$':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(rc.r, buf); err != nil {
-			return nil, err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		out := make([]any, n)
-		for i := range out {
-			if out[i], err = rc.reply(); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
-	}
-	return nil, fmt.Errorf("redis: unexpected reply %q", line)
+	return rc.c.Do(context.Background(), a...).Result()
 }
 
 // commandCalls returns the calls of every command since the server started
 // (INFO commandstats), by command name.
 func (rc *redisConn) commandCalls() (map[string]int64, error) {
-	v, err := rc.do("INFO", "commandstats")
+	s, err := rc.c.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		return nil, err
 	}
-	s, _ := v.(string)
 	calls := make(map[string]int64)
-	for _, line := range strings.Split(s, "\n") {
+	for line := range strings.Lines(s) {
 		// cmdstat_get:calls=2,usec=15,usec_per_call=7.50,...
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok || !strings.HasPrefix(name, "cmdstat_") {
@@ -115,33 +66,33 @@ func (rc *redisConn) commandCalls() (map[string]int64, error) {
 
 // deletePrefix deletes every key that starts with prefix (SCAN and UNLINK).
 func (rc *redisConn) deletePrefix(prefix string) (int, error) {
-	cursor, deleted := "0", 0
-	for {
-		v, err := rc.do("SCAN", cursor, "MATCH", prefix+"*", "COUNT", "1000")
-		if err != nil {
-			return deleted, err
+	ctx := context.Background()
+	deleted := 0
+	iter := rc.c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
 		}
-		parts, ok := v.([]any)
-		if !ok || len(parts) != 2 {
-			return deleted, errors.New("redis: malformed SCAN reply")
+		if err := rc.c.Unlink(ctx, batch...).Err(); err != nil {
+			return err
 		}
-		cursor, _ = parts[0].(string)
-		keys, _ := parts[1].([]any)
-		if len(keys) > 0 {
-			args := []string{"UNLINK"}
-			for _, k := range keys {
-				s, _ := k.(string)
-				args = append(args, s)
-			}
-			if _, err := rc.do(args...); err != nil {
+		deleted += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	for iter.Next(ctx) {
+		batch = append(batch, iter.Val())
+		if len(batch) == 1000 {
+			if err := flush(); err != nil {
 				return deleted, err
 			}
-			deleted += len(keys)
-		}
-		if cursor == "0" {
-			return deleted, nil
 		}
 	}
+	if err := iter.Err(); err != nil {
+		return deleted, err
+	}
+	return deleted, flush()
 }
 
 // callsDelta returns the calls made between two commandCalls readings, by

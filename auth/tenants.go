@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"thanksio-proxy/store"
@@ -230,28 +229,16 @@ func (t *Tokens) refreshDue() {
 	if t.dueFailing.CompareAndSwap(true, false) {
 		t.log.Info("the background refresher reads the store again")
 	}
-	sem := make(chan struct{}, t.cfg.BackgroundConcurrency)
-	var wg sync.WaitGroup
-	for _, tenant := range due {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
+	forEach(ctx, t.cfg.BackgroundConcurrency, due, func(tenant string) {
+		e := t.cache.entryFor(tenant)
+		if t.now().UnixNano() < e.retryAt.Load() {
 			return
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			e := t.cache.entryFor(tenant)
-			if t.now().UnixNano() < e.retryAt.Load() {
-				return
-			}
-			// An unknown version (-1): if another replica holds the lock, its
-			// usable token is taken rather than refreshing again.
-			s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-				return t.refresh(ctx, tenant, -1, causeDue)
-			}))
-			t.settle(tenant, e, s, err)
-		})
-	}
-	wg.Wait()
+		// An unknown version (-1): if another replica holds the lock, its
+		// usable token is taken rather than refreshing again.
+		s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
+			return t.refresh(ctx, tenant, -1, causeDue)
+		}))
+		t.settle(tenant, e, s, err)
+	})
 }

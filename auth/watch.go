@@ -71,7 +71,7 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 	now := t.now()
 	var mu sync.Mutex
 	restored, failed := 0, 0
-	t.each(ctx, held, func(c cached) {
+	forEach(ctx, storeWorkers, held, func(c cached) {
 		if c.snap.version < 1 {
 			return
 		}
@@ -108,7 +108,7 @@ func (t *Tokens) revalidateBefore(ctx context.Context, cutoff time.Time) {
 	if !cutoff.IsZero() {
 		held = slices.DeleteFunc(held, func(c cached) bool { return !c.filledAt.Before(cutoff) })
 	}
-	t.each(ctx, held, func(c cached) {
+	forEach(ctx, storeWorkers, held, func(c cached) {
 		if t.pendingRecord(c.tenant) != nil {
 			return // Its writer knows better than the store.
 		}
@@ -184,12 +184,11 @@ func (t *Tokens) Invalidations() (subscribed bool, lastHeard time.Time) {
 	return t.subscribed.Load(), time.Unix(0, t.heardAt.Load())
 }
 
-// each calls fn for every item of held, storeWorkers at a time, until ctx
-// ends.
-func (t *Tokens) each(ctx context.Context, held []cached, fn func(cached)) {
-	sem := make(chan struct{}, storeWorkers)
+// forEach calls fn for every item, workers at a time, until ctx ends.
+func forEach[T any](ctx context.Context, workers int, items []T, fn func(T)) {
+	sem := make(chan struct{}, workers)
 	var wg sync.WaitGroup
-	for _, c := range held {
+	for _, item := range items {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -198,7 +197,7 @@ func (t *Tokens) each(ctx context.Context, held []cached, fn func(cached)) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			fn(c)
+			fn(item)
 		})
 	}
 	wg.Wait()

@@ -163,12 +163,9 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	if err := checkCall(ctx, tenant); err != nil {
 		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
 	}
-	if rec.Version < 1 {
-		return false, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
-	}
-	data, err := json.Marshal(rec)
+	data, err := restoreData(tenant, rec)
 	if err != nil {
-		return false, fmt.Errorf("store: restore %q: encode: %w", tenant, err)
+		return false, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

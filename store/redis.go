@@ -331,18 +331,16 @@ func wrote(n int64) bool { return n >= 0 }
 // only where the tenant has no hash at all, or another write-back of a lower
 // version (the highest held wins); never over a tombstone (a tenant deleted
 // after the loss stays deleted), nor over a record written by Put since the
-// loss, whatever its version (versions restart with a lost hash). It reports whether it wrote. A restored record is indexed and
-// published like any write, and confirmed durable as Put is.
+// loss, whatever its version (versions restart with a lost hash). It
+// reports whether it wrote. A restored record is indexed and published like
+// any write, and confirmed durable as Put is.
 func (r *Redis) Restore(ctx context.Context, tenant string, rec TokenRecord) (bool, error) {
 	if err := checkTenant(tenant); err != nil {
 		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
 	}
-	if rec.Version < 1 {
-		return false, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
-	}
-	data, err := json.Marshal(rec)
+	data, err := restoreData(tenant, rec)
 	if err != nil {
-		return false, fmt.Errorf("store: restore %q: encode: %w", tenant, err)
+		return false, err
 	}
 	sealed := r.sealer.Seal(data, []byte(tenant))
 	key := r.tokenKey(tenant)

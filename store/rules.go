@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -82,4 +84,17 @@ func checkLockCall(ctx context.Context, tenant string, ttl time.Duration) error 
 		return err
 	}
 	return checkTTL(ttl)
+}
+
+// restoreData checks that rec can be written back (a stored version, 1 or
+// more) and returns its JSON.
+func restoreData(tenant string, rec TokenRecord) ([]byte, error) {
+	if rec.Version < 1 {
+		return nil, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("store: restore %q: encode: %w", tenant, err)
+	}
+	return data, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 
+	"thanksio-proxy/admin"
 	"thanksio-proxy/auth"
 	"thanksio-proxy/metrics"
 	"thanksio-proxy/proxy"
@@ -135,7 +136,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	m.KnownErrorCodes(proxy.DataPlaneCodes...)
 	metrics.NewReplayMemory(reg, handler.ReplayMemory)
-	data := dataPlane(handler, tokens.Callback(), cfg.RequestBodyTimeout)
+	callback := admin.NewCallback(tokens, log.With("component", "auth"))
+	callback.OnOutcome = m.Callback
+	data := dataPlane(handler, callback, cfg.RequestBodyTimeout)
 
 	var shuttingDown atomic.Bool
 	ops := http.NewServeMux()
@@ -148,12 +151,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	go storeCheck.run(ctx)
 	ops.Handle("GET /readyz", readiness(storeCheck, tokens, &shuttingDown, cfg.ReadyRequiresStore))
 	if cfg.AdminToken != "" {
-		admin, err := proxy.NewAdmin(tokens, cfg.AdminToken, log.With("component", "admin"))
+		adminAPI, err := admin.NewAdmin(tokens, cfg.AdminToken, log.With("component", "admin"))
 		if err != nil {
 			return err
 		}
-		admin.OnRefused = m.AdminRefused
-		ops.Handle("/admin/", admin)
+		adminAPI.OnRefused = m.AdminRefused
+		ops.Handle("/admin/", adminAPI)
 	}
 
 	dataLn, err := net.Listen("tcp", cfg.ListenAddr)

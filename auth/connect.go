@@ -6,8 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"html/template"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -149,156 +147,98 @@ func hasDotSegment(p string) bool {
 	return false
 }
 
-// Callback answers GET /oauth/callback: it consumes the one-time state,
-// exchanges the code (with the PKCE verifier and the same redirect_uri),
-// stores the token for the tenant bound to the state, makes the tenant
-// active, and sends the browser back to return_to with connected=<tenant> or
-// error=<code>; without return_to it answers a short page. It never shows or
-// logs a token, a code or the client secret.
-func (t *Tokens) Callback() http.Handler {
-	return http.HandlerFunc(t.callback)
-}
-
-// The outcomes of a callback, as error codes in return_to's query.
+// The outcomes of Complete other than success: the error codes that the
+// callback adds to return_to's query.
 const (
-	callbackInvalidState    = "invalid_state"
-	callbackAccessDenied    = "access_denied"
-	callbackAuthorizeFailed = "authorization_failed"
-	callbackCodeRejected    = "code_rejected"
-	callbackTokenEndpoint   = "token_endpoint_unavailable"
-	callbackStore           = "store_unavailable"
-	callbackInvalidRequest  = "invalid_request"
+	OutcomeInvalidState    = "invalid_state"
+	OutcomeAccessDenied    = "access_denied"
+	OutcomeAuthorizeFailed = "authorization_failed"
+	OutcomeCodeRejected    = "code_rejected"
+	OutcomeTokenEndpoint   = "token_endpoint_unavailable"
+	OutcomeStore           = "store_unavailable"
+	OutcomeInvalidRequest  = "invalid_request"
 )
 
-// observeCallback counts a callback's outcome ("connected" for success).
-func (t *Tokens) observeCallback(outcome string) {
-	if outcome == "" {
-		outcome = "connected"
-	}
-	t.obs.Callback(outcome)
+// Completion is what Complete made of an OAuth callback.
+type Completion struct {
+	// Tenant is the tenant bound to the state; empty when the state was
+	// unknown, used, expired or could not be read.
+	Tenant string
+	// ReturnTo is where the account owner's browser goes back to, checked
+	// again against Config.ReturnURLs; nil when the flow has none, or it is
+	// no longer allowed.
+	ReturnTo *url.URL
+	// Outcome is empty when the token was stored, else one of the Outcome
+	// codes.
+	Outcome string
 }
 
-func (t *Tokens) callback(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	// The URL holds the code: keep it out of Referer headers.
-	w.Header().Set("Referrer-Policy", "no-referrer")
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		t.page(w, http.StatusMethodNotAllowed, "", callbackInvalidRequest)
-		return
-	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil || len(q["state"]) != 1 || q.Get("state") == "" || len(q["code"]) > 1 || len(q["error"]) > 1 {
-		t.log.Info("oauth callback refused: malformed query")
-		t.page(w, http.StatusBadRequest, "", callbackInvalidRequest)
-		return
-	}
+// Complete finishes the flow Connect started, from what the authorization
+// server sent back (state, code, and its error parameter errParam): it
+// consumes the one-time state whatever the outcome, exchanges the code (with
+// the PKCE verifier and the same redirect_uri), stores the token for the
+// tenant bound to the state and makes the tenant active. The exchange is the
+// flow's, not ctx's caller's: it goes on if ctx is canceled. Its only error
+// is ErrNotConfigured, without an OAuth client; every other outcome is in
+// the Completion. It never logs a token, a code or the client secret.
+func (t *Tokens) Complete(ctx context.Context, state, code, errParam string) (Completion, error) {
 	if t.cfg.OAuth == nil {
-		t.page(w, http.StatusNotFound, "", callbackInvalidRequest)
-		return
+		return Completion{}, ErrNotConfigured
 	}
-	// The state is consumed first, whatever the outcome: it is single use.
-	st, err := t.store.TakeOAuthState(r.Context(), q.Get("state"))
+	st, err := t.store.TakeOAuthState(ctx, state)
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrSealed):
 		t.log.Info("oauth callback refused: unknown, used or expired state")
-		t.page(w, http.StatusBadRequest, "", callbackInvalidState)
-		return
+		return Completion{Outcome: OutcomeInvalidState}, nil
 	case err != nil:
 		t.obs.StoreError("take_state")
 		t.log.Warn("oauth callback failed: store unreachable", "err", err)
-		t.page(w, http.StatusServiceUnavailable, "", callbackStore)
-		return
+		return Completion{Outcome: OutcomeStore}, nil
 	}
 	if t.now().Sub(st.CreatedAt) > stateTTL {
-		t.page(w, http.StatusBadRequest, "", callbackInvalidState)
-		return
+		return Completion{Outcome: OutcomeInvalidState}, nil
 	}
-	finish := func(status int, outcome string) {
-		t.log.Info("oauth callback", "tenant", st.Tenant, "outcome", outcome)
-		if st.ReturnTo != "" {
-			if u, err := AllowedReturn(t.cfg.ReturnURLs, st.ReturnTo); err == nil {
-				v := u.Query()
-				if outcome == "" {
-					v.Set("connected", st.Tenant)
-				} else {
-					v.Set("error", outcome)
-				}
-				u.RawQuery = v.Encode()
-				u.Fragment = ""
-				t.observeCallback(outcome)
-				http.Redirect(w, r, u.String(), http.StatusSeeOther)
-				return
-			}
+	done := Completion{Tenant: st.Tenant, Outcome: t.exchange(ctx, st, code, errParam)}
+	t.log.Info("oauth callback", "tenant", st.Tenant, "outcome", done.Outcome)
+	if st.ReturnTo != "" {
+		if u, err := AllowedReturn(t.cfg.ReturnURLs, st.ReturnTo); err == nil {
+			done.ReturnTo = u
 		}
-		t.page(w, status, st.Tenant, outcome)
 	}
-	if e := q.Get("error"); e != "" {
-		if e == "access_denied" {
-			finish(http.StatusForbidden, callbackAccessDenied)
-		} else {
-			finish(http.StatusBadRequest, callbackAuthorizeFailed)
-		}
-		return
+	return done, nil
+}
+
+// exchange trades code for the tenant's token and stores it, and returns
+// the outcome.
+func (t *Tokens) exchange(ctx context.Context, st store.OAuthState, code, errParam string) string {
+	switch {
+	case errParam == "access_denied":
+		return OutcomeAccessDenied
+	case errParam != "":
+		return OutcomeAuthorizeFailed
+	case code == "":
+		return OutcomeInvalidRequest
 	}
-	code := q.Get("code")
-	if code == "" {
-		finish(http.StatusBadRequest, callbackInvalidRequest)
-		return
-	}
-	// The exchange belongs to the flow, not to the browser's connection.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), t.cfg.RefreshTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, t.cfg.HTTPClient)
 	cfg := *t.cfg.OAuth
 	cfg.RedirectURL = st.RedirectURL
 	// An answer without an access token is an error from x/oauth2, which
-	// ends as callbackTokenEndpoint below.
+	// ends as OutcomeTokenEndpoint below.
 	tok, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(st.CodeVerifier))
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) && re.Response != nil && re.Response.StatusCode < 500 {
 			t.log.Warn("oauth code exchange refused", "tenant", st.Tenant, "reason", describeTokenError(err))
-			finish(http.StatusBadRequest, callbackCodeRejected)
-			return
+			return OutcomeCodeRejected
 		}
 		t.log.Warn("oauth code exchange failed", "tenant", st.Tenant, "reason", describeTokenError(err))
-		finish(http.StatusServiceUnavailable, callbackTokenEndpoint)
-		return
+		return OutcomeTokenEndpoint
 	}
 	if _, err := t.Import(ctx, st.Tenant, Grant{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, Expiry: tok.Expiry}); err != nil {
 		t.log.Error("oauth callback could not store the token", "tenant", st.Tenant, "err", err)
-		finish(http.StatusServiceUnavailable, callbackStore)
-		return
+		return OutcomeStore
 	}
-	finish(http.StatusOK, "")
-}
-
-var callbackPage = template.Must(template.New("callback").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>thanks.io connection</title></head>
-<body><h1>{{.Title}}</h1><p>{{.Text}}</p></body></html>
-`))
-
-var callbackTexts = map[string][2]string{
-	"":                      {"Connected", "The thanks.io account is connected. You can close this page."},
-	callbackInvalidState:    {"Link expired", "This link has expired or was already used. Start the connection again."},
-	callbackAccessDenied:    {"Not connected", "The thanks.io account owner did not approve the connection."},
-	callbackAuthorizeFailed: {"Not connected", "thanks.io did not authorize the connection. Start the connection again."},
-	callbackCodeRejected:    {"Not connected", "thanks.io refused the authorization. Start the connection again."},
-	callbackTokenEndpoint:   {"Try again", "thanks.io could not be reached to finish the connection. Start the connection again in a moment."},
-	callbackStore:           {"Try again", "The connection could not be saved. Start the connection again in a moment."},
-	callbackInvalidRequest:  {"Bad request", "This is not a valid thanks.io authorization response."},
-}
-
-func (t *Tokens) page(w http.ResponseWriter, status int, tenant, outcome string) {
-	t.observeCallback(outcome)
-	text := callbackTexts[outcome]
-	if outcome == "" && tenant != "" {
-		text[1] = "The thanks.io account is connected for " + tenant + ". You can close this page."
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'")
-	w.WriteHeader(status)
-	_ = callbackPage.Execute(w, struct{ Title, Text string }{text[0], text[1]})
+	return ""
 }

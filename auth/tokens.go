@@ -48,9 +48,6 @@ type Observer interface {
 	StoreDataLost()
 	// CacheEvicted counts a tenant evicted from the full cache.
 	CacheEvicted()
-	// Callback counts an OAuth callback by outcome: "connected", or the
-	// error code the callback answered.
-	Callback(outcome string)
 	// Invalidations reports, every heartbeat, whether invalidations reach
 	// this replica, and when it last heard its own heartbeat (zero: never).
 	Invalidations(subscribed bool, lastHeard time.Time)
@@ -666,4 +663,3 @@ func (nopObserver) PendingWrite(int)                {}
 func (nopObserver) StoreDataLost()                  {}
 func (nopObserver) Invalidations(bool, time.Time)   {}
 func (nopObserver) CacheEvicted()                   {}
-func (nopObserver) Callback(string)                 {}

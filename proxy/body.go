@@ -212,7 +212,7 @@ func (b *requestBody) end(err error) *Error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err != io.EOF {
-		b.err = bodyError(err)
+		b.err = BodyError(err)
 		return b.err
 	}
 	b.ended = true
@@ -233,7 +233,7 @@ func (b *requestBody) failure() *Error {
 	case b.err != nil:
 		return b.err
 	case !b.ended && !b.deadline.IsZero() && !time.Now().Before(b.deadline):
-		return bodyError(os.ErrDeadlineExceeded)
+		return BodyError(os.ErrDeadlineExceeded)
 	}
 	return nil
 }

@@ -78,8 +78,8 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// writeError answers e as JSON with the proxy's error header.
-func writeError(w http.ResponseWriter, e *Error) {
+// WriteError answers e as JSON with the proxy's error header.
+func WriteError(w http.ResponseWriter, e *Error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
@@ -101,8 +101,8 @@ func writeError(w http.ResponseWriter, e *Error) {
 	}{e.Code, e.Message})
 }
 
-// tokenError maps an error of auth.Tokens to the proxy's answer.
-func tokenError(err error) *Error {
+// TokenError maps an error of auth.Tokens to the proxy's answer.
+func TokenError(err error) *Error {
 	var ue *auth.UnavailableError
 	switch {
 	case errors.Is(err, auth.ErrUnknownTenant):
@@ -117,8 +117,7 @@ func tokenError(err error) *Error {
 	case errors.Is(err, context.Canceled):
 		// The caller hung up while its token was being fetched: not a
 		// token that is unavailable.
-		return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
-			Message: "The caller went away.", Err: err}
+		return clientGone(err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
 			Message: "No usable thanks.io token could be had in time.", RetryAfter: time.Second, Err: err}
@@ -128,11 +127,11 @@ func tokenError(err error) *Error {
 	}
 }
 
-// bodyError maps an error reading the caller's request body to the proxy's
+// BodyError maps an error reading the caller's request body to the proxy's
 // answer: 408 when the body did not arrive by REQUEST_BODY_TIMEOUT, 400
 // otherwise. Either way the connection closes, since the rest of the body
 // is still on it.
-func bodyError(err error) *Error {
+func BodyError(err error) *Error {
 	var te interface{ Timeout() bool }
 	if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &te) && te.Timeout() {
 		return &Error{Status: http.StatusRequestTimeout, Code: CodeRequestTimeout,
@@ -159,8 +158,7 @@ func upstreamError(err error) *Error {
 		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable,
 			Message: "thanks.io answered with a protocol switch, which the proxy does not relay.", Err: err}
 	case errors.Is(err, context.Canceled):
-		return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
-			Message: "The caller went away.", Err: err}
+		return clientGone(err)
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &te) && te.Timeout():
 		return &Error{Status: http.StatusGatewayTimeout, Code: CodeUpstreamTimeout,
 			Message: "thanks.io did not answer in time.", Err: err}
@@ -176,3 +174,11 @@ func upstreamError(err error) *Error {
 
 // StatusClientClosedRequest is logged when the caller hung up first.
 const StatusClientClosedRequest = 499
+
+// clientGone is the answer to a caller that went away (err is its
+// context's cancellation): 499, logged and counted. It is the one place
+// that answer is made; TokenError and upstreamError give it.
+func clientGone(err error) *Error {
+	return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
+		Message: "The caller went away.", Err: err}
+}

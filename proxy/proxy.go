@@ -275,7 +275,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	authorization, err := h.authorization(r.Context(), c.tenant)
 	if err != nil {
-		h.fail(rw, r, c, tokenError(err))
+		h.fail(rw, r, c, TokenError(err))
 		return
 	}
 	c.authorization = authorization
@@ -578,7 +578,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *call, e *Error
 		w.WriteHeader(e.Status)
 		return
 	}
-	writeError(w, e)
+	WriteError(w, e)
 }
 
 // replayTransport replays a request once, with a fresh token, when the
@@ -601,7 +601,7 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	drain(res.Body)
 	if err != nil {
-		return nil, tokenError(err)
+		return nil, TokenError(err)
 	}
 	c.authorization, c.replayed = bearerPrefix+token, true
 	t.h.obs.Replayed()

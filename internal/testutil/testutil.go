@@ -11,6 +11,8 @@
 //     time.
 //   - StartRedis, StartReplica and StartSentinel run redis-server processes
 //     that a test owns, for fault injection.
+//   - CheckRedirectTarget and UnderAllowed check a URL the OAuth callback
+//     may send a browser to against OAUTH_RETURN_URLS.
 //
 // Helpers that can fail end the test they were given with Fatalf, so they
 // belong on that test's goroutine.

@@ -1,4 +1,8 @@
-package proxy
+// Package admin is the control plane's HTTP: the admin API that operators
+// call on the operations listener, and the pages and redirects of the OAuth
+// callback. It serves over operations that package auth exposes, and answers
+// errors in the proxy's JSON shape (proxy.Error).
+package admin
 
 import (
 	"context"
@@ -17,6 +21,7 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
 )
 
@@ -49,6 +54,7 @@ type Admin struct {
 	tokenSum [32]byte
 	log      *slog.Logger
 	mux      *http.ServeMux
+	serve    http.HandlerFunc
 	now      func() time.Time
 	failures *failureLimiter
 }
@@ -57,22 +63,23 @@ type Admin struct {
 // should not mount the admin API at all.
 func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, error) {
 	if token == "" {
-		return nil, errors.New("proxy: the admin token is empty")
+		return nil, errors.New("admin: the admin token is empty")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Admin{tenants: tenants, tokenSum: sha256.Sum256([]byte(token)), log: log, mux: http.NewServeMux(), now: time.Now,
 		failures: newFailureLimiter(adminFailuresAllowed, adminFailureWindow)}
-	a.mux.HandleFunc("GET /admin/tenants", a.list)
-	a.mux.HandleFunc("GET /admin/tenants/{tenant}", a.status)
-	a.mux.HandleFunc("DELETE /admin/tenants/{tenant}", a.forget)
-	a.mux.HandleFunc("PUT /admin/tenants/{tenant}/token", a.importToken)
-	a.mux.HandleFunc("POST /admin/tenants/{tenant}/refresh", a.refresh)
-	a.mux.HandleFunc("POST /admin/tenants/{tenant}/connect", a.connect)
-	a.mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "No such admin call."})
-	})
+	a.mux.HandleFunc("GET /admin/tenants", a.handle(a.list))
+	a.mux.HandleFunc("GET /admin/tenants/{tenant}", a.handle(tenantStatus(tenants.Status)))
+	a.mux.HandleFunc("DELETE /admin/tenants/{tenant}", a.handle(a.forget))
+	a.mux.HandleFunc("PUT /admin/tenants/{tenant}/token", a.handle(a.importToken))
+	a.mux.HandleFunc("POST /admin/tenants/{tenant}/refresh", a.handle(tenantStatus(tenants.RefreshNow)))
+	a.mux.HandleFunc("POST /admin/tenants/{tenant}/connect", a.handle(a.connect))
+	a.mux.HandleFunc("/admin/", a.handle(func(http.ResponseWriter, *http.Request) error {
+		return &proxy.Error{Status: http.StatusNotFound, Code: proxy.CodeNotFound, Message: "No such admin call."}
+	}))
+	a.serve = a.handle(a.route)
 	return a, nil
 }
 
@@ -81,12 +88,17 @@ func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, erro
 // did. A missing or wrong token counts as a failure of that address, and an
 // address past the limit is answered 429 until its window ends.
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.serve(w, r)
+}
+
+// route refuses a call without the admin token, or with a method its path
+// has no route for, and hands the others to the mux.
+func (a *Admin) route(w http.ResponseWriter, r *http.Request) error {
 	if !a.authorized(r) {
 		client := remoteIP(r)
 		if wait := a.failures.blocked(client, a.now()); wait > 0 {
-			writeError(w, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyAttempts,
-				Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait})
-			return
+			return &proxy.Error{Status: http.StatusTooManyRequests, Code: proxy.CodeTooManyAttempts,
+				Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait}
 		}
 		if a.OnRefused != nil {
 			a.OnRefused()
@@ -96,20 +108,19 @@ func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		a.log.Warn("admin call refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", client)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="thanksio-proxy admin"`)
-		writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized,
-			Message: "A valid admin token is required in the Authorization header."})
-		return
+		return &proxy.Error{Status: http.StatusUnauthorized, Code: proxy.CodeUnauthorized,
+			Message: "A valid admin token is required in the Authorization header."}
 	}
 	// The mux answers a method it has no route for with a plain-text 405;
 	// answer it in the proxy's shape instead.
 	if _, pattern := a.mux.Handler(r); pattern == "" || pattern == "/admin/" {
 		if methodMismatch(a.mux, r) {
-			writeError(w, &Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed,
-				Message: "That method is not allowed on this admin path."})
-			return
+			return &proxy.Error{Status: http.StatusMethodNotAllowed, Code: proxy.CodeMethodNotAllowed,
+				Message: "That method is not allowed on this admin path."}
 		}
 	}
 	a.mux.ServeHTTP(w, r)
+	return nil
 }
 
 // methodMismatch reports whether r's path has a route under another method.
@@ -140,15 +151,33 @@ func (a *Admin) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) == 1
 }
 
-// pathTenant returns the {tenant} of the path, or answers 400.
-func pathTenant(w http.ResponseWriter, r *http.Request) (string, bool) {
-	tenant := r.PathValue("tenant")
-	if !ValidTenant(tenant) {
-		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeInvalidTenant,
-			Message: "A tenant id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'."})
-		return "", false
+// handler is an admin call that answers on success and returns the error it
+// failed with otherwise; handle renders that error.
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+// handle adapts h: an error it returns is answered in the proxy's JSON
+// shape, as errorFor maps it. Nothing else writes an admin error.
+func (a *Admin) handle(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			proxy.WriteError(w, a.errorFor(err))
+		}
 	}
-	return tenant, true
+}
+
+// badRequest is a 400 bad_request saying msg.
+func badRequest(msg string) *proxy.Error {
+	return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: msg}
+}
+
+// pathTenant returns the {tenant} of the path, or the 400 that refuses it.
+func pathTenant(r *http.Request) (string, error) {
+	tenant := r.PathValue("tenant")
+	if !proxy.ValidTenant(tenant) {
+		return "", &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeInvalidTenant,
+			Message: "A tenant id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'."}
+	}
+	return tenant, nil
 }
 
 // importRequest is the body of PUT /admin/tenants/{tenant}/token.
@@ -159,38 +188,28 @@ type importRequest struct {
 	Expiry       *time.Time `json:"expiry"`
 }
 
-func (a *Admin) importToken(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := pathTenant(w, r)
-	if !ok {
-		return
+func (a *Admin) importToken(w http.ResponseWriter, r *http.Request) error {
+	tenant, err := pathTenant(r)
+	if err != nil {
+		return err
 	}
 	var req importRequest
-	if e := decodeBody(w, r, &req); e != nil {
-		writeError(w, e)
-		return
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
 	}
-	bad := func(msg string) {
-		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: msg})
-	}
-	var g auth.Grant
 	switch {
 	case req.AccessToken == nil || strings.TrimSpace(*req.AccessToken) == "":
-		bad("access_token is required.")
-		return
+		return badRequest("access_token is required.")
 	case !printable(*req.AccessToken) || req.RefreshToken != nil && !printable(*req.RefreshToken):
-		bad("Tokens must be printable ASCII without spaces.")
-		return
+		return badRequest("Tokens must be printable ASCII without spaces.")
 	case req.RefreshToken != nil && *req.RefreshToken == "":
-		bad("refresh_token, when given, must not be empty.")
-		return
+		return badRequest("refresh_token, when given, must not be empty.")
 	case req.ExpiresIn != nil && req.Expiry != nil:
-		bad("Give expires_in or expiry, not both.")
-		return
+		return badRequest("Give expires_in or expiry, not both.")
 	case req.ExpiresIn != nil && (*req.ExpiresIn < 0 || *req.ExpiresIn > 10*365*24*3600):
-		bad("expires_in must be a number of seconds between 0 and ten years.")
-		return
+		return badRequest("expires_in must be a number of seconds between 0 and ten years.")
 	}
-	g.AccessToken = *req.AccessToken
+	g := auth.Grant{AccessToken: *req.AccessToken}
 	if req.RefreshToken != nil {
 		g.RefreshToken = *req.RefreshToken
 	}
@@ -203,12 +222,12 @@ func (a *Admin) importToken(w http.ResponseWriter, r *http.Request) {
 	st, err := a.tenants.Import(r.Context(), tenant, g)
 	if err != nil {
 		a.log.Error("import failed", "tenant", tenant, "err", err)
-		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
-			Message: "The token could not be stored; nothing was changed.", RetryAfter: 5 * time.Second})
-		return
+		return &proxy.Error{Status: http.StatusServiceUnavailable, Code: proxy.CodeTokenUnavailable,
+			Message: "The token could not be stored; nothing was changed.", RetryAfter: 5 * time.Second, Err: err}
 	}
 	a.log.Info("token imported", "tenant", tenant, "refreshable", g.RefreshToken != "")
 	writeJSON(w, http.StatusOK, st)
+	return nil
 }
 
 // printable reports whether s is non-empty visible ASCII, as a bearer token is.
@@ -224,43 +243,34 @@ func printable(s string) bool {
 	return true
 }
 
-func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := pathTenant(w, r)
-	if !ok {
-		return
+// tenantStatus is a call that answers the tenant's status after op (Status
+// reads it, RefreshNow refreshes first).
+func tenantStatus(op func(ctx context.Context, tenant string) (auth.TenantStatus, error)) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant, err := pathTenant(r)
+		if err != nil {
+			return err
+		}
+		st, err := op(r.Context(), tenant)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, st)
+		return nil
 	}
-	st, err := a.tenants.Status(r.Context(), tenant)
-	if err != nil {
-		writeError(w, a.adminError(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
 }
 
-func (a *Admin) forget(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := pathTenant(w, r)
-	if !ok {
-		return
+func (a *Admin) forget(w http.ResponseWriter, r *http.Request) error {
+	tenant, err := pathTenant(r)
+	if err != nil {
+		return err
 	}
 	if err := a.tenants.Forget(r.Context(), tenant); err != nil {
-		writeError(w, a.adminError(err))
-		return
+		return err
 	}
 	a.log.Info("tenant forgotten", "tenant", tenant)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func (a *Admin) refresh(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := pathTenant(w, r)
-	if !ok {
-		return
-	}
-	st, err := a.tenants.RefreshNow(r.Context(), tenant)
-	if err != nil {
-		writeError(w, a.adminError(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
+	return nil
 }
 
 // connectRequest is the optional body of POST /admin/tenants/{tenant}/connect.
@@ -268,16 +278,15 @@ type connectRequest struct {
 	ReturnTo *string `json:"return_to"`
 }
 
-func (a *Admin) connect(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := pathTenant(w, r)
-	if !ok {
-		return
+func (a *Admin) connect(w http.ResponseWriter, r *http.Request) error {
+	tenant, err := pathTenant(r)
+	if err != nil {
+		return err
 	}
 	var req connectRequest
 	if r.ContentLength != 0 {
-		if e := decodeBody(w, r, &req); e != nil {
-			writeError(w, e)
-			return
+		if err := decodeBody(w, r, &req); err != nil {
+			return err
 		}
 	}
 	returnTo := ""
@@ -286,29 +295,27 @@ func (a *Admin) connect(w http.ResponseWriter, r *http.Request) {
 	}
 	u, err := a.tenants.Connect(r.Context(), tenant, returnTo)
 	if err != nil {
-		writeError(w, a.adminError(err))
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, struct {
 		AuthorizeURL string `json:"authorize_url"`
 	}{u})
+	return nil
 }
 
-func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
+func (a *Admin) list(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	limit := 100
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 1000 {
-			writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "limit must be a number from 1 to 1000."})
-			return
+			return badRequest("limit must be a number from 1 to 1000.")
 		}
 		limit = n
 	}
 	after := q.Get("after")
-	if after != "" && !ValidTenant(after) {
-		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "after must be a tenant id."})
-		return
+	if after != "" && !proxy.ValidTenant(after) {
+		return badRequest("after must be a tenant id.")
 	}
 	var (
 		ids  []string
@@ -325,12 +332,10 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
 	case store.StateActive, store.StateReauthorizationRequired:
 		ids, next, more, err = a.tenants.ListByState(r.Context(), state, after, limit)
 	default:
-		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "state must be active or reauthorization_required."})
-		return
+		return badRequest("state must be active or reauthorization_required.")
 	}
 	if err != nil {
-		writeError(w, a.adminError(err))
-		return
+		return err
 	}
 	page := struct {
 		Tenants []string `json:"tenants"`
@@ -343,38 +348,47 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
 		page.Next = next
 	}
 	writeJSON(w, http.StatusOK, page)
+	return nil
 }
 
-// adminError maps an error of TenantAdmin to an admin answer.
-func (a *Admin) adminError(err error) *Error {
-	var ce *auth.ConnectError
+// errorFor maps an error of a handler to its answer: a *proxy.Error is
+// answered as it is; an error of TenantAdmin by what it means. A caller
+// that went away gets proxy.TokenError's answer, which is where that
+// decision is made.
+func (a *Admin) errorFor(err error) *proxy.Error {
+	var (
+		pe *proxy.Error
+		ce *auth.ConnectError
+	)
 	switch {
+	case errors.As(err, &pe):
+		return pe
 	case errors.Is(err, auth.ErrUnknownTenant):
-		return &Error{Status: http.StatusNotFound, Code: CodeUnknownTenant, Message: "No token is held for this tenant."}
+		return &proxy.Error{Status: http.StatusNotFound, Code: proxy.CodeUnknownTenant, Message: "No token is held for this tenant."}
 	case errors.Is(err, auth.ErrReauthorizationRequired):
-		return &Error{Status: http.StatusConflict, Code: CodeReauthorizationRequired,
+		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeReauthorizationRequired,
 			Message: "The tenant's authorization was revoked; connect it again or import a new token."}
 	case errors.Is(err, auth.ErrNoBetterToken):
-		return &Error{Status: http.StatusConflict, Code: CodeNotRefreshable,
+		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeNotRefreshable,
 			Message: "The tenant's token has no refresh token (a personal access token) and cannot be refreshed."}
 	case errors.Is(err, auth.ErrNotConfigured):
-		return &Error{Status: http.StatusConflict, Code: CodeNotConfigured,
+		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeNotConfigured,
 			Message: "The OAuth client is not configured: set OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_REDIRECT_URL."}
 	case errors.As(err, &ce):
-		return &Error{Status: http.StatusBadRequest, Code: ce.Code, Message: ce.Message}
-	case errors.Is(err, context.Canceled):
-		return &Error{Status: StatusClientClosedRequest, Code: "client_closed_request", Message: "The caller went away."}
+		return &proxy.Error{Status: http.StatusBadRequest, Code: ce.Code, Message: ce.Message}
 	}
-	e := tokenError(err)
-	a.log.Warn("admin call failed", "code", e.Code, "err", err)
+	e := proxy.TokenError(err)
+	if e.Status != proxy.StatusClientClosedRequest {
+		a.log.Warn("admin call failed", "code", e.Code, "err", err)
+	}
 	return e
 }
 
 // decodeBody decodes exactly one JSON object of at most maxAdminBody bytes
 // with no unknown fields into v.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) *Error {
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return &Error{Status: http.StatusUnsupportedMediaType, Code: CodeBadRequest, Message: "The body must be application/json."}
+		return &proxy.Error{Status: http.StatusUnsupportedMediaType, Code: proxy.CodeBadRequest, Message: "The body must be application/json."}
 	}
 	body := http.MaxBytesReader(w, r.Body, maxAdminBody)
 	dec := json.NewDecoder(body)
@@ -388,29 +402,29 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) *Error {
 		case errors.As(err, &timeout) && timeout.Timeout():
 			// The body did not arrive by REQUEST_BODY_TIMEOUT: 408, and the
 			// connection closes, the rest of the body being still on it.
-			return bodyError(err)
+			return proxy.BodyError(err)
 		case errors.As(err, &tooLarge):
-			return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+			return &proxy.Error{Status: http.StatusRequestEntityTooLarge, Code: proxy.CodeTooLarge,
 				Message: fmt.Sprintf("The body is larger than %d bytes.", maxAdminBody)}
 		case errors.As(err, &typeErr):
-			return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest,
+			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest,
 				Message: fmt.Sprintf("The field %q has the wrong type.", typeErr.Field)}
 		case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-			return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "The body is not valid JSON."}
+			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body is not valid JSON."}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest,
+			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest,
 				Message: "The body has an unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + "."}
 		default:
-			return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "The body could not be decoded."}
+			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body could not be decoded."}
 		}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+			return &proxy.Error{Status: http.StatusRequestEntityTooLarge, Code: proxy.CodeTooLarge,
 				Message: fmt.Sprintf("The body is larger than %d bytes.", maxAdminBody)}
 		}
-		return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: "The body must hold one JSON object and nothing after it."}
+		return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body must hold one JSON object and nothing after it."}
 	}
 	return nil
 }

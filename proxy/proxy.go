@@ -28,18 +28,15 @@ import (
 // Tokens is what the proxy needs of the token lifecycle. It must be safe for
 // concurrent use by multiple goroutines.
 type Tokens interface {
-	// Token returns the access token to send for tenant.
-	Token(ctx context.Context, tenant string) (string, error)
-	// Refused returns a replacement for token, which the upstream answered
-	// 401 to; auth.ErrNoBetterToken means the refusal stands.
-	Refused(ctx context.Context, tenant, token string) (string, error)
-}
-
-// authorizer is implemented by Tokens that hand out the Authorization header
-// value ready-made ("Bearer <token>", built once per token), which spares
-// the proxy building it for every request. *auth.Tokens implements it.
-type authorizer interface {
+	// Authorization returns the value of the Authorization header to send
+	// for tenant: its token with the scheme ("Bearer <token>"), formatted
+	// by the holder of the token (once per token, not per request), as
+	// x/oauth2's Token formats its own header.
 	Authorization(ctx context.Context, tenant string) (string, error)
+	// Refused returns a replacement for token (the bare token, without its
+	// scheme), which the upstream answered 401 to; auth.ErrNoBetterToken
+	// means the refusal stands.
+	Refused(ctx context.Context, tenant, token string) (string, error)
 }
 
 // Observer is told about each request, for metrics. Methods must be cheap and
@@ -127,11 +124,9 @@ type Handler struct {
 	basePath     string // upstream path without its trailing slash
 	baseRawPath  string
 	rp           *httputil.ReverseProxy
-	// authorization returns the Authorization header value for a tenant.
-	authorization func(ctx context.Context, tenant string) (string, error)
-	log           *slog.Logger
-	obs           Observer
-	replayMemory  replayMemory
+	log          *slog.Logger
+	obs          Observer
+	replayMemory replayMemory
 }
 
 // New returns a Handler for cfg.
@@ -175,14 +170,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if h.obs == nil {
 		h.obs = nopObserver{}
-	}
-	if a, ok := cfg.Tokens.(authorizer); ok {
-		h.authorization = a.Authorization
-	} else {
-		h.authorization = func(ctx context.Context, tenant string) (string, error) {
-			token, err := cfg.Tokens.Token(ctx, tenant)
-			return bearerPrefix + token, err
-		}
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
@@ -273,7 +260,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(rw, r, c, e)
 		return
 	}
-	authorization, err := h.authorization(r.Context(), c.tenant)
+	authorization, err := h.cfg.Tokens.Authorization(r.Context(), c.tenant)
 	if err != nil {
 		h.fail(rw, r, c, TokenError(err))
 		return

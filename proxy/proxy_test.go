@@ -28,8 +28,9 @@ type fakeTokens struct {
 	refused func(ctx context.Context, tenant, token string) (string, error)
 }
 
-func (f *fakeTokens) Token(ctx context.Context, tenant string) (string, error) {
-	return f.token(ctx, tenant)
+func (f *fakeTokens) Authorization(ctx context.Context, tenant string) (string, error) {
+	token, err := f.token(ctx, tenant)
+	return "Bearer " + token, err
 }
 
 func (f *fakeTokens) Refused(ctx context.Context, tenant, token string) (string, error) {

@@ -199,16 +199,7 @@ func (t *Tokens) CachedTenants() int { return t.cache.len() }
 // runBackground refreshes tenants that are due, whether or not anyone calls
 // for them, so that idle tenants' tokens do not expire.
 func (t *Tokens) runBackground() {
-	tick := time.NewTicker(t.cfg.BackgroundInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.ctx.Done():
-			return
-		case <-tick.C:
-			t.refreshDue()
-		}
-	}
+	t.every(t.cfg.BackgroundInterval, t.refreshDue)
 }
 
 // refreshDue refreshes, with bounded concurrency, the tenants whose tokens

@@ -138,42 +138,39 @@ const (
 // it says so (log, metrics, Invalidations) and re-reads every cached tenant
 // not read for CacheRevalidate.
 func (t *Tokens) watchInvalidations() {
-	tick := time.NewTicker(heartbeatInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.ctx.Done():
-			return
-		case <-tick.C:
-		}
-		ctx, cancel := context.WithTimeout(t.ctx, heartbeatInterval)
-		pubErr := t.store.Heartbeat(ctx, t.id)
-		cancel()
-		now := t.now()
-		heard := time.Unix(0, t.heardAt.Load())
-		ok := now.Sub(heard) < invalidationsDownAfter
-		if was := t.subscribed.Swap(ok); was != ok {
-			if ok {
-				t.log.Info("invalidations reach this replica again; re-reading every cached tenant")
-				t.askResync()
-			} else {
-				reason := "no heartbeat came back"
-				switch {
-				case pubErr != nil:
-					reason = pubErr.Error()
-				case t.subErr.Load() != nil:
-					reason = (*t.subErr.Load()).Error()
-				}
-				t.log.Warn("invalidations do not reach this replica: deleted or replaced tokens are noticed only by re-reading the store",
-					"reason", reason, "revalidate_every", t.cfg.CacheRevalidate.String())
+	t.every(heartbeatInterval, t.checkInvalidations)
+}
+
+// checkInvalidations publishes one heartbeat and acts on whether the
+// previous ones came back.
+func (t *Tokens) checkInvalidations() {
+	ctx, cancel := context.WithTimeout(t.ctx, heartbeatInterval)
+	pubErr := t.store.Heartbeat(ctx, t.id)
+	cancel()
+	now := t.now()
+	heard := time.Unix(0, t.heardAt.Load())
+	ok := now.Sub(heard) < invalidationsDownAfter
+	if was := t.subscribed.Swap(ok); was != ok {
+		if ok {
+			t.log.Info("invalidations reach this replica again; re-reading every cached tenant")
+			t.askResync()
+		} else {
+			reason := "no heartbeat came back"
+			switch {
+			case pubErr != nil:
+				reason = pubErr.Error()
+			case t.subErr.Load() != nil:
+				reason = (*t.subErr.Load()).Error()
 			}
+			t.log.Warn("invalidations do not reach this replica: deleted or replaced tokens are noticed only by re-reading the store",
+				"reason", reason, "revalidate_every", t.cfg.CacheRevalidate.String())
 		}
-		t.obs.Invalidations(ok, heard)
-		if !ok {
-			ctx, cancel := context.WithTimeout(t.ctx, t.cfg.CacheRevalidate)
-			t.revalidateBefore(ctx, now.Add(-t.cfg.CacheRevalidate))
-			cancel()
-		}
+	}
+	t.obs.Invalidations(ok, heard)
+	if !ok {
+		ctx, cancel := context.WithTimeout(t.ctx, t.cfg.CacheRevalidate)
+		t.revalidateBefore(ctx, now.Add(-t.cfg.CacheRevalidate))
+		cancel()
 	}
 }
 
@@ -182,6 +179,20 @@ func (t *Tokens) watchInvalidations() {
 // last heard one.
 func (t *Tokens) Invalidations() (subscribed bool, lastHeard time.Time) {
 	return t.subscribed.Load(), time.Unix(0, t.heardAt.Load())
+}
+
+// every calls fn every d until Tokens closes.
+func (t *Tokens) every(d time.Duration, fn func()) {
+	tick := time.NewTicker(d)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+			fn()
+		}
+	}
 }
 
 // forEach calls fn for every item, workers at a time, until ctx ends.

@@ -452,7 +452,11 @@ type failureLimiter struct {
 	max     int
 	window  time.Duration
 	clients map[string]*failureWindow
+	pruned  time.Time // when expired windows were last removed
 }
+
+// maxFailureClients bounds the addresses whose failures are counted at once.
+const maxFailureClients = 10_000
 
 type failureWindow struct {
 	start time.Time
@@ -481,11 +485,24 @@ func (l *failureLimiter) blocked(client string, now time.Time) time.Duration {
 func (l *failureLimiter) fail(client string, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.clients) > 10_000 {
-		for k, w := range l.clients {
-			if now.Sub(w.start) >= l.window {
-				delete(l.clients, k)
+	if len(l.clients) >= maxFailureClients {
+		// Expired windows go at most once a window (a scan per failure
+		// would cost O(addresses) under the lock); if the map is still
+		// full, arbitrary entries go: the bound on memory wins over the
+		// count of one address, and the right token is never counted.
+		if now.Sub(l.pruned) >= l.window {
+			for k, w := range l.clients {
+				if now.Sub(w.start) >= l.window {
+					delete(l.clients, k)
+				}
 			}
+			l.pruned = now
+		}
+		for k := range l.clients {
+			if len(l.clients) < maxFailureClients {
+				break
+			}
+			delete(l.clients, k)
 		}
 	}
 	w, ok := l.clients[client]

@@ -87,6 +87,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if c, ok := st.(stateCounter); ok {
 		metrics.NewTenantStates(reg, func(ctx context.Context) (map[string]int64, error) {
 			counts, err := c.CountByState(ctx)
+			if err != nil {
+				// At most once per 10 s (a read is started by a scrape
+				// that finds the counts old): the gauge keeps its last
+				// value, and its timestamp stops.
+				m.StoreError("count")
+				log.Warn("could not read the tenants by state for /metrics", "err", err)
+			}
 			out := make(map[string]int64, len(counts))
 			for state, n := range counts {
 				out[string(state)] = n

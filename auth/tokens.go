@@ -469,14 +469,15 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 	e := t.cache.entryFor(tenant)
 	rec, err := t.get(ctx, tenant)
 	if err != nil {
-		if p := t.pendingRecord(tenant); p != nil && snapshotOf(*p).usable(t.now()) {
+		if p := t.pendingRecord(tenant); p != nil {
+			ps := snapshotOf(*p)
 			switch {
+			case !ps.usable(t.now()):
 			case errors.Is(err, ErrTokenUnavailable):
 				// The store is unreachable and holds an outdated record
 				// at best: the rotated token awaiting its write is the
 				// current one.
-				s := snapshotOf(*p)
-				return s, t.cache.fill(tenant, e, s), nil
+				return ps, t.cache.fill(tenant, e, ps), nil
 			case errors.Is(err, ErrUnknownTenant):
 				// The tenant was deleted (a tombstone), or the store lost
 				// its data: the pending writer's next attempt tells which

@@ -826,6 +826,10 @@ type isolationUpstream struct {
 	owner      map[string]string // token -> tenant
 	generation map[string]int    // token -> generation
 	current    int
+	// planned is the last generation a rotation was started for: two
+	// rotations that start before either has raised current still get
+	// generations of their own.
+	planned    int
 	violations []string
 	served     int
 	stale      int
@@ -848,7 +852,8 @@ func (u *isolationUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	next := 0
 	if len(parts) == 2 && u.rotateAt[parts[1]] {
 		delete(u.rotateAt, parts[1])
-		next = u.current + 1
+		u.planned++
+		next = u.planned
 	}
 	u.mu.Unlock()
 	if next > 0 {
@@ -892,7 +897,7 @@ func TestAttackTenantIsolationUnderConcurrency(t *testing.T) {
 	t.Cleanup(tokens.Close)
 	tenants := []string{"acme", "globex"}
 	up := &isolationUpstream{rotateAt: map[string]bool{"60": true, "140": true, "220": true},
-		owner: map[string]string{}, generation: map[string]int{}}
+		owner: map[string]string{}, generation: map[string]int{}, planned: 1}
 	up.rotate = func(generation int) {
 		for _, tenant := range tenants {
 			tok := up.issue(tenant, generation)

@@ -1,17 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
 )
 
@@ -19,21 +17,10 @@ import (
 // listeners): the data plane, the OAuth callback and the admin API.
 
 // rawExchange sends raw bytes to the base URL's host and returns the status,
-// headers and body of the answer.
+// headers and body of the final answer (testutil.RawHTTP, within 10 s).
 func rawExchange(t *testing.T, base, raw string) (int, http.Header, string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	// Write in the background: a server may answer before it read it all.
-	go func() { _, _ = io.WriteString(conn, raw) }()
-	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading the answer to %.80q: %v", raw, err)
-	}
+	res := testutil.RawHTTP(t, base, raw, 10*time.Second)
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return res.StatusCode, res.Header, string(b)
@@ -68,11 +55,7 @@ func secretsAbsent(t *testing.T, where, text string, secrets ...string) {
 
 func TestAttackDataPlaneThroughServer(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	p := start(t, double, redisEnv(t))
-	grants := map[string]thanksiotest.Token{"acme": double.NewGrant(), "globex": double.NewGrant()}
-	for tenant, g := range grants {
-		p.importToken(t, tenant, g, 3600)
-	}
+	p, grants := startWithGrants(t, double, "acme", "globex")
 	upstreamHost := strings.TrimPrefix(double.URL(), "http://")
 	big := strings.Repeat("a", 80<<10)
 	many := make([]string, 0, 3000)
@@ -137,27 +120,17 @@ func TestAttackDataPlaneThroughServer(t *testing.T) {
 // TestAttackCallbackState tampers with a genuine callback: nothing but the
 // exact state, once, finishes the flow, and tampering does not spend it.
 func TestAttackCallbackState(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{RequirePKCE: true})
-	a := newApp(t)
-	env := redisEnv(t)
-	f := newFront(t)
-	double.AddRedirectURL(f.callbackURL())
-	env["OAUTH_REDIRECT_URL"] = f.callbackURL()
-	env["OAUTH_RETURN_URLS"] = a.srv.URL + "/settings"
-	p := start(t, double, env)
-	f.forwardTo(t, p)
+	flow := newConnectFlow(t)
+	double, a := flow.double, flow.app
+	p := start(t, double, flow.env)
+	flow.front.forwardTo(t, p)
 
 	returnTo := a.srv.URL + "/settings/thanksio"
-	body, _ := json.Marshal(map[string]string{"return_to": returnTo})
-	code, resp := p.admin(t, http.MethodPost, "/admin/tenants/acme/connect", string(body))
+	code, authorizeURL := p.connect(t, "acme", returnTo)
 	if code != http.StatusOK {
-		t.Fatalf("connect: %d %s", code, resp)
+		t.Fatalf("connect: %d %s", code, authorizeURL)
 	}
-	var out struct {
-		AuthorizeURL string `json:"authorize_url"`
-	}
-	_ = json.Unmarshal([]byte(resp), &out)
-	cb, err := url.Parse(approve(t, out.AuthorizeURL))
+	cb, err := url.Parse(approve(t, authorizeURL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,12 +531,7 @@ func TestAttackChunkedOnEveryRoute(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			double.ResetAPIRequests()
-			conn, err := net.Dial("tcp", strings.TrimPrefix(p.data, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			conn, br := testutil.RawConn(t, p.data, 10*time.Second)
 			var b strings.Builder
 			b.WriteString(tt.requestLine + "\r\nHost: proxy.internal\r\nConnection: keep-alive\r\n")
 			for _, l := range tt.lines {
@@ -576,7 +544,6 @@ func TestAttackChunkedOnEveryRoute(t *testing.T) {
 			if _, err := io.WriteString(conn, b.String()); err != nil {
 				t.Fatal(err)
 			}
-			br := bufio.NewReader(conn)
 			res, err := http.ReadResponse(br, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -678,18 +645,12 @@ func TestAttackOpsSlowBodies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			conn, err := net.Dial("tcp", strings.TrimPrefix(p.ops, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
 			started := time.Now()
-			_ = conn.SetDeadline(started.Add(bodyTimeout + 3*time.Second))
+			conn, br := testutil.RawConn(t, p.ops, bodyTimeout+3*time.Second)
 			raw := strings.Replace(tt.head, "\r\n", "\r\nHost: proxy.internal\r\nConnection: keep-alive\r\n", 1) + "\r\n" + tt.body
 			if _, err := io.WriteString(conn, raw); err != nil {
 				t.Fatal(err)
 			}
-			br := bufio.NewReader(conn)
 			res, err := http.ReadResponse(br, nil)
 			if err != nil {
 				t.Fatalf("no answer %v after the headers, well past REQUEST_BODY_TIMEOUT (%v): %v", time.Since(started).Round(time.Millisecond), bodyTimeout, err)

@@ -15,6 +15,7 @@ import (
 
 	"thanksio-proxy/auth"
 	"thanksio-proxy/proxy"
+	"thanksio-proxy/ratelimit"
 	"thanksio-proxy/store"
 )
 
@@ -46,20 +47,8 @@ type Config struct {
 	// TenantHeader names the header that names the tenant.
 	TenantHeader string `env:"TENANT_HEADER"`
 
-	// RedisURL selects the Redis store; empty means the in-memory store.
-	RedisURL string `env:"REDIS_URL"`
-	// RedisKeyPrefix starts every Redis key.
-	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX"`
-	// RedisMinReplicasAck is how many replicas must confirm (WAIT) the write
-	// of a token record before it counts as done; empty means 1 when the
-	// primary has a replica connected at the time of the write, else 0.
-	RedisMinReplicasAck string `env:"REDIS_MIN_REPLICAS_ACK"`
-	// RedisRequirePubSub refuses to start when the Redis user may not
-	// PUBLISH or SUBSCRIBE on the invalidation channel, or run scripts.
-	RedisRequirePubSub bool `env:"REDIS_REQUIRE_PUBSUB" envDefault:"true"`
-	// TokenEncryptionKey is base64 of 32 bytes, or a comma-separated list of
-	// them (the first seals, all open). Required with Redis.
-	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
+	// StoreConfig selects and opens the token store.
+	StoreConfig
 
 	// RefreshAhead starts a refresh when less than this is left of a token.
 	RefreshAhead time.Duration `env:"REFRESH_AHEAD"`
@@ -94,6 +83,15 @@ type Config struct {
 	// MaxCallerConcurrency bounds the requests one caller key has in flight
 	// when caller authentication is on; 0 means no bound.
 	MaxCallerConcurrency int `env:"MAX_CALLER_CONCURRENCY" envDefault:"256"`
+	// RateLimit is the calls per period per tenant that reach the upstream,
+	// across the replicas sharing the store ("60/1m"), or "off".
+	RateLimit string `env:"RATE_LIMIT"`
+	// RateLimitMaxWait is how long a call may wait for its turn under
+	// RateLimit before it is answered 429 rate_limited.
+	RateLimitMaxWait time.Duration `env:"RATE_LIMIT_MAX_WAIT"`
+	// PublicURL is the base URL callers use; when set, the upstream's
+	// absolute URLs in JSON answers are rewritten to it.
+	PublicURL string `env:"PUBLIC_URL"`
 	// UpstreamTimeout bounds the wait for the upstream's response headers.
 	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"60s"`
 	// UpstreamDialTimeout bounds connecting to the upstream.
@@ -117,12 +115,35 @@ type Config struct {
 	AccessLog bool `env:"ACCESS_LOG" envDefault:"true"`
 
 	// Derived by load.
-	upstream       *url.URL
+	upstream   *url.URL
+	returnURLs []*url.URL
+	logLevel   slog.Level
+	callerKeys *proxy.CallerKeys
+	rateLimit  int // 0: off
+	ratePeriod time.Duration
+}
+
+// StoreConfig is the part of Config that selects and opens the token store:
+// all that the reseal command reads.
+type StoreConfig struct {
+	// RedisURL selects the Redis store; empty means the in-memory store.
+	RedisURL string `env:"REDIS_URL"`
+	// RedisKeyPrefix starts every Redis key.
+	RedisKeyPrefix string `env:"REDIS_KEY_PREFIX"`
+	// RedisMinReplicasAck is how many replicas must confirm (WAIT) the write
+	// of a token record before it counts as done; empty means 1 when the
+	// primary has a replica connected at the time of the write, else 0.
+	RedisMinReplicasAck string `env:"REDIS_MIN_REPLICAS_ACK"`
+	// RedisRequirePubSub refuses to start when the Redis user may not
+	// PUBLISH or SUBSCRIBE on the invalidation channel, or run scripts.
+	RedisRequirePubSub bool `env:"REDIS_REQUIRE_PUBSUB" envDefault:"true"`
+	// TokenEncryptionKey is base64 of 32 bytes, or a comma-separated list of
+	// them (the first seals, all open). Required with Redis.
+	TokenEncryptionKey string `env:"TOKEN_ENCRYPTION_KEY"`
+
+	// Derived by load.
 	minReplicasAck int
 	keys           [][]byte
-	returnURLs     []*url.URL
-	logLevel       slog.Level
-	callerKeys     *proxy.CallerKeys
 }
 
 // configError names the variable at fault in one line.
@@ -139,25 +160,17 @@ func loadConfig(getenv func(string) string) (*Config, error) {
 	// here from the package, not repeated in envDefault tags: a variable
 	// set in the environment replaces them.
 	cfg := Config{
-		TenantHeader:    proxy.DefaultTenantHeader,
-		CallerKeyHeader: proxy.DefaultCallerKeyHeader,
-		MaxReplayBody:   proxy.DefaultMaxReplayBody,
-		RefreshAhead:    auth.DefaultRefreshAhead,
-		CacheSize:       auth.DefaultCacheSize,
-		RedisKeyPrefix:  store.DefaultPrefix,
+		TenantHeader:     proxy.DefaultTenantHeader,
+		CallerKeyHeader:  proxy.DefaultCallerKeyHeader,
+		MaxReplayBody:    proxy.DefaultMaxReplayBody,
+		RefreshAhead:     auth.DefaultRefreshAhead,
+		CacheSize:        auth.DefaultCacheSize,
+		StoreConfig:      storeDefaults(),
+		RateLimit:        ratelimit.FormatRule(ratelimit.DefaultLimit, ratelimit.DefaultPeriod),
+		RateLimitMaxWait: ratelimit.DefaultMaxWait,
 	}
-	params, err := env.GetFieldParams(&cfg)
-	if err != nil {
+	if err := readEnv(getenv, &cfg); err != nil {
 		return nil, err
-	}
-	environ := make(map[string]string, len(params))
-	for _, p := range params {
-		if v := getenv(p.Key); v != "" {
-			environ[p.Key] = v
-		}
-	}
-	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ}); err != nil {
-		return nil, describeEnvError(err)
 	}
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -165,11 +178,65 @@ func loadConfig(getenv func(string) string) (*Config, error) {
 	return &cfg, nil
 }
 
-// describeEnvError turns caarlos0/env's error into one naming the variable.
-func describeEnvError(err error) error {
+// loadStoreConfig reads and checks the store's variables alone, so that a
+// command that needs only the store does not fail, or read files, over the
+// rest of the configuration.
+func loadStoreConfig(getenv func(string) string) (*StoreConfig, error) {
+	cfg := storeDefaults()
+	if err := readEnv(getenv, &cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// loadOpsAddr reads OPS_ADDR alone, with Config's default: all that the
+// healthcheck command needs, at every probe.
+func loadOpsAddr(getenv func(string) string) (string, error) {
+	var cfg Config
+	err := readEnv(func(k string) string {
+		if k == "OPS_ADDR" {
+			return getenv(k)
+		}
+		return ""
+	}, &cfg)
+	return cfg.OpsAddr, err
+}
+
+// storeDefaults returns the store's settings before the environment is
+// read: the defaults that package store states.
+func storeDefaults() StoreConfig {
+	return StoreConfig{RedisKeyPrefix: store.DefaultPrefix}
+}
+
+// readEnv sets the fields of the struct that cfg points to from the
+// variables their env tags name, as getenv returns them; a variable that is
+// empty or unset leaves its field's default.
+func readEnv(getenv func(string) string, cfg any) error {
+	params, err := env.GetFieldParams(cfg)
+	if err != nil {
+		return err
+	}
+	environ := make(map[string]string, len(params))
+	for _, p := range params {
+		if v := getenv(p.Key); v != "" {
+			environ[p.Key] = v
+		}
+	}
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
+		return describeEnvError(reflect.TypeOf(cfg).Elem(), err)
+	}
+	return nil
+}
+
+// describeEnvError turns caarlos0/env's error about a field of the struct
+// type typ into one naming the variable.
+func describeEnvError(typ reflect.Type, err error) error {
 	var pe env.ParseError
 	if errors.As(err, &pe) {
-		if f, ok := reflect.TypeFor[Config]().FieldByName(pe.Name); ok {
+		if f, ok := typ.FieldByName(pe.Name); ok {
 			return &configError{variable: f.Tag.Get("env"), problem: "not a valid " + pe.Type.String()}
 		}
 	}
@@ -214,27 +281,8 @@ func (c *Config) check() error {
 			return bad("CALLER_KEYS_FILE", err.Error())
 		}
 	}
-	if c.RedisURL != "" && c.TokenEncryptionKey == "" {
-		return bad("TOKEN_ENCRYPTION_KEY", "required when REDIS_URL is set (base64 of 32 random bytes: openssl rand -base64 32)")
-	}
-	if c.TokenEncryptionKey != "" {
-		if c.keys, err = store.ParseKeys(c.TokenEncryptionKey); err != nil {
-			return bad("TOKEN_ENCRYPTION_KEY", err.Error())
-		}
-	}
-	if c.RedisURL != "" && !strings.Contains(c.RedisURL, "://") {
-		return bad("REDIS_URL", "must be a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL")
-	}
-	c.minReplicasAck = store.AutoReplicas
-	if c.RedisMinReplicasAck != "" {
-		n, err := strconv.Atoi(c.RedisMinReplicasAck)
-		if err != nil || n < 0 {
-			return bad("REDIS_MIN_REPLICAS_ACK", "must be a whole number of replicas, 0 or more (empty: 1 when the primary has replicas)")
-		}
-		c.minReplicasAck = n
-	}
-	if c.RedisKeyPrefix == "" || strings.ContainsAny(c.RedisKeyPrefix, "{}*?[] \t\r\n") {
-		return bad("REDIS_KEY_PREFIX", "must be non-empty, without braces, glob characters or spaces")
+	if err := c.StoreConfig.check(); err != nil {
+		return err
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return bad("ADMIN_TOKEN", "must be at least 16 characters (openssl rand -hex 32)")
@@ -250,9 +298,22 @@ func (c *Config) check() error {
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false}, {"IDLE_TIMEOUT", c.IdleTimeout, false},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, false}, {"CACHE_REVALIDATE", c.CacheRevalidate, false},
 		{"REQUEST_BODY_TIMEOUT", c.RequestBodyTimeout, false},
+		{"RATE_LIMIT_MAX_WAIT", c.RateLimitMaxWait, false},
 	} {
 		if d.value < 0 || d.value == 0 && !d.zero {
 			return bad(d.name, "must be a positive duration such as 30s or 5m")
+		}
+	}
+	if c.rateLimit, c.ratePeriod, err = ratelimit.ParseRule(c.RateLimit); err != nil {
+		return bad("RATE_LIMIT", err.Error())
+	}
+	if c.PublicURL != "" {
+		u, err := absoluteURL(c.PublicURL)
+		if err == nil && (u.RawQuery != "" || u.Fragment != "" || u.User != nil) {
+			err = errors.New("must be a base URL without credentials, query or fragment")
+		}
+		if err != nil {
+			return bad("PUBLIC_URL", err.Error())
 		}
 	}
 	if c.CacheSize < 1 {
@@ -282,6 +343,34 @@ func (c *Config) check() error {
 	// Port 0 asks the kernel for a free port, a different one per listener.
 	if c.ListenAddr == c.OpsAddr && !strings.HasSuffix(c.OpsAddr, ":0") {
 		return bad("OPS_ADDR", "must differ from LISTEN_ADDR")
+	}
+	return nil
+}
+
+func (c *StoreConfig) check() error {
+	bad := func(v, p string) error { return &configError{v, p} }
+	var err error
+	if c.RedisURL != "" && c.TokenEncryptionKey == "" {
+		return bad("TOKEN_ENCRYPTION_KEY", "required when REDIS_URL is set (base64 of 32 random bytes: openssl rand -base64 32)")
+	}
+	if c.TokenEncryptionKey != "" {
+		if c.keys, err = store.ParseKeys(c.TokenEncryptionKey); err != nil {
+			return bad("TOKEN_ENCRYPTION_KEY", err.Error())
+		}
+	}
+	if c.RedisURL != "" && !strings.Contains(c.RedisURL, "://") {
+		return bad("REDIS_URL", "must be a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL")
+	}
+	c.minReplicasAck = store.AutoReplicas
+	if c.RedisMinReplicasAck != "" {
+		n, err := strconv.Atoi(c.RedisMinReplicasAck)
+		if err != nil || n < 0 {
+			return bad("REDIS_MIN_REPLICAS_ACK", "must be a whole number of replicas, 0 or more (empty: 1 when the primary has replicas)")
+		}
+		c.minReplicasAck = n
+	}
+	if c.RedisKeyPrefix == "" || strings.ContainsAny(c.RedisKeyPrefix, "{}*?[] \t\r\n") {
+		return bad("REDIS_KEY_PREFIX", "must be non-empty, without braces, glob characters or spaces")
 	}
 	return nil
 }

@@ -72,15 +72,18 @@ func (f *front) forwardTo(t *testing.T, in *instance) {
 	f.proxy.Store(httputil.NewSingleHostReverseProxy(u))
 }
 
-// connectSetup is two proxy instances sharing one Redis, the second answering
-// the OAuth callback, and the application that connects tenants.
-type connectSetup struct {
-	double   *thanksiotest.Server
-	one, two *instance
-	app      *app
+// connectFlow is what an OAuth connect flow needs besides the proxies: a
+// thanks.io double that requires PKCE, the application that connects
+// tenants, the front that OAUTH_REDIRECT_URL points to, and the
+// environment of the proxies that take part (on a fresh Redis prefix).
+type connectFlow struct {
+	double *thanksiotest.Server
+	app    *app
+	front  *front
+	env    map[string]string
 }
 
-func newConnectSetup(t *testing.T) *connectSetup {
+func newConnectFlow(t *testing.T) *connectFlow {
 	t.Helper()
 	double := thanksiotest.NewServer(t, thanksiotest.Options{RequirePKCE: true})
 	a := newApp(t)
@@ -89,22 +92,42 @@ func newConnectSetup(t *testing.T) *connectSetup {
 	double.AddRedirectURL(f.callbackURL())
 	env["OAUTH_REDIRECT_URL"] = f.callbackURL()
 	env["OAUTH_RETURN_URLS"] = a.srv.URL + "/settings"
-	env["OAUTH_SCOPES"] = "read write"
-	one := start(t, double, env)
-	two := start(t, double, env)
-	f.forwardTo(t, two)
-	return &connectSetup{double: double, one: one, two: two, app: a}
+	return &connectFlow{double: double, app: a, front: f, env: env}
+}
+
+// connectSetup is two proxy instances sharing one Redis, the second answering
+// the OAuth callback, and the application that connects tenants.
+type connectSetup struct {
+	*connectFlow
+	one, two *instance
+}
+
+func newConnectSetup(t *testing.T) *connectSetup {
+	t.Helper()
+	flow := newConnectFlow(t)
+	flow.env["OAUTH_SCOPES"] = "read write"
+	one := start(t, flow.double, flow.env)
+	two := start(t, flow.double, flow.env)
+	flow.front.forwardTo(t, two)
+	return &connectSetup{connectFlow: flow, one: one, two: two}
 }
 
 // connect asks instance one for an authorize URL.
 func (s *connectSetup) connect(t *testing.T, tenant, returnTo string) (int, string) {
+	t.Helper()
+	return s.one.connect(t, tenant, returnTo)
+}
+
+// connect asks in for an authorize URL for tenant, and returns the status
+// and the URL (or the body of an answer other than 200).
+func (in *instance) connect(t *testing.T, tenant, returnTo string) (int, string) {
 	t.Helper()
 	body := "{}"
 	if returnTo != "" {
 		b, _ := json.Marshal(map[string]string{"return_to": returnTo})
 		body = string(b)
 	}
-	code, resp := s.one.admin(t, http.MethodPost, "/admin/tenants/"+tenant+"/connect", body)
+	code, resp := in.admin(t, http.MethodPost, "/admin/tenants/"+tenant+"/connect", body)
 	if code != http.StatusOK {
 		return code, resp
 	}

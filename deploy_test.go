@@ -506,12 +506,11 @@ func deployConfigVariables() map[string]string {
 		panic("the default configuration does not load: " + err.Error())
 	}
 	vars := map[string]string{}
-	typ := reflect.TypeFor[Config]()
 	val := reflect.ValueOf(*cfg)
-	for i := range typ.NumField() {
-		f := typ.Field(i)
+	// VisibleFields: the fields of embedded groups (StoreConfig) too.
+	for _, f := range reflect.VisibleFields(val.Type()) {
 		if name, _, _ := strings.Cut(f.Tag.Get("env"), ","); name != "" {
-			vars[name] = fmt.Sprint(val.Field(i).Interface())
+			vars[name] = fmt.Sprint(val.FieldByIndex(f.Index).Interface())
 		}
 	}
 	return vars
@@ -720,27 +719,60 @@ func deploySelected(set *deploySet, file string, selector k8sSelector) []*deploy
 // any file: the monitors are applied in the proxies' namespace.
 func deployScrapedWorkloads(t *testing.T, set *deploySet) map[*deployWorkload]bool {
 	scraped := map[*deployWorkload]bool{}
+	for _, mon := range deployMonitors(t, set) {
+		for _, s := range mon.services {
+			if s.workload != nil {
+				scraped[s.workload] = true
+			}
+		}
+		for _, w := range mon.workloads {
+			scraped[w] = true
+		}
+	}
+	return scraped
+}
+
+// deployMonitor is a ServiceMonitor or a PodMonitor under deploy/, with what
+// it selects.
+type deployMonitor struct {
+	manifest *k8sManifest
+	// services are the Services that a ServiceMonitor selects.
+	services []*deployService
+	// pod is the PodMonitor (nil for a ServiceMonitor), and workloads the
+	// workloads whose pod templates it selects.
+	pod       *k8sPodMonitor
+	workloads []*deployWorkload
+}
+
+// deployMonitors returns the monitors under deploy/, in any file, with the
+// Services or workloads each selects.
+func deployMonitors(t *testing.T, set *deploySet) []deployMonitor {
+	var monitors []deployMonitor
 	for _, m := range set.manifests {
+		mon := deployMonitor{manifest: m}
 		switch m.kind {
 		case "ServiceMonitor":
 			var sm k8sServiceMonitor
 			m.decode(t, &sm)
 			for _, s := range set.services {
-				if s.workload != nil && sm.Spec.Selector.matches(s.labels) {
-					scraped[s.workload] = true
+				if sm.Spec.Selector.matches(s.labels) {
+					mon.services = append(mon.services, s)
 				}
 			}
 		case "PodMonitor":
-			var pm k8sPodMonitor
-			m.decode(t, &pm)
+			mon.pod = &k8sPodMonitor{}
+			m.decode(t, mon.pod)
 			for _, w := range set.workloads {
-				if pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
-					scraped[w] = true
+				if mon.pod.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+					mon.workloads = append(mon.workloads, w)
 				}
 			}
+		default:
+			continue
 		}
+		monitors = append(monitors, mon)
 	}
-	return scraped
+	return monitors
 }
 
 // deployCheckPodMonitor checks that a PodMonitor selects pods that run the
@@ -1485,22 +1517,14 @@ func deployCheckRule(t *testing.T, set *deploySet, m *k8sManifest) {
 	// the pods, or else <namespace>/<its name> (any namespace).
 	jobs := map[string]bool{}
 	var podMonitorJobs []string // suffixes: /<name>
-	for _, x := range set.manifests {
-		switch x.kind {
-		case "ServiceMonitor":
-			var sm k8sServiceMonitor
-			x.decode(t, &sm)
-			for _, s := range set.services {
-				if sm.Spec.Selector.matches(s.labels) {
-					jobs[s.name] = true
-				}
-			}
-		case "PodMonitor":
-			var pm k8sPodMonitor
-			x.decode(t, &pm)
-			podMonitorJobs = append(podMonitorJobs, "/"+x.name)
-			for _, w := range set.workloads {
-				if v := w.spec.Spec.Template.Metadata.Labels[pm.Spec.JobLabel]; v != "" && pm.Spec.Selector.matches(w.spec.Spec.Template.Metadata.Labels) {
+	for _, mon := range deployMonitors(t, set) {
+		for _, s := range mon.services {
+			jobs[s.name] = true
+		}
+		if mon.pod != nil {
+			podMonitorJobs = append(podMonitorJobs, "/"+mon.manifest.name)
+			for _, w := range mon.workloads {
+				if v := w.spec.Spec.Template.Metadata.Labels[mon.pod.Spec.JobLabel]; v != "" {
 					jobs[v] = true
 				}
 			}

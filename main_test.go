@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -100,20 +101,23 @@ type instance struct {
 
 const testAdminToken = "test-admin-token-0123456789"
 
-// runProxy calls run in a goroutine with env as the whole environment and
-// logs as its output, and waits until the proxy logs that it started. It
-// returns the addresses the proxy listens on, as bound (so a LISTEN_ADDR or
-// OPS_ADDR with port 0 comes back with the port the kernel picked), and a
-// function that cancels run and returns what run returned. The test's
-// cleanup calls stop too; calls after the first return the same error.
+// runProxy serves a proxy in a goroutine (serve, as run does without a
+// command) with env as the whole environment and logs as its output, on
+// listeners it opens on env's LISTEN_ADDR and OPS_ADDR (port 0: a port the
+// kernel picks, held from then on), and waits until the proxy logs that it
+// started, naming those addresses. It returns the addresses and a function
+// that cancels the proxy and returns what serve returned. The test's cleanup
+// calls stop too; calls after the first return the same error.
 func runProxy(t *testing.T, env map[string]string, logs *syncBuffer) (data, ops string, stop func() error) {
 	t.Helper()
+	dataLn, opsLn := listen(t, env["LISTEN_ADDR"]), listen(t, env["OPS_ADDR"])
+	data, ops = dataLn.Addr().String(), opsLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	returned := make(chan struct{})
 	var runErr error
 	go func() {
 		defer close(returned)
-		runErr = run(ctx, nil, func(k string) string { return env[k] }, logs)
+		runErr = serve(ctx, func(k string) string { return env[k] }, logs, dataLn, opsLn)
 	}()
 	var once sync.Once
 	var stopErr error
@@ -134,14 +138,29 @@ func runProxy(t *testing.T, env map[string]string, logs *syncBuffer) (data, ops 
 			t.Errorf("run: %v", err)
 		}
 	})
-	_, ok := logs.waitLine(t, "the proxy logs that it started", returned, func(line string) bool {
-		data, ops = startedAddrs(line)
-		return data != "" && ops != ""
+	line, ok := logs.waitLine(t, "the proxy logs that it started", returned, func(line string) bool {
+		d, o := startedAddrs(line)
+		return d != "" && o != ""
 	})
 	if !ok {
 		t.Fatalf("the proxy stopped at start: %v\n%s", runErr, logs)
 	}
+	if d, o := startedAddrs(line); d != data || o != ops {
+		t.Fatalf("the startup line names %s and %s; want the listeners' %s and %s", d, o, data, ops)
+	}
 	return data, ops, stop
+}
+
+// listen opens a listener on addr for a proxy under test; the test's
+// cleanup closes it, if the proxy did not.
+func listen(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // startedAddrs returns the addresses that the proxy's startup log line
@@ -276,13 +295,23 @@ func (in *instance) call(t *testing.T, tenant, path string) (int, http.Header, s
 	return do(t, http.MethodGet, in.data+path, map[string]string{"X-Tenant-ID": tenant, "Authorization": "Bearer caller-own-token"}, "")
 }
 
+// startWithGrants starts a proxy on a fresh Redis key prefix, imports a new
+// grant of double for each tenant through it (valid for an hour), and
+// returns the proxy and the grants by tenant.
+func startWithGrants(t *testing.T, double *thanksiotest.Server, tenants ...string) (*instance, map[string]thanksiotest.Token) {
+	t.Helper()
+	p := start(t, double, redisEnv(t))
+	grants := make(map[string]thanksiotest.Token, len(tenants))
+	for _, tenant := range tenants {
+		grants[tenant] = double.NewGrant()
+		p.importToken(t, tenant, grants[tenant], 3600)
+	}
+	return p, grants
+}
+
 func TestEndToEndTenantsGetTheirOwnTokens(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	p := start(t, double, redisEnv(t))
-	grants := map[string]thanksiotest.Token{"acme": double.NewGrant(), "globex": double.NewGrant()}
-	for tenant, g := range grants {
-		p.importToken(t, tenant, g, 3600)
-	}
+	p, grants := startWithGrants(t, double, "acme", "globex")
 	for _, tenant := range []string{"acme", "globex", "acme"} {
 		double.ResetAPIRequests()
 		code, _, body := p.call(t, tenant, "/orders/list?page=2")
@@ -370,6 +399,9 @@ func TestRefreshThroughProxyUnderLoad(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
 	env := redisEnv(t)
 	env["REFRESH_AHEAD"] = "2h"
+	// 120 calls of one tenant, and a replay each for some: more than its
+	// turns in a minute.
+	env["RATE_LIMIT"] = "off"
 	p := start(t, double, env)
 	old := double.NewGrant()
 	p.importToken(t, "acme", old, 3600)

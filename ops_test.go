@@ -409,6 +409,34 @@ func TestHealthcheckCommand(t *testing.T) {
 	}
 }
 
+// TestCommandsReadOnlyTheirVariables checks that a command reads only the
+// variables it needs: a configuration the proxy would refuse elsewhere
+// does not fail a health probe, and no probe reads CALLER_KEYS_FILE.
+func TestCommandsReadOnlyTheirVariables(t *testing.T) {
+	p := start(t, nil, nil)
+	broken := map[string]string{
+		"OPS_ADDR":         strings.TrimPrefix(p.ops, "http://"),
+		"CALLER_KEYS_FILE": "/nonexistent/callers",
+		"UPSTREAM_URL":     "api.thanks.io",
+		"REFRESH_AHEAD":    "soon",
+		"LOG_FORMAT":       "xml",
+	}
+	getenv := func(k string) string { return broken[k] }
+	if err := run(t.Context(), []string{"healthcheck"}, getenv, io.Discard); err != nil {
+		t.Errorf("healthcheck with the rest of the configuration broken: %v; want nil", err)
+	}
+	if err := run(t.Context(), []string{"caller-key", "billing", "acme"}, getenv, io.Discard); err != nil {
+		t.Errorf("caller-key with the configuration broken: %v; want nil", err)
+	}
+	if err := run(t.Context(), []string{"reseal"}, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_URL") {
+		t.Errorf("reseal without REDIS_URL, the rest broken: %v; want the error naming REDIS_URL", err)
+	}
+	broken["OPS_ADDR"] = "nowhere"
+	if err := run(t.Context(), []string{"healthcheck"}, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "OPS_ADDR") {
+		t.Errorf("healthcheck with OPS_ADDR %q: %v; want the error naming OPS_ADDR", broken["OPS_ADDR"], err)
+	}
+}
+
 // refusingAddr returns a loopback address that refuses connections for the
 // rest of the test. A socket bound to its port, and never listening, holds
 // the port: no listener can bind it and no outgoing connection is given it,

@@ -1,7 +1,7 @@
 // Package admin is the control plane's HTTP: the admin API that operators
 // call on the operations listener, and the pages and redirects of the OAuth
 // callback. It serves over operations that package auth exposes, and answers
-// errors in the proxy's JSON shape (proxy.Error).
+// errors in the proxy's JSON shape (httperr.Error), as the data plane does.
 package admin
 
 import (
@@ -21,8 +21,7 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
-	"thanksio-proxy/proxy"
-	"thanksio-proxy/store"
+	"thanksio-proxy/internal/httperr"
 )
 
 // TenantAdmin is what the admin API needs of the token lifecycle.
@@ -31,11 +30,18 @@ type TenantAdmin interface {
 	Status(ctx context.Context, tenant string) (auth.TenantStatus, error)
 	List(ctx context.Context, after string, limit int) ([]string, bool, error)
 	// ListByState is List of the tenants in one state; next resumes it.
-	ListByState(ctx context.Context, state store.State, after string, limit int) (tenants []string, next string, more bool, err error)
+	ListByState(ctx context.Context, state auth.State, after string, limit int) (tenants []string, next string, more bool, err error)
 	Forget(ctx context.Context, tenant string) error
 	RefreshNow(ctx context.Context, tenant string) (auth.TenantStatus, error)
 	// Connect returns a one-time authorize URL for the tenant's account owner.
 	Connect(ctx context.Context, tenant, returnTo string) (string, error)
+}
+
+// Checker checks a tenant's connection to thanks.io (proxy.Handler.Check):
+// the status of thanks.io's answer to GET /ping with the tenant's token and
+// its message, or an *httperr.Error when the call did not reach thanks.io.
+type Checker interface {
+	Check(ctx context.Context, tenant string) (status int, message string, err error)
 }
 
 // maxAdminBody bounds an admin request body.
@@ -47,6 +53,9 @@ type Admin struct {
 	// OnRefused, if non-nil, is called for each call refused for a missing
 	// or wrong admin token (for a metric). Set it before serving.
 	OnRefused func()
+	// Checker serves POST /admin/tenants/{tenant}/check; nil answers it
+	// 404. Set it before serving.
+	Checker Checker
 
 	tenants TenantAdmin
 	// tokenSum is the SHA-256 of the admin token: comparing digests keeps
@@ -76,8 +85,9 @@ func NewAdmin(tenants TenantAdmin, token string, log *slog.Logger) (*Admin, erro
 	a.mux.HandleFunc("PUT /admin/tenants/{tenant}/token", a.handle(a.importToken))
 	a.mux.HandleFunc("POST /admin/tenants/{tenant}/refresh", a.handle(tenantStatus(tenants.RefreshNow)))
 	a.mux.HandleFunc("POST /admin/tenants/{tenant}/connect", a.handle(a.connect))
+	a.mux.HandleFunc("POST /admin/tenants/{tenant}/check", a.handle(a.check))
 	a.mux.HandleFunc("/admin/", a.handle(func(http.ResponseWriter, *http.Request) error {
-		return &proxy.Error{Status: http.StatusNotFound, Code: proxy.CodeNotFound, Message: "No such admin call."}
+		return &httperr.Error{Status: http.StatusNotFound, Code: httperr.CodeNotFound, Message: "No such admin call."}
 	}))
 	a.serve = a.handle(a.route)
 	return a, nil
@@ -97,7 +107,7 @@ func (a *Admin) route(w http.ResponseWriter, r *http.Request) error {
 	if !a.authorized(r) {
 		client := remoteIP(r)
 		if wait := a.failures.blocked(client, a.now()); wait > 0 {
-			return &proxy.Error{Status: http.StatusTooManyRequests, Code: proxy.CodeTooManyAttempts,
+			return &httperr.Error{Status: http.StatusTooManyRequests, Code: httperr.CodeTooManyAttempts,
 				Message: "Too many calls with a wrong admin token from this address; wait and try again.", RetryAfter: wait}
 		}
 		if a.OnRefused != nil {
@@ -108,14 +118,14 @@ func (a *Admin) route(w http.ResponseWriter, r *http.Request) error {
 		}
 		a.log.Warn("admin call refused: missing or wrong admin token", "method", r.Method, "path", r.URL.Path, "remote", client)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="thanksio-proxy admin"`)
-		return &proxy.Error{Status: http.StatusUnauthorized, Code: proxy.CodeUnauthorized,
+		return &httperr.Error{Status: http.StatusUnauthorized, Code: httperr.CodeUnauthorized,
 			Message: "A valid admin token is required in the Authorization header."}
 	}
 	// The mux answers a method it has no route for with a plain-text 405;
 	// answer it in the proxy's shape instead.
 	if _, pattern := a.mux.Handler(r); pattern == "" || pattern == "/admin/" {
 		if methodMismatch(a.mux, r) {
-			return &proxy.Error{Status: http.StatusMethodNotAllowed, Code: proxy.CodeMethodNotAllowed,
+			return &httperr.Error{Status: http.StatusMethodNotAllowed, Code: httperr.CodeMethodNotAllowed,
 				Message: "That method is not allowed on this admin path."}
 		}
 	}
@@ -160,21 +170,21 @@ type handler func(w http.ResponseWriter, r *http.Request) error
 func (a *Admin) handle(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := h(w, r); err != nil {
-			proxy.WriteError(w, a.errorFor(err))
+			httperr.Write(w, a.errorFor(err))
 		}
 	}
 }
 
 // badRequest is a 400 bad_request saying msg.
-func badRequest(msg string) *proxy.Error {
-	return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: msg}
+func badRequest(msg string) *httperr.Error {
+	return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest, Message: msg}
 }
 
 // pathTenant returns the {tenant} of the path, or the 400 that refuses it.
 func pathTenant(r *http.Request) (string, error) {
 	tenant := r.PathValue("tenant")
-	if !proxy.ValidTenant(tenant) {
-		return "", &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeInvalidTenant,
+	if !httperr.ValidTenant(tenant) {
+		return "", &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeInvalidTenant,
 			Message: "A tenant id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'."}
 	}
 	return tenant, nil
@@ -222,7 +232,7 @@ func (a *Admin) importToken(w http.ResponseWriter, r *http.Request) error {
 	st, err := a.tenants.Import(r.Context(), tenant, g)
 	if err != nil {
 		a.log.Error("import failed", "tenant", tenant, "err", err)
-		return &proxy.Error{Status: http.StatusServiceUnavailable, Code: proxy.CodeTokenUnavailable,
+		return &httperr.Error{Status: http.StatusServiceUnavailable, Code: httperr.CodeTokenUnavailable,
 			Message: "The token could not be stored; nothing was changed.", RetryAfter: 5 * time.Second, Err: err}
 	}
 	a.log.Info("token imported", "tenant", tenant, "refreshable", g.RefreshToken != "")
@@ -273,6 +283,44 @@ func (a *Admin) forget(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// checkAnswer is the answer of POST /admin/tenants/{tenant}/check.
+type checkAnswer struct {
+	OK bool `json:"ok"`
+	// Status is thanks.io's status, or the proxy's when the call did not
+	// reach thanks.io (then Error is the proxy's code).
+	Status  int    `json:"status"`
+	Error   string `json:"error,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// check calls thanks.io's GET /ping with the tenant's token. The answer is
+// 200 whatever thanks.io said (the check itself worked), but for a tenant
+// id that is invalid (400) or holds no token (404).
+func (a *Admin) check(w http.ResponseWriter, r *http.Request) error {
+	tenant, err := pathTenant(r)
+	if err != nil {
+		return err
+	}
+	if a.Checker == nil {
+		return &httperr.Error{Status: http.StatusNotFound, Code: httperr.CodeNotFound, Message: "No such admin call."}
+	}
+	status, message, err := a.Checker.Check(r.Context(), tenant)
+	var pe *httperr.Error
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, checkAnswer{OK: status == http.StatusOK, Status: status, Message: message})
+	case errors.Is(err, auth.ErrUnknownTenant):
+		// As every admin call answers a tenant without a token: 404.
+		return auth.ErrUnknownTenant
+	case errors.As(err, &pe) && pe.Status != httperr.StatusClientClosedRequest:
+		writeJSON(w, http.StatusOK, checkAnswer{Status: pe.Status, Error: pe.Code, Message: pe.Message})
+	default:
+		return err
+	}
+	a.log.Info("connection checked", "tenant", tenant, "status", status)
+	return nil
+}
+
 // connectRequest is the optional body of POST /admin/tenants/{tenant}/connect.
 type connectRequest struct {
 	ReturnTo *string `json:"return_to"`
@@ -314,7 +362,7 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) error {
 		limit = n
 	}
 	after := q.Get("after")
-	if after != "" && !proxy.ValidTenant(after) {
+	if after != "" && !httperr.ValidTenant(after) {
 		return badRequest("after must be a tenant id.")
 	}
 	var (
@@ -323,13 +371,13 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) error {
 		more bool
 		err  error
 	)
-	switch state := store.State(q.Get("state")); state {
+	switch state := auth.State(q.Get("state")); state {
 	case "":
 		ids, more, err = a.tenants.List(r.Context(), after, limit)
 		if more && len(ids) > 0 {
 			next = ids[len(ids)-1]
 		}
-	case store.StateActive, store.StateReauthorizationRequired:
+	case auth.StateActive, auth.StateReauthorizationRequired:
 		ids, next, more, err = a.tenants.ListByState(r.Context(), state, after, limit)
 	default:
 		return badRequest("state must be active or reauthorization_required.")
@@ -351,34 +399,34 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// errorFor maps an error of a handler to its answer: a *proxy.Error is
+// errorFor maps an error of a handler to its answer: a *httperr.Error is
 // answered as it is; an error of TenantAdmin by what it means. A caller
-// that went away gets proxy.TokenError's answer, which is where that
+// that went away gets httperr.TokenError's answer, which is where that
 // decision is made.
-func (a *Admin) errorFor(err error) *proxy.Error {
+func (a *Admin) errorFor(err error) *httperr.Error {
 	var (
-		pe *proxy.Error
+		pe *httperr.Error
 		ce *auth.ConnectError
 	)
 	switch {
 	case errors.As(err, &pe):
 		return pe
 	case errors.Is(err, auth.ErrUnknownTenant):
-		return &proxy.Error{Status: http.StatusNotFound, Code: proxy.CodeUnknownTenant, Message: "No token is held for this tenant."}
+		return &httperr.Error{Status: http.StatusNotFound, Code: httperr.CodeUnknownTenant, Message: "No token is held for this tenant."}
 	case errors.Is(err, auth.ErrReauthorizationRequired):
-		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeReauthorizationRequired,
+		return &httperr.Error{Status: http.StatusConflict, Code: httperr.CodeReauthorizationRequired,
 			Message: "The tenant's authorization was revoked; connect it again or import a new token."}
 	case errors.Is(err, auth.ErrNoBetterToken):
-		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeNotRefreshable,
+		return &httperr.Error{Status: http.StatusConflict, Code: httperr.CodeNotRefreshable,
 			Message: "The tenant's token has no refresh token (a personal access token) and cannot be refreshed."}
 	case errors.Is(err, auth.ErrNotConfigured):
-		return &proxy.Error{Status: http.StatusConflict, Code: proxy.CodeNotConfigured,
+		return &httperr.Error{Status: http.StatusConflict, Code: httperr.CodeNotConfigured,
 			Message: "The OAuth client is not configured: set OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET and OAUTH_REDIRECT_URL."}
 	case errors.As(err, &ce):
-		return &proxy.Error{Status: http.StatusBadRequest, Code: ce.Code, Message: ce.Message}
+		return &httperr.Error{Status: http.StatusBadRequest, Code: ce.Code, Message: ce.Message}
 	}
-	e := proxy.TokenError(err)
-	if e.Status != proxy.StatusClientClosedRequest {
+	e := httperr.TokenError(err)
+	if e.Status != httperr.StatusClientClosedRequest {
 		a.log.Warn("admin call failed", "code", e.Code, "err", err)
 	}
 	return e
@@ -388,7 +436,7 @@ func (a *Admin) errorFor(err error) *proxy.Error {
 // with no unknown fields into v.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return &proxy.Error{Status: http.StatusUnsupportedMediaType, Code: proxy.CodeBadRequest, Message: "The body must be application/json."}
+		return &httperr.Error{Status: http.StatusUnsupportedMediaType, Code: httperr.CodeBadRequest, Message: "The body must be application/json."}
 	}
 	body := http.MaxBytesReader(w, r.Body, maxAdminBody)
 	dec := json.NewDecoder(body)
@@ -402,29 +450,29 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		case errors.As(err, &timeout) && timeout.Timeout():
 			// The body did not arrive by REQUEST_BODY_TIMEOUT: 408, and the
 			// connection closes, the rest of the body being still on it.
-			return proxy.BodyError(err)
+			return httperr.BodyError(err)
 		case errors.As(err, &tooLarge):
-			return &proxy.Error{Status: http.StatusRequestEntityTooLarge, Code: proxy.CodeTooLarge,
+			return &httperr.Error{Status: http.StatusRequestEntityTooLarge, Code: httperr.CodeTooLarge,
 				Message: fmt.Sprintf("The body is larger than %d bytes.", maxAdminBody)}
 		case errors.As(err, &typeErr):
-			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest,
+			return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest,
 				Message: fmt.Sprintf("The field %q has the wrong type.", typeErr.Field)}
 		case errors.As(err, &syntaxErr), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body is not valid JSON."}
+			return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest, Message: "The body is not valid JSON."}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest,
+			return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest,
 				Message: "The body has an unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + "."}
 		default:
-			return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body could not be decoded."}
+			return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest, Message: "The body could not be decoded."}
 		}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return &proxy.Error{Status: http.StatusRequestEntityTooLarge, Code: proxy.CodeTooLarge,
+			return &httperr.Error{Status: http.StatusRequestEntityTooLarge, Code: httperr.CodeTooLarge,
 				Message: fmt.Sprintf("The body is larger than %d bytes.", maxAdminBody)}
 		}
-		return &proxy.Error{Status: http.StatusBadRequest, Code: proxy.CodeBadRequest, Message: "The body must hold one JSON object and nothing after it."}
+		return &httperr.Error{Status: http.StatusBadRequest, Code: httperr.CodeBadRequest, Message: "The body must hold one JSON object and nothing after it."}
 	}
 	return nil
 }

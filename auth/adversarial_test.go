@@ -45,6 +45,35 @@ func (s *gatedPutStore) Put(ctx context.Context, tenant string, rec store.TokenR
 	return v, err
 }
 
+// gatedReplicas starts a strict double and two replicas sharing a Redis, a
+// writing through a gatedPutStore, and imports through a a grant for acme
+// whose access token has expired.
+func gatedReplicas(t *testing.T) (double *thanksiotest.Server, gated *gatedPutStore, a, b *auth.Tokens) {
+	t.Helper()
+	double = thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
+	open := testutil.RedisStores(t, "")
+	gated = newGatedPutStore(open())
+	a = replica(t, gated, double)
+	b = replica(t, open(), double)
+	importExpired(t, double, a, "acme")
+	return double, gated, a, b
+}
+
+// forgetThrough deletes acme through a, or through b when deleter is
+// "another replica", and gives the deletion's invalidation 100 ms to reach
+// every replica.
+func forgetThrough(t *testing.T, deleter string, a, b *auth.Tokens) {
+	t.Helper()
+	del := a
+	if deleter == "another replica" {
+		del = b
+	}
+	if err := del.Forget(t.Context(), "acme"); err != nil {
+		t.Fatalf("Forget: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+}
+
 func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 	t.Helper()
 	select {
@@ -61,12 +90,7 @@ func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 func TestAdversarialPendingWriteLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 	for _, deleter := range []string{"same replica", "another replica"} {
 		t.Run(deleter, func(t *testing.T) {
-			double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-			open := testutil.RedisStores(t, "")
-			gated := newGatedPutStore(open())
-			a := replica(t, gated, double)
-			b := replica(t, open(), double)
-			importExpired(t, double, a, "acme")
+			double, gated, a, b := gatedReplicas(t)
 
 			gated.failing.Store(true)
 			rotated, err := a.Token(t.Context(), "acme")
@@ -78,14 +102,7 @@ func TestAdversarialPendingWriteLandingBeforeADeleteIsNotServedAfterIt(t *testin
 			gated.failing.Store(false)
 			waitClosed(t, "the pending write lands", gated.landed)
 
-			del := a
-			if deleter == "another replica" {
-				del = b
-			}
-			if err := del.Forget(t.Context(), "acme"); err != nil {
-				t.Fatalf("Forget: %v", err)
-			}
-			time.Sleep(100 * time.Millisecond) // the deletion's invalidation reaches every replica
+			forgetThrough(t, deleter, a, b)
 			close(gated.release)
 			time.Sleep(300 * time.Millisecond)
 
@@ -128,8 +145,7 @@ func TestAdversarialImportLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 	if _, err := open().Get(t.Context(), "acme"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("store after the DELETE = %v; want ErrNotFound", err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	checkForgotten(t, "a", a, "for a tenant the store holds deleted")
+	checkForgottenAfter(t, 100*time.Millisecond, "a", a, "for a tenant the store holds deleted")
 }
 
 // Redis loses its data (a restart without persistence, a FLUSHALL, a
@@ -138,9 +154,7 @@ func TestAdversarialImportLandingBeforeADeleteIsNotServedAfterIt(t *testing.T) {
 // that caches the tenant at version 1 or more keeps serving it, although
 // invalidations work.
 func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
-	redis := testutil.StartRedis(t)
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{})
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	g := double.NewGrant()
 	importGrant(t, a, "acme", g, g.Expiry)
@@ -153,8 +167,7 @@ func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
 	if err := b.Forget(t.Context(), "acme"); err != nil {
 		t.Fatalf("b.Forget: %v", err)
 	}
-	time.Sleep(150 * time.Millisecond)
-	checkForgotten(t, "a", a, "150 ms after b's DELETE")
+	checkForgottenAfter(t, 150*time.Millisecond, "a", a, "150 ms after b's DELETE")
 	// a stops only at its next epoch check (up to 5 s later), whose
 	// re-validation finds the tombstone; in Redis Cluster, where the
 	// epoch lives on another shard than the one that lost its data, never.
@@ -166,9 +179,7 @@ func TestAdversarialDeleteAfterADataLossReachesEveryReplica(t *testing.T) {
 // version writes it back over the new grant: the tenant is
 // reauthorization_required again and its new grant is lost.
 func TestAdversarialWriteBackAfterADataLossDoesNotUndoAReconnect(t *testing.T) {
-	redis := testutil.StartRedis(t)
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{})
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	g := importExpired(t, double, a, "acme")
 	double.Revoke(g.RefreshToken)
@@ -203,9 +214,7 @@ func TestAdversarialWriteBackAfterADataLossDoesNotUndoAReconnect(t *testing.T) {
 // which is the refresh token being redeemed. Another replica takes the free
 // lock, reads the written-back record and presents the same refresh token.
 func TestAdversarialDataLossDuringARefreshPresentsNoTokenTwice(t *testing.T) {
-	redis := testutil.StartRedis(t) // no persistence
-	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{StrictReuse: true}) // no persistence
 	// The default lease (45 s, renewed every 5 s).
 	lease := func(c *auth.Config) { c.LockLease = 0; c.LockWait = 2 * time.Second }
 	a, b := replica(t, open(), double, lease), replica(t, open(), double, lease)
@@ -233,9 +242,7 @@ func TestAdversarialDataLossDuringARefreshPresentsNoTokenTwice(t *testing.T) {
 // tenant's live refresh token, so that its write-back cannot restore it:
 // the tenant stays unknown_tenant although a replica held it.
 func TestAdversarialHeldTenantIsWrittenBackAfterADataLoss(t *testing.T) {
-	redis := testutil.StartRedis(t)
-	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{StrictReuse: true})
 	a := replica(t, open(), double)
 	importExpired(t, double, a, "acme")
 	flushAll(t, redis)
@@ -273,6 +280,15 @@ func checkForgotten(t *testing.T, name string, r *auth.Tokens, when string) {
 	}
 }
 
+// checkForgottenAfter waits for d, the time that whatever would bring acme
+// back on r (a late write, a cache fill, a missed invalidation) is given to
+// show itself, and then checks as checkForgotten does.
+func checkForgottenAfter(t *testing.T, d time.Duration, name string, r *auth.Tokens, when string) {
+	t.Helper()
+	time.Sleep(d)
+	checkForgotten(t, name, r, when)
+}
+
 // short shows no more of a token than its first characters.
 func short(tok string) string {
 	if len(tok) > 6 {
@@ -289,22 +305,10 @@ func short(tok string) string {
 func TestAdversarialDeleteDuringARefreshWhoseWriteFails(t *testing.T) {
 	for _, deleter := range []string{"same replica", "another replica"} {
 		t.Run(deleter, func(t *testing.T) {
-			double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-			open := testutil.RedisStores(t, "")
-			gated := newGatedPutStore(open())
-			a := replica(t, gated, double)
-			b := replica(t, open(), double)
-			importExpired(t, double, a, "acme")
+			double, gated, a, b := gatedReplicas(t)
 
 			stall, aDone := stalledToken(t, double, a, "acme")
-			del := a
-			if deleter == "another replica" {
-				del = b
-			}
-			if err := del.Forget(t.Context(), "acme"); err != nil {
-				t.Fatalf("Forget: %v", err)
-			}
-			time.Sleep(100 * time.Millisecond) // the deletion's invalidation reaches every replica
+			forgetThrough(t, deleter, a, b)
 			gated.failing.Store(true)
 			close(stall)
 			t.Logf("a.Token whose refresh started before the DELETE = %v", (<-aDone).err)
@@ -314,8 +318,7 @@ func TestAdversarialDeleteDuringARefreshWhoseWriteFails(t *testing.T) {
 			// Writes work again: the pending writer finds the tombstone and
 			// gives up (within 2 s); nothing may be served after that.
 			gated.failing.Store(false)
-			time.Sleep(2500 * time.Millisecond)
-			checkForgotten(t, "a", a, "2.6 s after the DELETE")
+			checkForgottenAfter(t, 2500*time.Millisecond, "a", a, "2.6 s after the DELETE")
 		})
 	}
 }

@@ -100,9 +100,7 @@ func TestLockIsHeldWhileARotatedTokenAwaitsItsWrite(t *testing.T) {
 }
 
 func TestStoreRefusingWritesForTenSecondsLosesNoRotation(t *testing.T) {
-	redis := testutil.StartRedis(t)
-	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{StrictReuse: true})
 	// The default lease, which must outlast the outage.
 	lease := func(c *auth.Config) { c.LockLease = 0; c.LockWait = 200 * time.Millisecond }
 	a, b := replica(t, open(), double, lease), replica(t, open(), double, lease)
@@ -252,9 +250,7 @@ func (*lossObserver) Callback(string)                 {}
 func (o *lossObserver) StoreDataLost()                { o.losses.Add(1) }
 
 func TestRedisRestartedEmptyUnderLoad(t *testing.T) {
-	redis := testutil.StartRedis(t) // no persistence
-	double := thanksiotest.NewServer(t, thanksiotest.Options{StrictReuse: true})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{StrictReuse: true}) // no persistence
 	var replicas []*auth.Tokens
 	var observers []*lossObserver
 	for range 3 {

@@ -236,9 +236,7 @@ func TestRotatedTokenIsKeptUntilItsWriteLands(t *testing.T) {
 
 func TestRedisOutageIsSurvived(t *testing.T) {
 	// Append-only with fsync on every write, so that a restart keeps the data.
-	redis := testutil.StartRedis(t, "--appendonly", "yes", "--appendfsync", "always")
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := testutil.RedisStores(t, redis.URL())
+	redis, double, open := ownedRedis(t, thanksiotest.Options{}, "--appendonly", "yes", "--appendfsync", "always")
 	a, b := replica(t, open(), double), replica(t, open(), double)
 	cached := double.NewGrant()
 	importGrant(t, a, "cached", cached, cached.Expiry)

@@ -20,6 +20,20 @@ type Grant struct {
 	Expiry time.Time
 }
 
+// State is a tenant's health, as TenantStatus reports it and ListByState
+// selects by. It is the store's record state, named here so that callers of
+// auth need not import the store.
+type State = store.State
+
+// The states of a tenant.
+const (
+	// StateActive: the tenant's token is used and refreshed.
+	StateActive = store.StateActive
+	// StateReauthorizationRequired: the refresh token was revoked; the
+	// account owner must connect again (or an operator import a token).
+	StateReauthorizationRequired = store.StateReauthorizationRequired
+)
+
 // TenantStatus describes a tenant without its tokens.
 type TenantStatus struct {
 	Tenant          string      `json:"tenant"`
@@ -125,7 +139,7 @@ const listScanLimit = 2000
 // operators, not for a hot path). It reads at most listScanLimit records per
 // call; next is where the next call resumes (pass it as after) and more
 // reports whether there is anything left to read.
-func (t *Tokens) ListByState(ctx context.Context, state store.State, after string, limit int) (tenants []string, next string, more bool, err error) {
+func (t *Tokens) ListByState(ctx context.Context, state State, after string, limit int) (tenants []string, next string, more bool, err error) {
 	scanned := 0
 	for {
 		ids, pageMore, err := t.List(ctx, after, min(limit, 200))

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/oauth2"
-
 	"thanksio-proxy/auth"
 	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/internal/thanksiotest"
@@ -32,15 +30,8 @@ func (s *countingStore) Get(ctx context.Context, tenant string) (store.TokenReco
 func replica(t *testing.T, st auth.Store, double *thanksiotest.Server, configure ...func(*auth.Config)) *auth.Tokens {
 	t.Helper()
 	cfg := auth.Config{
-		Store: st,
-		OAuth: &oauth2.Config{
-			ClientID:     double.ClientID(),
-			ClientSecret: double.ClientSecret(),
-			Endpoint: oauth2.Endpoint{
-				AuthURL: double.AuthorizeURL(), TokenURL: double.TokenURL(),
-				AuthStyle: oauth2.AuthStyleInParams,
-			},
-		},
+		Store:        st,
+		OAuth:        double.OAuthConfig(""),
 		RefreshAhead: 5 * time.Minute,
 		LockLease:    3 * time.Second,
 		LockWait:     10 * time.Second,
@@ -54,6 +45,17 @@ func replica(t *testing.T, st auth.Store, double *thanksiotest.Server, configure
 	}
 	t.Cleanup(tokens.Close)
 	return tokens
+}
+
+// ownedRedis starts a redis-server that the test owns, so that it can lose
+// its data, stop or refuse writes, with args as testutil.StartRedis takes
+// them, and a double with opts. It returns both, and a function that opens
+// a new store on that server, one for each replica.
+func ownedRedis(t *testing.T, opts thanksiotest.Options, args ...string) (*testutil.RedisServer, *thanksiotest.Server, func() *store.Redis) {
+	t.Helper()
+	redis := testutil.StartRedis(t, args...)
+	double := thanksiotest.NewServer(t, opts)
+	return redis, double, testutil.RedisStores(t, redis.URL())
 }
 
 // importGrant stores g for tenant with the given expiry, as an operator's
@@ -73,6 +75,18 @@ func importExpired(t *testing.T, double *thanksiotest.Server, r *auth.Tokens, te
 	g := double.NewGrant()
 	importGrant(t, r, tenant, g, time.Now().Add(-time.Second))
 	return g
+}
+
+// expiredOnMemory starts a double and one replica over a memory store, and
+// imports through the replica, for acme, a grant whose access token has
+// expired (as importExpired does). It returns the double, the store, the
+// replica and the grant.
+func expiredOnMemory(t *testing.T) (*thanksiotest.Server, *store.Memory, *auth.Tokens, thanksiotest.Token) {
+	t.Helper()
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	st := store.NewMemory()
+	tokens := replica(t, st, double)
+	return double, st, tokens, importExpired(t, double, tokens, "acme")
 }
 
 // waitTokenCalls waits until the double has received n token requests,
@@ -269,10 +283,7 @@ func TestStaticTokenIsNeverRefreshed(t *testing.T) {
 }
 
 func TestRevokedRefreshTokenNeedsReauthorization(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	st := store.NewMemory()
-	tokens := replica(t, st, double)
-	g := importExpired(t, double, tokens, "acme")
+	double, st, tokens, g := expiredOnMemory(t)
 	double.Revoke(g.RefreshToken)
 
 	if _, err := tokens.Token(t.Context(), "acme"); !errors.Is(err, auth.ErrReauthorizationRequired) {
@@ -304,10 +315,7 @@ func TestRevokedRefreshTokenNeedsReauthorization(t *testing.T) {
 }
 
 func TestRefreshRefusedAfterLostRaceIsNotRevocation(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	st := store.NewMemory()
-	tokens := replica(t, st, double)
-	g := importExpired(t, double, tokens, "acme")
+	double, st, tokens, g := expiredOnMemory(t)
 
 	// The refresh is held at the token endpoint while another writer
 	// rotates the grant and stores the winner's pair.
@@ -463,10 +471,7 @@ func TestDeletedTenantStaysDeletedDuringARefresh(t *testing.T) {
 }
 
 func TestCloseDuringARefreshKeepsTheRotatedToken(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	st := store.NewMemory()
-	tokens := replica(t, st, double)
-	g := importExpired(t, double, tokens, "acme")
+	double, st, tokens, g := expiredOnMemory(t)
 
 	stall, _ := stalledToken(t, double, tokens, "acme")
 	closed := make(chan struct{})

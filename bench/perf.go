@@ -100,49 +100,52 @@ type perfResult struct {
 	syscalls, switches, faults float64
 }
 
-// perfArea names the part of the program a symbol belongs to.
+// perfArea names the part of the program a symbol belongs to: the first
+// area of perfAreaPrefixes with a prefix of sym.
 func perfArea(kernel bool, sym string) string {
-	switch {
-	case kernel:
+	if kernel {
 		return "kernel (TCP, syscalls, scheduler)"
-	case strings.HasPrefix(sym, "runtime.gc"), strings.HasPrefix(sym, "runtime.scan"), strings.HasPrefix(sym, "runtime.mark"),
-		strings.HasPrefix(sym, "runtime.greyobject"), strings.HasPrefix(sym, "runtime.findObject"),
-		strings.HasPrefix(sym, "runtime.wbBuf"), strings.HasPrefix(sym, "runtime.bulkBarrier"),
-		strings.HasPrefix(sym, "gcWriteBarrier"), strings.HasPrefix(sym, "runtime.sweep"),
-		strings.HasPrefix(sym, "runtime.(*mspan).sweep"), strings.HasPrefix(sym, "runtime.(*gcWork)"),
-		strings.HasPrefix(sym, "runtime.tryDeferToSpanScan"), strings.HasPrefix(sym, "runtime.(*spanInlineMarkBits)"),
-		strings.HasPrefix(sym, "runtime.typePointers"), strings.HasPrefix(sym, "runtime.spanOf"),
-		strings.HasPrefix(sym, "runtime.(*gcBits)"), strings.HasPrefix(sym, "runtime.(*mspan).typePointers"):
-		return "Go runtime: garbage collection"
-	case strings.HasPrefix(sym, "runtime.malloc"), strings.HasPrefix(sym, "runtime.newobject"),
-		strings.HasPrefix(sym, "runtime.nextFreeFast"), strings.HasPrefix(sym, "runtime.memclr"),
-		strings.HasPrefix(sym, "runtime.(*mcache)"), strings.HasPrefix(sym, "runtime.(*mcentral)"),
-		strings.HasPrefix(sym, "runtime.(*mheap)"), strings.HasPrefix(sym, "runtime.makeslice"),
-		strings.HasPrefix(sym, "runtime.growslice"), strings.HasPrefix(sym, "runtime.concatstring"),
-		strings.HasPrefix(sym, "runtime.rawstring"), strings.HasPrefix(sym, "runtime.heapSetType"),
-		strings.HasPrefix(sym, "runtime.(*mspan)"), strings.HasPrefix(sym, "runtime.deductAssistCredit"):
-		return "Go runtime: allocation"
-	case strings.HasPrefix(sym, "runtime."), strings.HasPrefix(sym, "internal/runtime/"), strings.HasPrefix(sym, "aeshash"),
-		strings.HasPrefix(sym, "__vdso"), strings.HasPrefix(sym, "sync."), strings.HasPrefix(sym, "internal/"),
-		strings.HasPrefix(sym, "time."), strings.HasPrefix(sym, "context."):
-		return "Go runtime: scheduler, maps, time, sync, netpoll"
-	case strings.HasPrefix(sym, "thanksio-proxy/"):
-		return "thanksio-proxy's own code"
-	case strings.HasPrefix(sym, "github.com/prometheus/"):
-		return "Prometheus client"
-	case strings.HasPrefix(sym, "log/slog"), strings.HasPrefix(sym, "log."):
-		return "logging"
-	case strings.HasPrefix(sym, "crypto/"), strings.HasPrefix(sym, "encoding/"):
-		return "crypto/rand, encoding"
-	case strings.HasPrefix(sym, "net/"), strings.HasPrefix(sym, "bufio."), strings.HasPrefix(sym, "net."),
-		strings.HasPrefix(sym, "syscall."), strings.HasPrefix(sym, "io."), strings.HasPrefix(sym, "strings."),
-		strings.HasPrefix(sym, "strconv."), strings.HasPrefix(sym, "bytes."), strings.HasPrefix(sym, "unicode/"),
-		strings.HasPrefix(sym, "os."), strings.HasPrefix(sym, "fmt."), strings.HasPrefix(sym, "errors."),
-		strings.HasPrefix(sym, "sort."), strings.HasPrefix(sym, "slices."), strings.HasPrefix(sym, "vendor/"),
-		strings.HasPrefix(sym, "mime"), strings.HasPrefix(sym, "path"):
-		return "net/http and the rest of the standard library"
+	}
+	for _, a := range perfAreaPrefixes {
+		for _, p := range a.prefixes {
+			if strings.HasPrefix(sym, p) {
+				return a.area
+			}
+		}
 	}
 	return "other"
+}
+
+// perfAreaPrefixes are the areas of user-space symbols, each with the
+// prefixes of its symbols, in the order they are tried (the runtime's
+// garbage collector and allocator before the rest of the runtime).
+var perfAreaPrefixes = []struct {
+	area     string
+	prefixes []string
+}{
+	{"Go runtime: garbage collection", []string{
+		"runtime.gc", "runtime.scan", "runtime.mark", "runtime.greyobject", "runtime.findObject",
+		"runtime.wbBuf", "runtime.bulkBarrier", "gcWriteBarrier", "runtime.sweep",
+		"runtime.(*mspan).sweep", "runtime.(*gcWork)", "runtime.tryDeferToSpanScan", "runtime.(*spanInlineMarkBits)",
+		"runtime.typePointers", "runtime.spanOf", "runtime.(*gcBits)", "runtime.(*mspan).typePointers",
+	}},
+	{"Go runtime: allocation", []string{
+		"runtime.malloc", "runtime.newobject", "runtime.nextFreeFast", "runtime.memclr",
+		"runtime.(*mcache)", "runtime.(*mcentral)", "runtime.(*mheap)", "runtime.makeslice",
+		"runtime.growslice", "runtime.concatstring", "runtime.rawstring", "runtime.heapSetType",
+		"runtime.(*mspan)", "runtime.deductAssistCredit",
+	}},
+	{"Go runtime: scheduler, maps, time, sync, netpoll", []string{
+		"runtime.", "internal/runtime/", "aeshash", "__vdso", "sync.", "internal/", "time.", "context.",
+	}},
+	{"thanksio-proxy's own code", []string{"thanksio-proxy/"}},
+	{"Prometheus client", []string{"github.com/prometheus/"}},
+	{"logging", []string{"log/slog", "log."}},
+	{"crypto/rand, encoding", []string{"crypto/", "encoding/"}},
+	{"net/http and the rest of the standard library", []string{
+		"net/", "bufio.", "net.", "syscall.", "io.", "strings.", "strconv.", "bytes.", "unicode/",
+		"os.", "fmt.", "errors.", "sort.", "slices.", "vendor/", "mime", "path",
+	}},
 }
 
 // perfAreas sums the percentages of perf report --sort symbol -g none by

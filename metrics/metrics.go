@@ -43,6 +43,12 @@ type Metrics struct {
 	proxyErrors      *prometheus.CounterVec
 	inFlight         prometheus.Gauge
 	adminRefused     prometheus.Counter
+	rateAdmitted     prometheus.Counter
+	rateRejected     prometheus.Counter
+	rateWait         prometheus.Histogram
+	ratePauses       prometheus.Counter
+	rateShared       prometheus.Gauge
+	upstreamLimited  *prometheus.CounterVec
 
 	memoryHit prometheus.Counter
 
@@ -85,99 +91,80 @@ func child(slot *atomic.Pointer[prometheus.Counter], vec *prometheus.CounterVec,
 // and build info, on reg.
 func New(reg prometheus.Registerer, version string) *Metrics {
 	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "requests_total",
-			Help: "Requests proxied, by method and the status code the caller got (the proxy's own errors included).",
-		}, []string{"method", "code"}),
-		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "request_duration_seconds",
-			Help:    "Time from receiving a request to the end of its answer's headers and body, by method.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"method"}),
-		upstreamDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "upstream_duration_seconds",
-			Help:    "Time thanks.io took to answer with headers, per round trip.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}),
-		upstreamAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "upstream_responses_total",
-			Help: "Upstream round trips by status code (\"error\" when no answer came).",
-		}, []string{"code"}),
-		replays: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "replays_total",
-			Help: "Requests replayed with a fresh token after thanks.io answered 401 to the injected one.",
-		}),
-		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "refreshes_total",
-			Help: "Calls to the token endpoint's refresh grant by result: success, lost_race, revoked, error.",
-		}, []string{"result"}),
-		refreshDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "refresh_duration_seconds",
-			Help:    "Time a refresh took at the token endpoint, by result.",
-			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}, []string{"result"}),
-		lockWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "refresh_lock_waits_total",
-			Help: "Refresh lock acquisitions by result: acquired, or shared (another replica's refresh was used or awaited).",
-		}, []string{"result"}),
-		lockWaitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "refresh_lock_wait_duration_seconds",
-			Help:    "Time spent waiting for the refresh lock.",
-			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 15},
-		}),
-		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "token_lookups_total",
-			Help: "Token lookups by layer (memory, store) and result (hit, miss, stale, error).",
-		}, []string{"layer", "result"}),
-		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "store_errors_total",
-			Help: "Failed store operations, by operation.",
-		}, []string{"operation"}),
-		tokenTimeLeft: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "token_time_left_seconds",
-			Help:    "Time left before expiry on tokens injected into requests (tokens that never expire are not observed).",
-			Buckets: []float64{0, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400},
-		}),
-		staticInjections: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "static_token_injections_total",
-			Help: "Requests that carried a token that never expires (a personal access token).",
-		}),
-		pendingWrites: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "refresh_pending_writes",
-			Help: "Rotated tokens held only in this replica's memory because the store has not accepted (or confirmed) their write yet; the tenant's lock is held meanwhile.",
-		}),
-		invalidationsUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "invalidations_subscribed",
-			Help: "1 while other replicas' writes and deletions reach this replica (its own heartbeats come back through the store), else 0: cached tokens are then re-read every CACHE_REVALIDATE.",
-		}),
-		invalidationsAt: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "invalidations_last_heard_timestamp_seconds",
-			Help: "When this replica last heard its own heartbeat on the invalidation channel (Unix seconds).",
-		}),
-		proxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "errors_total",
-			Help: "Answers of the proxy's own (not thanks.io's), by error code (unknown_tenant, reauthorization_required, token_unavailable, ...; client_closed_request when the caller hung up).",
-		}, []string{"code"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "requests_in_flight",
-			Help: "Requests being proxied now.",
-		}),
-		adminRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "admin_auth_failures_total",
-			Help: "Admin API calls refused for a missing or wrong admin token.",
-		}),
-		cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "cache_evictions_total",
-			Help: "Tenants evicted from the full in-process cache (CACHE_SIZE); each costs a store read at its next call.",
-		}),
-		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "oauth_callbacks_total",
-			Help: "OAuth callbacks by outcome: connected, or the error code answered (invalid_state, access_denied, code_rejected, ...).",
-		}, []string{"outcome"}),
-		storeDataLosses: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "store_data_losses_total",
-			Help: "Times this replica found that the store lost its data (its epoch changed) and wrote back the records it held.",
-		}),
+		requests: counterVec("requests_total",
+			"Requests proxied, by method and the status code the caller got (the proxy's own errors included).",
+			"method", "code"),
+		requestDuration: histogramVec("request_duration_seconds",
+			"Time from receiving a request to the end of its answer's headers and body, by method.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}, "method"),
+		upstreamDuration: histogram("upstream_duration_seconds",
+			"Time thanks.io took to answer with headers, per round trip.",
+			.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+		upstreamAnswers: counterVec("upstream_responses_total",
+			"Upstream round trips by status code (\"error\" when no answer came).",
+			"code"),
+		replays: counter("replays_total",
+			"Requests replayed with a fresh token after thanks.io answered 401 to the injected one."),
+		refreshes: counterVec("refreshes_total",
+			"Calls to the token endpoint's refresh grant by result: success, lost_race, revoked, error.",
+			"result"),
+		refreshDuration: histogramVec("refresh_duration_seconds",
+			"Time a refresh took at the token endpoint, by result.",
+			[]float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}, "result"),
+		lockWaits: counterVec("refresh_lock_waits_total",
+			"Refresh lock acquisitions by result: acquired, or shared (another replica's refresh was used or awaited).",
+			"result"),
+		lockWaitDuration: histogram("refresh_lock_wait_duration_seconds",
+			"Time spent waiting for the refresh lock.",
+			.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 15),
+		lookups: counterVec("token_lookups_total",
+			"Token lookups by layer (memory, store) and result (hit, miss, stale, error).",
+			"layer", "result"),
+		storeErrors: counterVec("store_errors_total",
+			"Failed store operations, by operation.",
+			"operation"),
+		tokenTimeLeft: histogram("token_time_left_seconds",
+			"Time left before expiry on tokens injected into requests (tokens that never expire are not observed).",
+			0, 30, 60, 300, 900, 3600, 6*3600, 86400, 7*86400, 30*86400, 365*86400),
+		staticInjections: counter("static_token_injections_total",
+			"Requests that carried a token that never expires (a personal access token)."),
+		pendingWrites: gauge("refresh_pending_writes",
+			"Rotated tokens held only in this replica's memory because the store has not accepted (or confirmed) their write yet; the tenant's lock is held meanwhile."),
+		invalidationsUp: gauge("invalidations_subscribed",
+			"1 while other replicas' writes and deletions reach this replica (its own heartbeats come back through the store), else 0: cached tokens are then re-read every CACHE_REVALIDATE."),
+		invalidationsAt: gauge("invalidations_last_heard_timestamp_seconds",
+			"When this replica last heard its own heartbeat on the invalidation channel (Unix seconds)."),
+		proxyErrors: counterVec("errors_total",
+			"Answers of the proxy's own (not thanks.io's), by error code (unknown_tenant, reauthorization_required, token_unavailable, ...; client_closed_request when the caller hung up).",
+			"code"),
+		inFlight: gauge("requests_in_flight",
+			"Requests being proxied now."),
+		adminRefused: counter("admin_auth_failures_total",
+			"Admin API calls refused for a missing or wrong admin token."),
+		cacheEvictions: counter("cache_evictions_total",
+			"Tenants evicted from the full in-process cache (CACHE_SIZE); each costs a store read at its next call."),
+		callbacks: counterVec("oauth_callbacks_total",
+			"OAuth callbacks by outcome: connected, or the error code answered (invalid_state, access_denied, code_rejected, ...).",
+			"outcome"),
+		storeDataLosses: counter("store_data_losses_total",
+			"Times this replica found that the store lost its data (its epoch changed) and wrote back the records it held."),
+		rateAdmitted: counter("ratelimit_admitted_total",
+			"Calls let through to thanks.io by the per-tenant rate limit (RATE_LIMIT), at once or after waiting their turn."),
+		rateRejected: counter("ratelimit_rejected_total",
+			"Calls answered 429 rate_limited because their turn would not come within RATE_LIMIT_MAX_WAIT."),
+		rateWait: histogram("ratelimit_wait_seconds",
+			"Time admitted calls waited for their turn under the rate limit (0 for most).",
+			0, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60),
+		ratePauses: counter("ratelimit_pauses_total",
+			"Pauses of a tenant's calls set by this replica because thanks.io answered 429, or said the account had no call left while the proxy had sent fewer than its limit."),
+		rateShared: gauge("ratelimit_shared",
+			"1 while the rate limit's schedule is shared through Redis; 0 while this replica paces its tenants alone (no Redis, or Redis failing)."),
+		upstreamLimited: counterVec("upstream_rate_limited_total",
+			"429 answers of thanks.io, by outcome: replayed (after the pause, within the caller's wait) or relayed (the caller got thanks.io's 429).",
+			"outcome"),
+	}
+	for _, o := range []string{"replayed", "relayed"} {
+		m.upstreamLimited.WithLabelValues(o)
 	}
 	m.memoryHit = m.lookups.WithLabelValues("memory", "hit")
 	for i, method := range methods {
@@ -209,10 +196,33 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
 		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks,
 		m.proxyErrors, m.inFlight, m.adminRefused, buildInfo,
+		m.rateAdmitted, m.rateRejected, m.rateWait, m.ratePauses, m.rateShared, m.upstreamLimited,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// The constructors of the collectors, all in the proxy's namespace.
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+}
+
+func histogram(name, help string, buckets ...float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
+}
+
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
 }
 
 // Served records a finished request.
@@ -345,6 +355,37 @@ func NewCacheEntries(reg prometheus.Registerer, entries func() int) {
 
 // StoreDataLost counts a loss of the store's data.
 func (m *Metrics) StoreDataLost() { m.storeDataLosses.Inc() }
+
+// Admitted records a call let through by the rate limit after waiting d.
+func (m *Metrics) Admitted(d time.Duration) {
+	m.rateAdmitted.Inc()
+	m.rateWait.Observe(d.Seconds())
+}
+
+// Rejected counts a call refused by the rate limit.
+func (m *Metrics) Rejected() { m.rateRejected.Inc() }
+
+// Paused counts a pause of a tenant's calls.
+func (m *Metrics) Paused() { m.ratePauses.Inc() }
+
+// Shared records whether the rate limit's schedule is shared.
+func (m *Metrics) Shared(ok bool) {
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.rateShared.Set(v)
+}
+
+// UpstreamLimited counts a 429 of thanks.io: replayed after its pause, or
+// relayed to the caller.
+func (m *Metrics) UpstreamLimited(relayed bool) {
+	outcome := "replayed"
+	if relayed {
+		outcome = "relayed"
+	}
+	m.upstreamLimited.WithLabelValues(outcome).Inc()
+}
 
 // Handler serves the registry's metrics.
 func Handler(g prometheus.Gatherer) http.Handler {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/proxy"
 	"thanksio-proxy/store"
 )
@@ -140,7 +141,7 @@ func runAttacks(t *testing.T, p *attackProxy, attacks []attack) {
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
 			before := p.got.count()
-			res := rawRequest(t, p.addr, a.raw)
+			res := testutil.RawHTTP(t, p.addr, a.raw, 5*time.Second)
 			body, _ := io.ReadAll(res.Body)
 			res.Body.Close()
 			if res.StatusCode != a.status {
@@ -478,12 +479,7 @@ func TestAttackChunkedWithContentLength(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := p.got.count()
-			conn, err := net.Dial("tcp", p.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			conn, br := testutil.RawConn(t, p.addr, 5*time.Second)
 			requestLine, body := "POST /send/postcard HTTP/1.1", "0\r\n\r\n"+smuggled
 			if tt.http10 {
 				requestLine, body = "POST /send/postcard HTTP/1.0", tt.body
@@ -493,7 +489,6 @@ func TestAttackChunkedWithContentLength(t *testing.T) {
 			if _, err := io.WriteString(conn, raw); err != nil {
 				t.Fatal(err)
 			}
-			br := bufio.NewReader(conn)
 			res, err := http.ReadResponse(br, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -523,13 +518,7 @@ func TestAttackChunkedWithContentLength(t *testing.T) {
 // other on one connection: nothing of one request carries into the next.
 func TestAttackKeepAliveConnection(t *testing.T) {
 	p := newAttackProxy(t, proxy.Config{})
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(conn)
+	conn, br := testutil.RawConn(t, p.addr, 10*time.Second)
 	tenants := []string{"acme", "globex", "acme", "acme", "globex", "nobody", "globex", "acme"}
 	for i, tenant := range tenants {
 		before := p.got.count()
@@ -575,18 +564,12 @@ func TestAttackExpectContinue(t *testing.T) {
 	const body = `{"message":"hello"}`
 	send := func(t *testing.T, lines ...string) (*http.Response, net.Conn, *bufio.Reader) {
 		t.Helper()
-		conn, err := net.Dial("tcp", p.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn, br := testutil.RawConn(t, p.addr, 10*time.Second)
 		head := rawMessage("POST /send/postcard HTTP/1.1",
 			append(lines, "Expect: 100-continue", fmt.Sprintf("Content-Length: %d", len(body))), "")
 		if _, err := io.WriteString(conn, head); err != nil {
 			t.Fatal(err)
 		}
-		br := bufio.NewReader(conn)
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -650,15 +633,10 @@ func TestAttackExpectContinue(t *testing.T) {
 	}
 	t.Run("invalid path", func(t *testing.T) {
 		before := p.got.count()
-		conn, err := net.Dial("tcp", p.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn, br := testutil.RawConn(t, p.addr, 10*time.Second)
 		_, _ = io.WriteString(conn, rawMessage("POST /%2e%2e/oauth/token HTTP/1.1",
 			[]string{"X-Tenant-ID: acme", "Expect: 100-continue", "Content-Length: 5"}, ""))
-		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		res, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -787,14 +765,7 @@ func TestAttackUpstreamSpeaksForProxy(t *testing.T) {
 				defer current.Store("tok-acme")
 			}
 			before := got.count()
-			req, _ := http.NewRequest(http.MethodGet, srv.URL+tt.path, nil)
-			req.Header.Set("X-Tenant-ID", tenant)
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
+			res, _ := testutil.Do(t, nil, newRequest(t, http.MethodGet, srv.URL+tt.path, nil, tenant))
 			if res.StatusCode != status {
 				t.Errorf("status = %d; want %d", res.StatusCode, status)
 			}
@@ -973,13 +944,7 @@ func TestAttackTenantIsolationUnderConcurrency(t *testing.T) {
 // concurrently, with each also trying the other's tenant: the upstream sees
 // only allowed requests, each with its own tenant's token.
 func TestAttackCallerIsolation(t *testing.T) {
-	keys, err := proxy.ParseCallerKeys(strings.NewReader(
-		"billing " + proxy.HashCallerKey("billing-key") + " acme\n" +
-			"reports " + proxy.HashCallerKey("reports-key") + " glob*\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newAttackProxy(t, proxy.Config{Callers: proxy.NewCallers(keys)})
+	p := newAttackProxy(t, proxy.Config{Callers: newCallers(t, "billing billing-key acme", "reports reports-key glob*")})
 
 	rows := []attack{
 		{name: "allowed", raw: rawGet("/ping", "X-Caller-Key: billing-key", "X-Tenant-ID: acme"), status: 200, tenant: "acme"},
@@ -1214,19 +1179,13 @@ func TestAttackInterimResponses(t *testing.T) {
 			requestID := fmt.Sprintf("attack-%d", i)
 			head := strings.Replace(row.head, "\r\n", "\r\nX-Tenant-ID: acme\r\nX-Request-ID: "+requestID+"\r\n", 1)
 			expects := strings.Contains(head, "Expect:")
-			conn, err := net.Dial("tcp", p.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			conn, br := testutil.RawConn(t, p.addr, 5*time.Second)
 			if !expects {
 				head += row.body
 			}
 			if _, err := io.WriteString(conn, head); err != nil {
 				t.Fatal(err)
 			}
-			br := bufio.NewReader(conn)
 			var interim []int
 			var final *http.Response
 			for final == nil {
@@ -1310,7 +1269,7 @@ func TestAttackSlowBodies(t *testing.T) {
 	// A body too large to keep for a replay streams to the upstream as it
 	// arrives: the deadline cuts it there too, and the caller is told.
 	t.Run("streamed body that stops", func(t *testing.T) {
-		res := rawRequest(t, p.addr, post([]string{"Content-Length: 4194304"}, "only ten b"))
+		res := testutil.RawHTTP(t, p.addr, post([]string{"Content-Length: 4194304"}, "only ten b"), 5*time.Second)
 		res.Body.Close()
 		if res.StatusCode != http.StatusRequestTimeout || res.Header.Get(proxy.ErrorHeader) != proxy.CodeRequestTimeout {
 			t.Errorf("answer %d %q; want 408 %s", res.StatusCode, res.Header.Get(proxy.ErrorHeader), proxy.CodeRequestTimeout)
@@ -1323,26 +1282,15 @@ func TestAttackSlowBodies(t *testing.T) {
 // bodies never come): past MaxCallerConcurrency, that caller is refused with
 // 429, and other callers are served.
 func TestAttackCallerConcurrency(t *testing.T) {
-	keys, err := proxy.ParseCallerKeys(strings.NewReader(
-		"billing " + proxy.HashCallerKey("billing-key") + " *\n" +
-			"reports " + proxy.HashCallerKey("reports-key") + " *\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newAttackProxy(t, proxy.Config{Callers: proxy.NewCallers(keys), MaxCallerConcurrency: 2, BodyTimeout: time.Minute})
+	p := newAttackProxy(t, proxy.Config{Callers: newCallers(t, "billing billing-key *", "reports reports-key *"),
+		MaxCallerConcurrency: 2, BodyTimeout: time.Minute})
 	// hold starts a request whose body waits for the proxy's 100 Continue:
 	// once that came, the request is in flight.
 	hold := func(t *testing.T) (net.Conn, *bufio.Reader) {
 		t.Helper()
-		conn, err := net.Dial("tcp", p.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn, br := testutil.RawConn(t, p.addr, 10*time.Second)
 		_, _ = io.WriteString(conn, rawMessage("POST /send/postcard HTTP/1.1",
 			[]string{"X-Caller-Key: billing-key", "X-Tenant-ID: acme", "Expect: 100-continue", "Content-Length: 5"}, ""))
-		br := bufio.NewReader(conn)
 		res, err := http.ReadResponse(br, nil)
 		if err != nil || res.StatusCode != http.StatusContinue {
 			t.Fatalf("held request: %v, %v; want 100 Continue", res, err)
@@ -1430,16 +1378,11 @@ func TestAttackSlowBodiesMemory(t *testing.T) {
 	// Each connection must be answered and closed by the body deadline,
 	// with room for a slow machine.
 	closedBy := started.Add(bodyTimeout + 3*time.Second)
-	attackers := make([]net.Conn, conns)
+	attackers := make([]*bufio.Reader, conns)
 	var sent sync.WaitGroup
 	for i := range attackers {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		_ = conn.SetDeadline(closedBy)
-		attackers[i] = conn
+		conn, br := testutil.RawConn(t, addr, time.Until(closedBy))
+		attackers[i] = br
 		sent.Go(func() {
 			if _, err := io.WriteString(conn, attack); err != nil {
 				t.Errorf("attacker %d: %v", i, err)
@@ -1463,19 +1406,12 @@ func TestAttackSlowBodiesMemory(t *testing.T) {
 	}
 
 	// Another tenant is served meanwhile.
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/send/postcard", strings.NewReader(`{"message":"hello"}`))
-	req.Header.Set("X-Tenant-ID", "globex")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("globex during the attack: %v", err)
-	}
-	res.Body.Close()
+	res, _ := testutil.Do(t, nil, newRequest(t, http.MethodPost, "http://"+addr+"/send/postcard", strings.NewReader(`{"message":"hello"}`), "globex"))
 	if res.StatusCode != http.StatusOK {
 		t.Errorf("globex during the attack: %d; want 200", res.StatusCode)
 	}
 
-	for i, conn := range attackers {
-		br := bufio.NewReader(conn)
+	for i, br := range attackers {
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Errorf("attacker %d: no answer by the body deadline: %v", i, err)

@@ -1,10 +1,12 @@
 package proxy_test
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/proxy"
 )
 
@@ -35,16 +37,28 @@ func TestParseCallerKeys(t *testing.T) {
 	}
 }
 
-func TestCallerAuthentication(t *testing.T) {
-	upstream, got := newUpstream(t, nil)
-	keys, err := proxy.ParseCallerKeys(strings.NewReader(
-		"billing " + proxy.HashCallerKey("billing-key") + " acme eu-*-prod\n" +
-			"ops " + proxy.HashCallerKey("ops-key") + " *\n"))
+// newCallers is the callers of a caller-keys file with the lines given,
+// each "name key pattern...", the key in clear (newCallers hashes it).
+func newCallers(t *testing.T, lines ...string) *proxy.Callers {
+	t.Helper()
+	var file strings.Builder
+	for _, line := range lines {
+		name, rest, _ := strings.Cut(line, " ")
+		key, patterns, _ := strings.Cut(rest, " ")
+		fmt.Fprintf(&file, "%s %s %s\n", name, proxy.HashCallerKey(key), patterns)
+	}
+	keys, err := proxy.ParseCallerKeys(strings.NewReader(file.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return proxy.NewCallers(keys)
+}
+
+func TestCallerAuthentication(t *testing.T) {
+	upstream, got := newUpstream(t, nil)
 	tokens := staticTokens(map[string]string{"acme": "tok-acme", "globex": "tok-globex", "eu-fr-prod": "tok-fr"})
-	h, err := proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream, Callers: proxy.NewCallers(keys)})
+	callers := newCallers(t, "billing billing-key acme eu-*-prod", "ops ops-key *")
+	h, err := proxy.New(proxy.Config{Tokens: tokens, Upstream: upstream, Callers: callers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,20 +84,16 @@ func TestCallerAuthentication(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := got.count()
-			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
-			req.Header.Set("X-Tenant-ID", tt.tenant)
+			req := newRequest(t, http.MethodGet, srv.URL+"/ping", nil, tt.tenant)
 			for _, k := range tt.keys {
 				req.Header.Add("X-Caller-Key", k)
 			}
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, body := testutil.Do(t, nil, req)
 			if res.StatusCode != tt.status {
 				t.Errorf("status = %d; want %d", res.StatusCode, tt.status)
 			}
 			if tt.code != "" {
-				if code, _ := proxyError(t, res); code != tt.code {
+				if code, _ := proxyError(t, res, body); code != tt.code {
 					t.Errorf("code = %q; want %q", code, tt.code)
 				}
 				if got.count() != before {
@@ -91,7 +101,6 @@ func TestCallerAuthentication(t *testing.T) {
 				}
 				return
 			}
-			res.Body.Close()
 			want := map[string]string{"acme": "tok-acme", "globex": "tok-globex", "eu-fr-prod": "tok-fr"}[tt.tenant]
 			if r := got.last(); r.Header.Get("X-Caller-Key") != "" || r.Header.Get("Authorization") != "Bearer "+want {
 				t.Errorf("upstream got caller key %q, Authorization %q", r.Header.Get("X-Caller-Key"), r.Header.Get("Authorization"))

@@ -2,46 +2,47 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
-	"time"
 
-	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/httperr"
 )
+
+// The proxy's own answers are httperr's, which the admin API gives too.
+// Package proxy names them again for its callers, which cannot import an
+// internal package.
 
 // ErrorHeader names the header that marks an answer as the proxy's own. The
 // proxy owns it: it is removed from upstream responses.
-const ErrorHeader = "X-Thanksio-Proxy-Error"
+const ErrorHeader = httperr.Header
 
 // The proxy's error codes.
 const (
-	CodeMissingTenant           = "missing_tenant"
-	CodeInvalidTenant           = "invalid_tenant"
-	CodeInvalidPath             = "invalid_path"
-	CodeUnknownTenant           = "unknown_tenant"
-	CodeReauthorizationRequired = "reauthorization_required"
-	CodeTokenUnavailable        = "token_unavailable"
-	CodeUpstreamUnreachable     = "upstream_unreachable"
-	CodeUpstreamTimeout         = "upstream_timeout"
-	CodeUnauthorized            = "unauthorized"
-	CodeInvalidCaller           = "invalid_caller"
-	CodeTenantNotAllowed        = "tenant_not_allowed"
-	CodeTooManyAttempts         = "too_many_attempts"
-	CodeBadRequest              = "bad_request"
-	CodeTooLarge                = "request_too_large"
-	CodeNotFound                = "not_found"
-	CodeMethodNotAllowed        = "method_not_allowed"
-	CodeRequestTimeout          = "request_timeout"
-	CodeConcurrencyLimited      = "concurrency_limited"
-	CodeNotConfigured           = "not_configured"
-	CodeNotRefreshable          = "not_refreshable"
+	CodeMissingTenant           = httperr.CodeMissingTenant
+	CodeInvalidTenant           = httperr.CodeInvalidTenant
+	CodeInvalidPath             = httperr.CodeInvalidPath
+	CodeUnknownTenant           = httperr.CodeUnknownTenant
+	CodeReauthorizationRequired = httperr.CodeReauthorizationRequired
+	CodeTokenUnavailable        = httperr.CodeTokenUnavailable
+	CodeUpstreamUnreachable     = httperr.CodeUpstreamUnreachable
+	CodeUpstreamTimeout         = httperr.CodeUpstreamTimeout
+	CodeUnauthorized            = httperr.CodeUnauthorized
+	CodeInvalidCaller           = httperr.CodeInvalidCaller
+	CodeTenantNotAllowed        = httperr.CodeTenantNotAllowed
+	CodeTooManyAttempts         = httperr.CodeTooManyAttempts
+	CodeBadRequest              = httperr.CodeBadRequest
+	CodeTooLarge                = httperr.CodeTooLarge
+	CodeNotFound                = httperr.CodeNotFound
+	CodeMethodNotAllowed        = httperr.CodeMethodNotAllowed
+	CodeRequestTimeout          = httperr.CodeRequestTimeout
+	CodeConcurrencyLimited      = httperr.CodeConcurrencyLimited
+	CodeRateLimited             = httperr.CodeRateLimited
+	CodeNotConfigured           = httperr.CodeNotConfigured
+	CodeNotRefreshable          = httperr.CodeNotRefreshable
 	// CodeClientClosedRequest is logged and counted, never sent: the caller
 	// went away.
-	CodeClientClosedRequest = "client_closed_request"
+	CodeClientClosedRequest = httperr.CodeClientClosedRequest
 )
 
 // DataPlaneCodes are the codes the data plane answers (or, for
@@ -51,95 +52,31 @@ var DataPlaneCodes = []string{
 	CodeMissingTenant, CodeInvalidTenant, CodeInvalidPath, CodeUnknownTenant,
 	CodeReauthorizationRequired, CodeTokenUnavailable, CodeUpstreamUnreachable,
 	CodeUpstreamTimeout, CodeInvalidCaller, CodeTenantNotAllowed, CodeBadRequest,
-	CodeMethodNotAllowed, CodeRequestTimeout, CodeConcurrencyLimited, CodeClientClosedRequest,
+	CodeMethodNotAllowed, CodeRequestTimeout, CodeConcurrencyLimited, CodeRateLimited, CodeClientClosedRequest,
 }
 
 // Error is an answer of the proxy's own: what the caller sees (Status, Code,
 // Message) apart from what is logged (Err).
-type Error struct {
-	Status     int
-	Code       string
-	Message    string
-	RetryAfter time.Duration
-	// Allow, when set, is the Allow header of a 405.
-	Allow string
-	// Close closes the connection after the answer: what is left of the
-	// request on it cannot be trusted to frame the next one.
-	Close bool
-	Err   error
-}
+type Error = httperr.Error
 
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return e.Code + ": " + e.Err.Error()
-	}
-	return e.Code + ": " + e.Message
-}
+// StatusClientClosedRequest is logged when the caller hung up first.
+const StatusClientClosedRequest = httperr.StatusClientClosedRequest
 
-func (e *Error) Unwrap() error { return e.Err }
+// WriteError is httperr.Write: it answers e as JSON with the proxy's error
+// header.
+func WriteError(w http.ResponseWriter, e *Error) { httperr.Write(w, e) }
 
-// WriteError answers e as JSON with the proxy's error header.
-func WriteError(w http.ResponseWriter, e *Error) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set(ErrorHeader, e.Code)
-	if e.RetryAfter > 0 {
-		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
-	}
-	if e.Allow != "" {
-		h.Set("Allow", e.Allow)
-	}
-	if e.Close {
-		h.Set("Connection", "close")
-	}
-	w.WriteHeader(e.Status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Error   string `json:"error"`
-		Message string `json:"message"`
-	}{e.Code, e.Message})
-}
+// TokenError is httperr.TokenError: it maps an error of auth.Tokens to the
+// proxy's answer.
+func TokenError(err error) *Error { return httperr.TokenError(err) }
 
-// TokenError maps an error of auth.Tokens to the proxy's answer.
-func TokenError(err error) *Error {
-	var ue *auth.UnavailableError
-	switch {
-	case errors.Is(err, auth.ErrUnknownTenant):
-		return &Error{Status: http.StatusUnauthorized, Code: CodeUnknownTenant,
-			Message: "No thanks.io token is held for this tenant.", Err: err}
-	case errors.Is(err, auth.ErrReauthorizationRequired):
-		return &Error{Status: http.StatusUnauthorized, Code: CodeReauthorizationRequired,
-			Message: "The tenant's thanks.io authorization was revoked; the account owner must connect again.", Err: err}
-	case errors.As(err, &ue):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
-			Message: "No usable thanks.io token right now: " + ue.Reason + ".", RetryAfter: ue.RetryAfter, Err: err}
-	case errors.Is(err, context.Canceled):
-		// The caller hung up while its token was being fetched: not a
-		// token that is unavailable.
-		return clientGone(err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
-			Message: "No usable thanks.io token could be had in time.", RetryAfter: time.Second, Err: err}
-	default:
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeTokenUnavailable,
-			Message: "No usable thanks.io token right now.", RetryAfter: 5 * time.Second, Err: err}
-	}
-}
+// BodyError is httperr.BodyError: it maps an error reading the caller's
+// request body to the proxy's answer (408 or 400, closing the connection).
+func BodyError(err error) *Error { return httperr.BodyError(err) }
 
-// BodyError maps an error reading the caller's request body to the proxy's
-// answer: 408 when the body did not arrive by REQUEST_BODY_TIMEOUT, 400
-// otherwise. Either way the connection closes, since the rest of the body
-// is still on it.
-func BodyError(err error) *Error {
-	var te interface{ Timeout() bool }
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &te) && te.Timeout() {
-		return &Error{Status: http.StatusRequestTimeout, Code: CodeRequestTimeout,
-			Message: "The request body did not arrive in time.", Close: true, Err: err}
-	}
-	return &Error{Status: http.StatusBadRequest, Code: CodeBadRequest,
-		Message: "The request body could not be read.", Close: true, Err: err}
-}
+// ValidTenant is httperr.ValidTenant: it reports whether id is a
+// well-formed tenant id, [A-Za-z0-9._-]{1,128} and neither "." nor "..".
+func ValidTenant(id string) bool { return httperr.ValidTenant(id) }
 
 // errSwitchingProtocols is the upstream's 101, which the proxy never relays:
 // it would hand the caller a raw connection to the upstream, past every
@@ -158,7 +95,7 @@ func upstreamError(err error) *Error {
 		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable,
 			Message: "thanks.io answered with a protocol switch, which the proxy does not relay.", Err: err}
 	case errors.Is(err, context.Canceled):
-		return clientGone(err)
+		return httperr.ClientGone(err)
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &te) && te.Timeout():
 		return &Error{Status: http.StatusGatewayTimeout, Code: CodeUpstreamTimeout,
 			Message: "thanks.io did not answer in time.", Err: err}
@@ -170,15 +107,4 @@ func upstreamError(err error) *Error {
 		}
 		return &Error{Status: http.StatusBadGateway, Code: CodeUpstreamUnreachable, Message: msg, Err: err}
 	}
-}
-
-// StatusClientClosedRequest is logged when the caller hung up first.
-const StatusClientClosedRequest = 499
-
-// clientGone is the answer to a caller that went away (err is its
-// context's cancellation): 499, logged and counted. It is the one place
-// that answer is made; TokenError and upstreamError give it.
-func clientGone(err error) *Error {
-	return &Error{Status: StatusClientClosedRequest, Code: CodeClientClosedRequest,
-		Message: "The caller went away.", Err: err}
 }

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/httperr"
+	"thanksio-proxy/ratelimit"
 )
 
 // Tokens is what the proxy needs of the token lifecycle. It must be safe for
@@ -57,6 +59,24 @@ type Observer interface {
 	// InFlight adds delta (1 when a request arrives, -1 when it is done) to
 	// the requests in flight.
 	InFlight(delta int)
+	// UpstreamLimited counts a 429 of the upstream: replayed after the
+	// tenant's pause, or relayed to the caller.
+	UpstreamLimited(relayed bool)
+}
+
+// Limiter paces each tenant's calls to the upstream (ratelimit.Limiter).
+// It must be safe for concurrent use.
+type Limiter interface {
+	// Wait returns when tenant's next call may go, having waited for it;
+	// a *ratelimit.RefusedError at once when that would be after
+	// deadline; or ctx's error when ctx ends first.
+	Wait(ctx context.Context, tenant string, deadline time.Time) (time.Duration, error)
+	// Observe reads an upstream answer to a call of tenant's, and returns
+	// the pause it set when the answer is a 429 (0 otherwise).
+	Observe(tenant string, status int, h http.Header) time.Duration
+	// MaxWait is the longest a call may wait for its turn, counted from
+	// its arrival.
+	MaxWait() time.Duration
 }
 
 // The defaults of Config's fields, stated once: the command's configuration
@@ -113,6 +133,17 @@ type Config struct {
 	// flight when Callers is set; beyond it, the caller is answered 429
 	// concurrency_limited. Zero means no bound.
 	MaxCallerConcurrency int
+	// Limiter, when not nil, paces each tenant's calls: a call waits its
+	// turn, is answered 429 rate_limited when its turn would not come
+	// within the Limiter's MaxWait, and a 429 of the upstream pauses the
+	// tenant and is replayed after the pause when the call's body was
+	// kept and the pause fits in its wait. Nil sends every call at once.
+	Limiter Limiter
+	// PublicURL, when set, is the base URL callers use to reach the
+	// proxy: the upstream's absolute URLs in JSON answers (thanks.io's
+	// pagination links) are rewritten to it, so that a caller following
+	// them stays on the proxy. Empty rewrites nothing.
+	PublicURL string
 }
 
 // Handler is the proxy's data plane, an http.Handler. It is safe for
@@ -127,6 +158,7 @@ type Handler struct {
 	log          *slog.Logger
 	obs          Observer
 	replayMemory replayMemory
+	links        *links // nil without a PublicURL
 }
 
 // New returns a Handler for cfg.
@@ -165,6 +197,9 @@ func New(cfg Config) (*Handler, error) {
 		obs:          cfg.Observer,
 	}
 	h.replayMemory.limit = cfg.MaxReplayMemory
+	if cfg.PublicURL != "" {
+		h.links = newLinks(strings.TrimSuffix(cfg.Upstream.String(), "/"), strings.TrimSuffix(cfg.PublicURL, "/"))
+	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -199,6 +234,9 @@ type call struct {
 	slot          *caller      // whose in-flight requests count this one
 	replayable    bool
 	replayed      bool
+	limitReplayed bool          // replayed after the upstream's 429
+	deadline      time.Time     // the latest a call may go under the rate limit
+	waited        time.Duration // time spent waiting for the rate limit
 	upstream      time.Duration
 }
 
@@ -252,6 +290,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				slog.Duration("duration", d),
 				slog.Duration("upstream_duration", c.upstream),
 				slog.Bool("replayed", c.replayed),
+				slog.Duration("rate_limit_wait", c.waited),
 			)
 		}
 	}()
@@ -269,6 +308,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e := h.bufferBody(r, c); e != nil {
 		h.fail(rw, r, c, e)
 		return
+	}
+	if h.cfg.Limiter != nil {
+		c.deadline = start.Add(h.cfg.Limiter.MaxWait())
+		if e := h.waitTurn(r.Context(), c); e != nil {
+			h.fail(rw, r, c, e)
+			return
+		}
+		if c.waited > 0 {
+			// The token may have been rotated while the call waited.
+			if c.authorization, err = h.cfg.Tokens.Authorization(r.Context(), c.tenant); err != nil {
+				h.fail(rw, r, c, TokenError(err))
+				return
+			}
+		}
 	}
 	// ReverseProxy would ask the upstream for the protocol switch the
 	// caller asked for, and relay a 101 as a tunnel past the proxy: the
@@ -343,22 +396,6 @@ func (h *Handler) tenant(header http.Header) (string, *Error) {
 			Message: "A tenant id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'."}
 	}
 	return values[0], nil
-}
-
-// ValidTenant reports whether id is a well-formed tenant id:
-// [A-Za-z0-9._-]{1,128}, and neither "." nor "..".
-func ValidTenant(id string) bool {
-	if len(id) == 0 || len(id) > 128 || id == "." || id == ".." {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		switch b := id[i]; {
-		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', b == '.', b == '_', b == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // relativePath returns the request's escaped path, to be appended to the
@@ -481,6 +518,11 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	// The proxy answers Expect itself (net/http sends 100 Continue when the
 	// body is first read); the upstream's 100 would be a second one.
 	delete(out, "Expect")
+	if h.links != nil {
+		// The transport then asks for gzip itself and hands over the
+		// answer decoded, so that its links can be rewritten.
+		delete(out, "Accept-Encoding")
+	}
 	// A front end may take a header name with '_' for the one with '-'
 	// (X_Tenant_ID for X-Tenant-ID): such names go nowhere, as with nginx.
 	for name := range out {
@@ -511,6 +553,9 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 		// A chunked answer may carry trailers, declared or not, that the
 		// transport adds once the body has been read: drop it then too.
 		res.Body = &trailerFilter{ReadCloser: res.Body, res: res}
+	}
+	if h.links.rewrites(res) {
+		h.links.wrap(res)
 	}
 	return nil
 }
@@ -579,8 +624,16 @@ type replayTransport struct {
 func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callFrom(req.Context())
 	res, err := t.roundTrip(req, c)
-	if err != nil || c == nil || !c.replayable || c.replayed || !refusesToken(res) {
+	if err != nil || c == nil {
 		return res, err
+	}
+	if res.StatusCode == http.StatusTooManyRequests || t.h.cfg.Limiter != nil {
+		if res, err = t.limited(req, c, res); err != nil {
+			return nil, err
+		}
+	}
+	if !c.replayable || c.replayed || !refusesToken(res) {
+		return res, nil
 	}
 	token, err := t.h.cfg.Tokens.Refused(req.Context(), c.tenant, strings.TrimPrefix(c.authorization, bearerPrefix))
 	if errors.Is(err, auth.ErrNoBetterToken) {
@@ -592,16 +645,89 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	c.authorization, c.replayed = bearerPrefix+token, true
 	t.h.obs.Replayed()
+	if t.h.cfg.Limiter != nil {
+		if e := t.h.waitTurn(req.Context(), c); e != nil {
+			return nil, e
+		}
+	}
+	return t.again(req, c)
+}
+
+// limited hands res, an upstream answer, to the rate limiter, and replays
+// the call once after the pause that a 429 set, when its body was kept and
+// the pause ends before the call's deadline. A 429 that goes back to the
+// caller carries Retry-After.
+func (t *replayTransport) limited(req *http.Request, c *call, res *http.Response) (*http.Response, error) {
+	lim := t.h.cfg.Limiter
+	if lim == nil {
+		t.h.obs.UpstreamLimited(true)
+		return res, nil
+	}
+	pause := lim.Observe(c.tenant, res.StatusCode, res.Header)
+	if res.StatusCode != http.StatusTooManyRequests {
+		return res, nil
+	}
+	if !c.replayable || c.limitReplayed || time.Now().Add(pause).After(c.deadline) {
+		t.h.obs.UpstreamLimited(true)
+		if res.Header.Get("Retry-After") == "" {
+			res.Header.Set("Retry-After", strconv.Itoa(int((pause+time.Second-1)/time.Second)))
+		}
+		return res, nil
+	}
+	drain(res.Body)
+	t.h.obs.UpstreamLimited(false)
+	c.limitReplayed = true
+	if e := t.h.waitTurn(req.Context(), c); e != nil {
+		return nil, e
+	}
+	res, err := t.again(req, c)
+	if err != nil || res.StatusCode != http.StatusTooManyRequests {
+		if err == nil {
+			lim.Observe(c.tenant, res.StatusCode, res.Header)
+		}
+		return res, err
+	}
+	return t.limited(req, c, res)
+}
+
+// again sends the call once more, with its current token and a new reader
+// of its kept body.
+func (t *replayTransport) again(req *http.Request, c *call) (*http.Response, error) {
 	again := req.Clone(req.Context())
 	again.Header["Authorization"] = []string{c.authorization}
 	if c.body != nil && c.body.held.n > 0 {
-		// A reader of its own: the first attempt's may still be read.
-		again.Body = c.body.readers[1].init(c.body, nil)
+		// A reader of its own: an earlier attempt's may still be read.
+		r := &c.body.readers[1]
+		if r.b != nil {
+			r = new(bodyReader)
+		}
+		again.Body = r.init(c.body, nil)
 		again.GetBody = c.body.getBody
 	} else {
 		again.Body = nil
 	}
 	return t.roundTrip(again, c)
+}
+
+// waitTurn waits for c's turn under the rate limit, and returns the
+// answer to a call whose turn would not come by its deadline.
+func (h *Handler) waitTurn(ctx context.Context, c *call) *Error {
+	waited, err := h.cfg.Limiter.Wait(ctx, c.tenant, c.deadline)
+	c.waited += waited
+	var re *ratelimit.RefusedError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		return &Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited,
+			Message:    "The tenant's calls to thanks.io are paced under its rate limit, and this call's turn would not come in time.",
+			RetryAfter: max(re.RetryAfter, time.Second), Err: err}
+	case errors.Is(err, context.Canceled):
+		return httperr.ClientGone(err)
+	default:
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeRateLimited,
+			Message: "The tenant's rate limit could not be applied.", RetryAfter: time.Second, Err: err}
+	}
 }
 
 func (t *replayTransport) roundTrip(req *http.Request, c *call) (*http.Response, error) {
@@ -788,3 +914,4 @@ func (nopObserver) Upstream(int, time.Duration)       {}
 func (nopObserver) Replayed()                         {}
 func (nopObserver) Failed(string)                     {}
 func (nopObserver) InFlight(int)                      {}
+func (nopObserver) UpstreamLimited(bool)              {}

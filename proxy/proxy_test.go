@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"thanksio-proxy/auth"
+	"thanksio-proxy/internal/testutil"
 	"thanksio-proxy/proxy"
 )
 
@@ -114,22 +114,30 @@ func newServer(t *testing.T, h http.Handler) *httptest.Server {
 	return srv
 }
 
+// newRequest is a request of method to url with body (nil for none), and
+// an X-Tenant-ID header for each of tenants.
+func newRequest(t *testing.T, method, url string, body io.Reader, tenants ...string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range tenants {
+		req.Header.Add("X-Tenant-ID", tenant)
+	}
+	return req
+}
+
 func TestForwardsWithTenantToken(t *testing.T) {
 	upstream, got := newUpstream(t, nil)
 	srv := newProxy(t, staticTokens(map[string]string{"acme": "tok-acme", "globex": "tok-globex"}), upstream)
 
 	for _, tenant := range []string{"acme", "globex"} {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/orders/list?page=2", nil)
-		req.Header.Set("X-Tenant-ID", tenant)
+		req := newRequest(t, http.MethodGet, srv.URL+"/orders/list?page=2", nil, tenant)
 		req.Header.Set("Authorization", "Bearer caller-secret")
 		req.Header.Set("Proxy-Authorization", "Basic eA==")
 		req.Header.Set("Cookie", "session=caller")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := testutil.Do(t, nil, req)
 		if res.StatusCode != http.StatusOK || string(body) != `{"ok":true}` {
 			t.Fatalf("%s: status %d body %q; want 200 {\"ok\":true}", tenant, res.StatusCode, body)
 		}
@@ -152,12 +160,11 @@ func TestForwardsWithTenantToken(t *testing.T) {
 	}
 }
 
-// proxyError reads the proxy's own error answer.
-func proxyError(t *testing.T, res *http.Response) (code, message string) {
+// proxyError reads the proxy's own error answer, res with its body.
+func proxyError(t *testing.T, res *http.Response, body []byte) (code, message string) {
 	t.Helper()
-	defer res.Body.Close()
 	var e struct{ Error, Message string }
-	if err := json.NewDecoder(res.Body).Decode(&e); err != nil {
+	if err := json.Unmarshal(body, &e); err != nil {
 		t.Fatalf("error body is not JSON: %v", err)
 	}
 	if h := res.Header.Get(proxy.ErrorHeader); h != e.Error {
@@ -235,52 +242,20 @@ func TestErrorCodes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := got.count()
-			req, _ := http.NewRequest(http.MethodGet, tt.srv.URL+tt.path, nil)
-			for _, v := range tt.tenant {
-				req.Header.Add("X-Tenant-ID", v)
-			}
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, body := testutil.Do(t, nil, newRequest(t, http.MethodGet, tt.srv.URL+tt.path, nil, tt.tenant...))
 			if res.StatusCode != tt.status {
 				t.Errorf("status = %d; want %d", res.StatusCode, tt.status)
 			}
 			if ra := res.Header.Get("Retry-After"); ra != tt.retryAfter {
 				t.Errorf("Retry-After = %q; want %q", ra, tt.retryAfter)
 			}
-			if code, _ := proxyError(t, res); code != tt.code {
+			if code, _ := proxyError(t, res, body); code != tt.code {
 				t.Errorf("code = %q; want %q", code, tt.code)
 			}
 			if reached := got.count() > before; reached != tt.reached {
 				t.Errorf("upstream reached = %v; want %v", reached, tt.reached)
 			}
 		})
-	}
-}
-
-// rawRequest sends raw bytes to addr and returns the parsed final response
-// (interim 1xx answers are skipped; a 101 is final).
-func rawRequest(t *testing.T, addr, raw string) *http.Response {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	for {
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("reading response to %.200q: %v", raw, err)
-		}
-		if res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
-			return res
-		}
 	}
 }
 
@@ -307,7 +282,7 @@ func TestPathsStayUnderBase(t *testing.T) {
 	for _, target := range refused {
 		t.Run(target, func(t *testing.T) {
 			before := got.count()
-			res := rawRequest(t, addr, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n")
+			res := testutil.RawHTTP(t, addr, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n", 5*time.Second)
 			if res.StatusCode != http.StatusBadRequest {
 				t.Errorf("GET %s: status %d; want 400", target, res.StatusCode)
 			}
@@ -327,7 +302,7 @@ func TestPathsStayUnderBase(t *testing.T) {
 	}
 	for target, want := range allowed {
 		t.Run(target, func(t *testing.T) {
-			res := rawRequest(t, addr, "GET "+target+" HTTP/1.1\r\nHost: evil.example\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n")
+			res := testutil.RawHTTP(t, addr, "GET "+target+" HTTP/1.1\r\nHost: evil.example\r\nX-Tenant-ID: acme\r\nConnection: close\r\n\r\n", 5*time.Second)
 			res.Body.Close()
 			if res.StatusCode != http.StatusOK {
 				t.Fatalf("GET %s: status %d; want 200", target, res.StatusCode)
@@ -370,14 +345,7 @@ func TestReplaysOnceAfter401(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	post := func(body string) (*http.Response, string) {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/send/postcard", strings.NewReader(body))
-		req.Header.Set("X-Tenant-ID", "acme")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, b := testutil.Do(t, nil, newRequest(t, http.MethodPost, srv.URL+"/send/postcard", strings.NewReader(body), "acme"))
 		return res, string(b)
 	}
 
@@ -427,13 +395,7 @@ func TestUpstreamCannotSpeakForProxy(t *testing.T) {
 		w.WriteHeader(http.StatusTeapot)
 	})
 	srv := newProxy(t, staticTokens(map[string]string{"acme": "tok"}), upstream)
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
-	req.Header.Set("X-Tenant-ID", "acme")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
+	res, _ := testutil.Do(t, nil, newRequest(t, http.MethodGet, srv.URL+"/ping", nil, "acme"))
 	if res.StatusCode != http.StatusTeapot || res.Header.Get(proxy.ErrorHeader) != "" {
 		t.Errorf("got %d with %s=%q; want 418 without the header", res.StatusCode, proxy.ErrorHeader, res.Header.Get(proxy.ErrorHeader))
 	}
@@ -487,14 +449,7 @@ func TestReplaysAfterThanksio403ForBadToken(t *testing.T) {
 		{"/forbidden", http.StatusForbidden, 1, `{"message":"This action is unauthorized.","failure":true}`},
 	} {
 		before := got.count()
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+tt.path, nil)
-		req.Header.Set("X-Tenant-ID", "acme")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := testutil.Do(t, nil, newRequest(t, http.MethodGet, srv.URL+tt.path, nil, "acme"))
 		if res.StatusCode != tt.status || string(body) != tt.body || got.count()-before != tt.upstreams {
 			t.Errorf("GET %s: %d %s after %d upstream calls; want %d %s after %d", tt.path, res.StatusCode, body, got.count()-before, tt.status, tt.body, tt.upstreams)
 		}
@@ -541,15 +496,8 @@ func TestBodiesArriveWhole(t *testing.T) {
 					if chunked {
 						r = struct{ io.Reader }{r} // no length: sent chunked
 					}
-					req, _ := http.NewRequest(http.MethodPost, srv.URL+"/send/postcard", r)
-					req.Header.Set("X-Tenant-ID", "acme")
 					before := got.count()
-					res, err := http.DefaultClient.Do(req)
-					if err != nil {
-						t.Fatal(err)
-					}
-					_, _ = io.Copy(io.Discard, res.Body)
-					res.Body.Close()
+					res, _ := testutil.Do(t, nil, newRequest(t, http.MethodPost, srv.URL+"/send/postcard", r, "acme"))
 					// Replayed when the proxy could keep it all: within
 					// MaxReplayBody and within the memory bound (a 4 KiB
 					// chunk, then 32 KiB ones).
@@ -653,6 +601,7 @@ type codeObserver struct {
 func (*codeObserver) Served(string, int, time.Duration) {}
 func (*codeObserver) Upstream(int, time.Duration)       {}
 func (*codeObserver) Replayed()                         {}
+func (*codeObserver) UpstreamLimited(bool)              {}
 func (*codeObserver) InFlight(int)                      {}
 func (o *codeObserver) Failed(code string) {
 	o.mu.Lock()

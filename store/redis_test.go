@@ -574,7 +574,10 @@ func TestRedisMinReplicasAck(t *testing.T) {
 	tests := []struct {
 		name string
 		// replica, when set, starts a replica and pauses it before the Put.
-		replica         bool
+		replica bool
+		// noInfo, when set, has the store log in as a user that may not
+		// run INFO (clientWithoutInfo).
+		noInfo          bool
 		minAck          int
 		wantUnconfirmed bool
 	}{
@@ -582,6 +585,9 @@ func TestRedisMinReplicasAck(t *testing.T) {
 		{name: "1 with no replica is unconfirmed", minAck: 1, wantUnconfirmed: true},
 		{name: "auto with no replica does not wait", minAck: store.AutoReplicas},
 		{name: "auto with a paused replica is unconfirmed", replica: true, minAck: store.AutoReplicas, wantUnconfirmed: true},
+		{name: "user without INFO, auto: taken to have no replica", noInfo: true, minAck: store.AutoReplicas},
+		{name: "user without INFO, 0", noInfo: true, minAck: 0},
+		{name: "user without INFO, 1 is still waited for", noInfo: true, minAck: 1, wantUnconfirmed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -592,10 +598,33 @@ func TestRedisMinReplicasAck(t *testing.T) {
 				replica.Pause()
 				t.Cleanup(replica.Resume) // registered after Kill, so run before it
 			}
-			s := serverStore(t, primary, mustSealer(t, newKey(t)), tt.minAck, 200*time.Millisecond)
+			c := primary.Client()
+			if tt.noInfo {
+				c = clientWithoutInfo(t, primary)
+			}
+			s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
+			s.MinReplicasAck, s.DurableTimeout = tt.minAck, 200*time.Millisecond
 			checkFirstPut(t, s, tt.wantUnconfirmed)
 		})
 	}
+}
+
+// clientWithoutInfo returns a client of srv that logs in as a user who may
+// run every command but those of @dangerous, INFO among them, as restricted
+// users often may not; the test's cleanup closes it.
+func clientWithoutInfo(t *testing.T, srv *testutil.RedisServer) *redis.Client {
+	t.Helper()
+	ctx := t.Context()
+	err := srv.Client().Do(ctx, "ACL", "SETUSER", "proxy", "on", ">secret", "~*", "&*", "+@all", "-@dangerous").Err()
+	if err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "proxy", Password: "secret"})
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.Info(ctx, "replication").Err(); err == nil {
+		t.Fatalf("INFO as the restricted user = nil; want it refused")
+	}
+	return c
 }
 
 // checkFirstPut writes acme's first record on s, and fails the test unless
@@ -613,6 +642,18 @@ func checkFirstPut(t *testing.T, s *store.Redis, wantUnconfirmed bool) {
 	}
 	if got := storetest.MustGet(t, s, "acme"); got.Version != 1 {
 		t.Errorf("Get on the primary = version %d; want 1", got.Version)
+	}
+}
+
+// checkUnconfirmedWhilePaused pauses replica until it returns, and fails
+// the test unless a Put of rec for acme over version prev on s is then
+// ErrUnconfirmed; what names that Put in the message.
+func checkUnconfirmedWhilePaused(t *testing.T, s *store.Redis, replica *testutil.RedisServer, what string, rec store.TokenRecord, prev int64) {
+	t.Helper()
+	replica.Pause()
+	defer replica.Resume()
+	if v, err := s.Put(t.Context(), "acme", rec, prev); !errors.Is(err, store.ErrUnconfirmed) {
+		t.Errorf("%s = %d, %v; want ErrUnconfirmed", what, v, err)
 	}
 }
 
@@ -638,11 +679,7 @@ func TestRedisAppendOnlyWithoutWaitAOF(t *testing.T) {
 
 	// Falling back from WAITAOF still waits for the replicas.
 	replica := testutil.StartReplica(t, primary)
-	replica.Pause()
-	defer replica.Resume()
-	if v, err := s.Put(ctx, "acme", storetest.SampleRecord("b"), 0); !errors.Is(err, store.ErrUnconfirmed) {
-		t.Errorf("Put with AOF on and the replica paused = %d, %v; want ErrUnconfirmed", v, err)
-	}
+	checkUnconfirmedWhilePaused(t, s, replica, "Put with AOF on and the replica paused", storetest.SampleRecord("b"), 0)
 }
 
 func TestRedisPrimaryRefusesWrites(t *testing.T) {
@@ -684,47 +721,9 @@ func TestRedisSentinelWaitsForReplica(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
 	s.DurableTimeout = 200 * time.Millisecond
-	ctx := t.Context()
 
 	storetest.MustPut(t, s, "acme", storetest.SampleRecord("one"), 0)
-	replica.Pause()
-	defer replica.Resume()
-	if v, err := s.Put(ctx, "acme", storetest.SampleRecord("two"), 1); !errors.Is(err, store.ErrUnconfirmed) {
-		t.Errorf("Put through Sentinel with the replica paused = %d, %v; want ErrUnconfirmed", v, err)
-	}
-}
-
-func TestRedisUserWithoutInfo(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name            string
-		minAck          int
-		wantUnconfirmed bool
-	}{
-		{name: "auto: taken to have no replica", minAck: store.AutoReplicas},
-		{name: "0", minAck: 0},
-		{name: "1 is still waited for", minAck: 1, wantUnconfirmed: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			primary := testutil.StartRedis(t)
-			ctx := t.Context()
-			// INFO is in @dangerous, which restricted users often lack.
-			err := primary.Client().Do(ctx, "ACL", "SETUSER", "proxy", "on", ">secret", "~*", "&*", "+@all", "-@dangerous").Err()
-			if err != nil {
-				t.Fatalf("ACL SETUSER: %v", err)
-			}
-			c := redis.NewClient(&redis.Options{Addr: primary.Addr(), Username: "proxy", Password: "secret"})
-			t.Cleanup(func() { _ = c.Close() })
-			if err := c.Info(ctx, "replication").Err(); err == nil {
-				t.Fatalf("INFO as the restricted user = nil; want it refused")
-			}
-			s := store.NewRedis(c, "", mustSealer(t, newKey(t)))
-			s.MinReplicasAck, s.DurableTimeout = tt.minAck, 200*time.Millisecond
-			checkFirstPut(t, s, tt.wantUnconfirmed)
-		})
-	}
+	checkUnconfirmedWhilePaused(t, s, replica, "Put through Sentinel with the replica paused", storetest.SampleRecord("two"), 1)
 }
 
 func TestRedisConcurrentFirstWrites(t *testing.T) {

@@ -28,14 +28,7 @@ func TestParseRedisURL(t *testing.T) {
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				opts, err := parseRedisURL(tt.url)
-				if err != nil {
-					t.Fatalf("parseRedisURL: %v", err)
-				}
-				o := opts.standalone
-				if o == nil || opts.cluster != nil || opts.failover != nil {
-					t.Fatalf("parseRedisURL = %+v; want standalone options only", opts)
-				}
+				o := parseRedisURLAs(t, tt.url, "standalone").standalone
 				if o.Addr != tt.addr || o.Username != tt.user || o.Password != tt.password || o.DB != tt.db || (o.TLSConfig != nil) != tt.tls {
 					t.Errorf("options = addr %q user %q password %q db %d tls %v; want %q %q %q %d %v",
 						o.Addr, o.Username, o.Password, o.DB, o.TLSConfig != nil, tt.addr, tt.user, tt.password, tt.db, tt.tls)
@@ -63,14 +56,7 @@ func TestParseRedisURL(t *testing.T) {
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				opts, err := parseRedisURL(tt.url)
-				if err != nil {
-					t.Fatalf("parseRedisURL: %v", err)
-				}
-				o := opts.cluster
-				if o == nil || opts.standalone != nil || opts.failover != nil {
-					t.Fatalf("parseRedisURL = %+v; want cluster options only", opts)
-				}
+				o := parseRedisURLAs(t, tt.url, "cluster").cluster
 				if !slices.Equal(o.Addrs, tt.addrs) || o.Username != tt.user || o.Password != tt.password || (o.TLSConfig != nil) != tt.tls {
 					t.Errorf("options = addrs %q user %q password %q tls %v; want %q %q %q %v",
 						o.Addrs, o.Username, o.Password, o.TLSConfig != nil, tt.addrs, tt.user, tt.password, tt.tls)
@@ -96,14 +82,7 @@ func TestParseRedisURL(t *testing.T) {
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
-				opts, err := parseRedisURL(tt.url)
-				if err != nil {
-					t.Fatalf("parseRedisURL: %v", err)
-				}
-				o := opts.failover
-				if o == nil || opts.standalone != nil || opts.cluster != nil {
-					t.Fatalf("parseRedisURL = %+v; want failover options only", opts)
-				}
+				o := parseRedisURLAs(t, tt.url, "failover").failover
 				if o.MasterName != tt.master || !slices.Equal(o.SentinelAddrs, tt.sentinels) || o.DB != tt.db {
 					t.Errorf("options = master %q sentinels %q db %d; want %q %q %d", o.MasterName, o.SentinelAddrs, o.DB, tt.master, tt.sentinels, tt.db)
 				}
@@ -117,6 +96,23 @@ func TestParseRedisURL(t *testing.T) {
 			})
 		}
 	})
+}
+
+// parseRedisURLAs parses raw, and fails t unless it parses to options of
+// kind ("standalone", "cluster" or "failover") only.
+func parseRedisURLAs(t *testing.T, raw, kind string) redisURLOptions {
+	t.Helper()
+	opts, err := parseRedisURL(raw)
+	if err != nil {
+		t.Fatalf("parseRedisURL: %v", err)
+	}
+	set := map[string]bool{"standalone": opts.standalone != nil, "cluster": opts.cluster != nil, "failover": opts.failover != nil}
+	for k, isSet := range set {
+		if isSet != (k == kind) {
+			t.Fatalf("parseRedisURL = %+v; want %s options only", opts, kind)
+		}
+	}
+	return opts
 }
 
 func TestParseRedisURLErrorsHideThePassword(t *testing.T) {

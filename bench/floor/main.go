@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"log"
 	"net"
@@ -47,11 +48,8 @@ func main() {
 		go http.Serve(opsLn, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 	srv := baseline.Server(baseline.New(u, *token, nil))
-	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		<-sig
-		srv.Close()
-	}()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	_ = srv.Serve(ln)
 }

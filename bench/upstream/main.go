@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log"
@@ -25,12 +26,9 @@ func main() {
 	}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	var s upstream.Server
-	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		<-sig
-		ln.Close()
-	}()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, func() { _ = ln.Close() })
 	_ = s.Serve(ln)
 	fmt.Fprintf(os.Stderr, "upstream: %d requests, %d refused\n", s.Requests.Load(), s.Refused.Load())
 }

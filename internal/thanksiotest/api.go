@@ -8,6 +8,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 )
 
 // APIRequest is a request received outside the OAuth endpoints, as
@@ -32,6 +33,14 @@ type APIRequest struct {
 	// Authorized reports whether the request carried exactly one
 	// Authorization header with a valid access token when it arrived.
 	Authorized bool
+	// Time is when the request arrived, by Options.Now.
+	Time time.Time
+	// RateLimited reports whether the request was answered 429 for being
+	// over the account's rate limit (SetRateLimit).
+	RateLimited bool
+	// RateWindow is the end of the account's window the request was
+	// counted in (SetRateLimit); zero when no limit applied to it.
+	RateWindow time.Time
 }
 
 // clone returns a deep copy of ar.
@@ -144,6 +153,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	authorized := tokenOK && s.accessValidLocked(token)
+	var rateHeader http.Header
+	var window time.Time
+	limited := false
+	if authorized && inAPI(r.URL.Path) && cleanPath(r.URL.Path) {
+		rateHeader, window, limited = s.throttleLocked(token)
+	}
 	s.apiRequests = append(s.apiRequests, APIRequest{
 		Method:        r.Method,
 		Host:          r.Host,
@@ -156,6 +171,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		BodyTruncated: truncated,
 		Token:         token,
 		Authorized:    authorized,
+		Time:          s.now(),
+		RateLimited:   limited,
+		RateWindow:    window,
 	})
 	mux, handlers := s.apiMux, s.apiHandlers
 	s.notifyLocked()
@@ -170,6 +188,14 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	case !authorized:
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Unauthenticated."})
+		return
+	}
+	for k, v := range rateHeader {
+		w.Header()[k] = v
+	}
+	switch {
+	case limited:
+		writeJSON(w, http.StatusTooManyRequests, map[string]string{"message": "Too Many Attempts."})
 		return
 	case truncated:
 		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"message": "Payload Too Large"})

@@ -122,6 +122,9 @@ type Server struct {
 	apiRequests    []APIRequest
 	apiHandlers    map[string]http.HandlerFunc
 	apiMux         *http.ServeMux // nil while no handler is registered
+	rateLimit      int            // requests per ratePeriod per account; 0: no limit
+	ratePeriod     time.Duration
+	windows        map[any]*rateWindow
 	// changed is closed and replaced each time a request is recorded, so
 	// that waiters wake up without polling.
 	changed chan struct{}

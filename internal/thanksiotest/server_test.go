@@ -28,21 +28,6 @@ func newClock() *testutil.Clock {
 	return testutil.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
-// oauthConfig returns a client of s that authenticates with
-// client_secret_post, as the proxy does.
-func oauthConfig(s *Server, redirectURL string) *oauth2.Config {
-	return &oauth2.Config{
-		ClientID:     s.ClientID(),
-		ClientSecret: s.ClientSecret(),
-		Endpoint: oauth2.Endpoint{
-			AuthURL:   s.AuthorizeURL(),
-			TokenURL:  s.TokenURL(),
-			AuthStyle: oauth2.AuthStyleInParams,
-		},
-		RedirectURL: redirectURL,
-	}
-}
-
 // clientContext returns a context that makes golang.org/x/oauth2 use s's
 // HTTP client.
 func clientContext(ctx context.Context, s *Server) context.Context {
@@ -71,21 +56,6 @@ func waitContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// do sends req and returns the response with its body read.
-func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, []byte) {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
-	}
-	return resp, body
 }
 
 // decodeStrings decodes a JSON object whose values are all strings.
@@ -129,13 +99,13 @@ func apiGet(t *testing.T, s *Server, path, token string) (*http.Response, []byte
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	return do(t, s.Client(), req)
+	return testutil.Do(t, s.Client(), req)
 }
 
 func TestRefreshRotatesAndRevokesOldPair(t *testing.T) {
 	s := NewServer(t, Options{})
 	old := s.NewGrant()
-	conf := oauthConfig(s, "")
+	conf := s.OAuthConfig("")
 
 	got, err := refresh(clientContext(t.Context(), s), conf, old.RefreshToken)
 	if err != nil {
@@ -191,7 +161,7 @@ func TestRefreshRotatesAndRevokesOldPair(t *testing.T) {
 func TestRefreshResponseHeaders(t *testing.T) {
 	s := NewServer(t, Options{})
 	tok := s.NewGrant()
-	resp, body := do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", tok.RefreshToken)))
+	resp, body := testutil.Do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", tok.RefreshToken)))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("refresh: status %d, body %s; want 200", resp.StatusCode, body)
 	}
@@ -231,7 +201,7 @@ func TestExpiresIn(t *testing.T) {
 			if minted.ExpiresIn != tt.lifetime || !minted.Expiry.Equal(clock.Now().Add(tt.lifetime)) {
 				t.Errorf("NewGrant() = ExpiresIn %v, Expiry %v; want %v, %v", minted.ExpiresIn, minted.Expiry, tt.lifetime, clock.Now().Add(tt.lifetime))
 			}
-			resp, body := do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", minted.RefreshToken)))
+			resp, body := testutil.Do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", minted.RefreshToken)))
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("refresh: status %d, body %s", resp.StatusCode, body)
 			}
@@ -265,25 +235,30 @@ func TestAccessTokenExpiresByClock(t *testing.T) {
 	if s.IsRevoked(tok.RefreshToken) {
 		t.Errorf("IsRevoked(refresh) after access expiry = true; want false")
 	}
-	if _, err := refresh(clientContext(t.Context(), s), oauthConfig(s, ""), tok.RefreshToken); err != nil {
+	if _, err := refresh(clientContext(t.Context(), s), s.OAuthConfig(""), tok.RefreshToken); err != nil {
 		t.Errorf("refresh after access expiry: %v", err)
 	}
 }
 
+// reuseModes are the two ways the double can answer a refresh token that
+// was rotated away: as Laravel Passport does, refusing only that token, or,
+// with StrictReuse, by revoking the whole grant. wantCurrentAlive reports
+// whether the grant's current tokens still work afterwards.
+var reuseModes = []struct {
+	name             string
+	strictReuse      bool
+	wantCurrentAlive bool
+}{
+	{"passport", false, true},
+	{"strict reuse revokes grant", true, false},
+}
+
 func TestRefreshTokenReuse(t *testing.T) {
-	tests := []struct {
-		name             string
-		strictReuse      bool
-		wantCurrentAlive bool
-	}{
-		{"passport", false, true},
-		{"strict reuse revokes grant", true, false},
-	}
-	for _, tt := range tests {
+	for _, tt := range reuseModes {
 		t.Run(tt.name, func(t *testing.T) {
 			s := NewServer(t, Options{StrictReuse: tt.strictReuse})
 			ctx := clientContext(t.Context(), s)
-			conf := oauthConfig(s, "")
+			conf := s.OAuthConfig("")
 			first := s.NewGrant()
 			current, err := refresh(ctx, conf, first.RefreshToken)
 			if err != nil {
@@ -345,7 +320,7 @@ func TestInvalidRefreshTokenBody(t *testing.T) {
 			t.Run(v.name+"/"+tk.name, func(t *testing.T) {
 				s := NewServer(t, Options{InvalidRefreshAs401: v.as401})
 				rt := tk.token(s)
-				resp, body := do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", rt)))
+				resp, body := testutil.Do(t, s.Client(), newFormRequest(t, s, tokenForm("grant_type", "refresh_token", "refresh_token", rt)))
 				if resp.StatusCode != v.wantStatus {
 					t.Errorf("status = %d; want %d", resp.StatusCode, v.wantStatus)
 				}
@@ -370,20 +345,13 @@ func TestInvalidRefreshTokenBody(t *testing.T) {
 }
 
 func TestConcurrentRefreshOneWinner(t *testing.T) {
-	tests := []struct {
-		name            string
-		strictReuse     bool
-		wantWinnerAlive bool
-	}{
-		{"passport", false, true},
-		// Under StrictReuse, every loser presents a rotated-away token.
-		{"strict reuse", true, false},
-	}
 	const clients = 16
-	for _, tt := range tests {
+	// Every loser presents a rotated-away token: under StrictReuse, the
+	// winner's tokens die with the grant.
+	for _, tt := range reuseModes {
 		t.Run(tt.name, func(t *testing.T) {
 			s := NewServer(t, Options{StrictReuse: tt.strictReuse})
-			conf := oauthConfig(s, "")
+			conf := s.OAuthConfig("")
 			ctx := clientContext(t.Context(), s)
 			rt := s.NewGrant().RefreshToken
 
@@ -421,8 +389,8 @@ func TestConcurrentRefreshOneWinner(t *testing.T) {
 			if n := s.RefreshCalls(); n != clients {
 				t.Errorf("RefreshCalls() = %d; want %d", n, clients)
 			}
-			if got := s.AccessValid(winners[0].AccessToken); got != tt.wantWinnerAlive {
-				t.Errorf("AccessValid(winner) = %v; want %v", got, tt.wantWinnerAlive)
+			if got := s.AccessValid(winners[0].AccessToken); got != tt.wantCurrentAlive {
+				t.Errorf("AccessValid(winner) = %v; want %v", got, tt.wantCurrentAlive)
 			}
 		})
 	}
@@ -430,7 +398,7 @@ func TestConcurrentRefreshOneWinner(t *testing.T) {
 
 func TestClientAuthenticationBasic(t *testing.T) {
 	s := NewServer(t, Options{})
-	conf := oauthConfig(s, "")
+	conf := s.OAuthConfig("")
 	conf.Endpoint.AuthStyle = oauth2.AuthStyleInHeader
 	tok := s.NewGrant()
 	if _, err := refresh(clientContext(t.Context(), s), conf, tok.RefreshToken); err != nil {
@@ -568,7 +536,7 @@ func TestTokenEndpointRefusals(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := NewServer(t, Options{})
 			tok := s.NewGrant()
-			resp, body := do(t, s.Client(), tt.request(t, s, tok.RefreshToken))
+			resp, body := testutil.Do(t, s.Client(), tt.request(t, s, tok.RefreshToken))
 			if resp.StatusCode != tt.wantStatus {
 				t.Errorf("status = %d (body %s); want %d", resp.StatusCode, body, tt.wantStatus)
 			}
@@ -612,7 +580,7 @@ func authorizeRedirect(t *testing.T, s *Server, authorizeURL string) *url.URL {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, body := do(t, noRedirectClient(s), req)
+	resp, body := testutil.Do(t, noRedirectClient(s), req)
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("GET %s: status %d, body %s; want 302", authorizeURL, resp.StatusCode, body)
 	}
@@ -717,7 +685,7 @@ func TestCodeExchange(t *testing.T) {
 			// Both URIs are registered: a code is bound to the one it was
 			// issued for, not to any registered one.
 			s := NewServer(t, Options{RedirectURLs: []string{testRedirectURL, otherRedirect}, Now: clock.Now})
-			conf := oauthConfig(s, testRedirectURL)
+			conf := s.OAuthConfig(testRedirectURL)
 			verifier := oauth2.GenerateVerifier()
 			var authOpts []oauth2.AuthCodeOption
 			if !tt.noChallenge {
@@ -729,7 +697,7 @@ func TestCodeExchange(t *testing.T) {
 			}
 			clock.Advance(tt.advance)
 
-			exchange := oauthConfig(s, testRedirectURL)
+			exchange := s.OAuthConfig(testRedirectURL)
 			if tt.redirect != "" {
 				exchange.RedirectURL = tt.redirect
 			}
@@ -758,7 +726,7 @@ func TestCodeExchange(t *testing.T) {
 
 func TestCodeSingleUse(t *testing.T) {
 	s := NewServer(t, Options{RedirectURLs: []string{testRedirectURL}})
-	conf := oauthConfig(s, testRedirectURL)
+	conf := s.OAuthConfig(testRedirectURL)
 	ctx := clientContext(t.Context(), s)
 	verifier := oauth2.GenerateVerifier()
 	code := authorizeCode(t, s, conf, oauth2.S256ChallengeOption(verifier))
@@ -858,7 +826,7 @@ func TestAuthorize(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp, body := do(t, noRedirectClient(s), req)
+			resp, body := testutil.Do(t, noRedirectClient(s), req)
 			if resp.StatusCode != tt.wantStatus {
 				t.Fatalf("status = %d (body %s); want %d", resp.StatusCode, body, tt.wantStatus)
 			}
@@ -900,12 +868,12 @@ func TestAuthorize(t *testing.T) {
 
 func TestAddRedirectURL(t *testing.T) {
 	s := NewServer(t, Options{})
-	conf := oauthConfig(s, testRedirectURL)
+	conf := s.OAuthConfig(testRedirectURL)
 	req, err := http.NewRequest(http.MethodGet, conf.AuthCodeURL("st"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp, _ := do(t, noRedirectClient(s), req); resp.StatusCode != http.StatusBadRequest {
+	if resp, _ := testutil.Do(t, noRedirectClient(s), req); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("authorize before registration: status %d; want 400", resp.StatusCode)
 	}
 	s.AddRedirectURL(testRedirectURL)
@@ -919,38 +887,39 @@ func TestAddRedirectURL(t *testing.T) {
 }
 
 func TestAPIAuthentication(t *testing.T) {
-	unauthenticated := map[string]string{"message": "Unauthenticated."}
+	// answer is what the API answers: a status and a JSON body.
+	type answer struct {
+		status int
+		body   map[string]string
+	}
+	refused := answer{http.StatusUnauthorized, map[string]string{"message": "Unauthenticated."}}
+	pong := answer{http.StatusOK, map[string]string{"message": "pong"}}
 	tests := []struct {
 		name string
 		opts Options
 		// setup returns the Authorization header values to send.
-		setup      func(s *Server, clock *testutil.Clock) []string
-		wantStatus int
-		wantBody   map[string]string
+		setup func(s *Server, clock *testutil.Clock) []string
+		want  answer
 	}{
 		{
-			name:       "no token",
-			setup:      func(*Server, *testutil.Clock) []string { return nil },
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			name:  "no token",
+			setup: func(*Server, *testutil.Clock) []string { return nil },
+			want:  refused,
 		},
 		{
-			name:       "unknown token",
-			setup:      func(*Server, *testutil.Clock) []string { return []string{"Bearer " + randomValue(AccessTokenPrefix)} },
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			name:  "unknown token",
+			setup: func(*Server, *testutil.Clock) []string { return []string{"Bearer " + randomValue(AccessTokenPrefix)} },
+			want:  refused,
 		},
 		{
-			name:       "refresh token as bearer",
-			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().RefreshToken} },
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			name:  "refresh token as bearer",
+			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().RefreshToken} },
+			want:  refused,
 		},
 		{
-			name:       "basic scheme",
-			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Basic " + s.NewGrant().AccessToken} },
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			name:  "basic scheme",
+			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Basic " + s.NewGrant().AccessToken} },
+			want:  refused,
 		},
 		{
 			name: "two authorization headers",
@@ -958,8 +927,7 @@ func TestAPIAuthentication(t *testing.T) {
 				at := s.NewGrant().AccessToken
 				return []string{"Bearer " + at, "Bearer " + at}
 			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			want: refused,
 		},
 		{
 			name: "expired",
@@ -968,8 +936,7 @@ func TestAPIAuthentication(t *testing.T) {
 				clock.Advance(DefaultAccessLifetime)
 				return []string{"Bearer " + at}
 			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			want: refused,
 		},
 		{
 			name: "access revoked",
@@ -978,8 +945,7 @@ func TestAPIAuthentication(t *testing.T) {
 				s.RevokeAccess(at)
 				return []string{"Bearer " + at}
 			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			want: refused,
 		},
 		{
 			name: "grant revoked",
@@ -988,8 +954,7 @@ func TestAPIAuthentication(t *testing.T) {
 				s.Revoke(tok.RefreshToken)
 				return []string{"Bearer " + tok.AccessToken}
 			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			want: refused,
 		},
 		{
 			name: "openapi 403",
@@ -997,20 +962,17 @@ func TestAPIAuthentication(t *testing.T) {
 			setup: func(*Server, *testutil.Clock) []string {
 				return []string{"Bearer " + randomValue(AccessTokenPrefix)}
 			},
-			wantStatus: http.StatusForbidden,
-			wantBody:   map[string]string{"message": "Unauthorized"},
+			want: answer{http.StatusForbidden, map[string]string{"message": "Unauthorized"}},
 		},
 		{
-			name:       "valid",
-			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().AccessToken} },
-			wantStatus: http.StatusOK,
-			wantBody:   map[string]string{"message": "pong"},
+			name:  "valid",
+			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().AccessToken} },
+			want:  pong,
 		},
 		{
-			name:       "lowercase scheme",
-			setup:      func(s *Server, _ *testutil.Clock) []string { return []string{"bearer " + s.NewGrant().AccessToken} },
-			wantStatus: http.StatusOK,
-			wantBody:   map[string]string{"message": "pong"},
+			name:  "lowercase scheme",
+			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"bearer " + s.NewGrant().AccessToken} },
+			want:  pong,
 		},
 		{
 			name: "personal access token never expires",
@@ -1019,8 +981,7 @@ func TestAPIAuthentication(t *testing.T) {
 				clock.Advance(10 * 365 * 24 * time.Hour)
 				return []string{"Bearer " + pat}
 			},
-			wantStatus: http.StatusOK,
-			wantBody:   map[string]string{"message": "pong"},
+			want: pong,
 		},
 		{
 			name: "personal access token revoked",
@@ -1029,8 +990,7 @@ func TestAPIAuthentication(t *testing.T) {
 				s.RevokeAccess(pat)
 				return []string{"Bearer " + pat}
 			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   unauthenticated,
+			want: refused,
 		},
 	}
 	for _, tt := range tests {
@@ -1047,18 +1007,18 @@ func TestAPIAuthentication(t *testing.T) {
 			for _, a := range auth {
 				req.Header.Add("Authorization", a)
 			}
-			resp, body := do(t, s.Client(), req)
-			if resp.StatusCode != tt.wantStatus {
-				t.Errorf("status = %d; want %d", resp.StatusCode, tt.wantStatus)
+			resp, body := testutil.Do(t, s.Client(), req)
+			if resp.StatusCode != tt.want.status {
+				t.Errorf("status = %d; want %d", resp.StatusCode, tt.want.status)
 			}
-			if got := decodeStrings(t, body); !maps.Equal(got, tt.wantBody) {
-				t.Errorf("body = %v; want %v", got, tt.wantBody)
+			if got := decodeStrings(t, body); !maps.Equal(got, tt.want.body) {
+				t.Errorf("body = %v; want %v", got, tt.want.body)
 			}
 			reqs := s.APIRequests()
 			if len(reqs) != 1 {
 				t.Fatalf("APIRequests() has %d entries; want 1", len(reqs))
 			}
-			if got, want := reqs[0].Authorized, tt.wantStatus == http.StatusOK; got != want {
+			if got, want := reqs[0].Authorized, tt.want.status == http.StatusOK; got != want {
 				t.Errorf("APIRequests()[0].Authorized = %v; want %v", got, want)
 			}
 		})
@@ -1109,7 +1069,7 @@ func TestAPIRecordsAndRoutes(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("Authorization", "Bearer "+at)
-			resp, body := do(t, s.Client(), req)
+			resp, body := testutil.Do(t, s.Client(), req)
 			if resp.StatusCode != tt.wantStatus {
 				t.Errorf("status = %d (body %s); want %d", resp.StatusCode, body, tt.wantStatus)
 			}
@@ -1163,7 +1123,7 @@ func TestAPIBodyBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+s.NewPersonalAccessToken())
-	resp, _ := do(t, s.Client(), req)
+	resp, _ := testutil.Do(t, s.Client(), req)
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("status = %d; want 413", resp.StatusCode)
 	}
@@ -1227,7 +1187,7 @@ func TestTokenFaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := NewServer(t, Options{})
-			conf := oauthConfig(s, "")
+			conf := s.OAuthConfig("")
 			ctx := clientContext(t.Context(), s)
 			tok := s.NewGrant()
 			s.SetTokenFault(tt.fault)
@@ -1281,7 +1241,7 @@ func TestTokenFaultWaits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := NewServer(t, Options{})
-			conf := oauthConfig(s, "")
+			conf := s.OAuthConfig("")
 			tok := s.NewGrant()
 			release := make(chan struct{})
 			s.SetTokenFault(tt.fault(release))

@@ -11,7 +11,27 @@ import (
 	"net/url"
 	"slices"
 	"time"
+
+	"golang.org/x/oauth2"
 )
+
+// OAuthConfig returns a golang.org/x/oauth2 configuration of the double's
+// client (ClientID, ClientSecret) for its authorize and token endpoints,
+// with redirectURL ("" for none), that sends the client's credentials in
+// the form (oauth2.AuthStyleInParams), as the proxy does. Each call returns
+// a new configuration, which the caller may change.
+func (s *Server) OAuthConfig(redirectURL string) *oauth2.Config {
+	return &oauth2.Config{
+		ClientID:     s.ClientID(),
+		ClientSecret: s.ClientSecret(),
+		Endpoint: oauth2.Endpoint{
+			AuthURL:   s.AuthorizeURL(),
+			TokenURL:  s.TokenURL(),
+			AuthStyle: oauth2.AuthStyleInParams,
+		},
+		RedirectURL: redirectURL,
+	}
+}
 
 // Grant types the token endpoint supports.
 const (
@@ -276,24 +296,24 @@ func (s *Server) waitFault(r *http.Request, fault TokenFault) bool {
 	if fault.Delay > 0 {
 		t := time.NewTimer(fault.Delay)
 		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			return false
-		case <-s.done:
+		if !waitFor(s, r, t.C) {
 			return false
 		}
 	}
-	if fault.Stall != nil {
-		select {
-		case <-fault.Stall:
-		case <-r.Context().Done():
-			return false
-		case <-s.done:
-			return false
-		}
+	return fault.Stall == nil || waitFor(s, r, fault.Stall)
+}
+
+// waitFor waits until c delivers (or is closed) and reports whether it did
+// before r's context or the test ended.
+func waitFor[T any](s *Server, r *http.Request, c <-chan T) bool {
+	select {
+	case <-c:
+		return true
+	case <-r.Context().Done():
+		return false
+	case <-s.done:
+		return false
 	}
-	return true
 }
 
 // dropConnection closes the connection under w without answering.

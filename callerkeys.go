@@ -1,0 +1,65 @@
+package main
+
+import (
+	"crypto/sha256"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"thanksio-proxy/proxy"
+)
+
+// reloadCallerKeys rereads the caller keys file on SIGHUP and whenever its
+// content changes (checked every callerKeysCheck): a Kubernetes Secret update
+// swaps the mounted file through a symlink, and a distroless container has
+// no shell to send a signal from. A file that does not load leaves the
+// previous keys in force.
+func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	last := fileDigest(path)
+	reload := func(why string) {
+		keys, err := proxy.LoadCallerKeys(path)
+		if err != nil {
+			log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "trigger", why, "err", err)
+			return
+		}
+		callers.Set(keys)
+		log.Info("caller keys reloaded", "file", path, "trigger", why, "callers", keys.Len())
+	}
+	go func() {
+		tick := time.NewTicker(callerKeysCheck)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				last = fileDigest(path)
+				reload("SIGHUP")
+			case <-tick.C:
+				if d := fileDigest(path); d != last {
+					last = d
+					reload("file changed")
+				}
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
+}
+
+// callerKeysCheck is how often the caller keys file is checked for changes.
+const callerKeysCheck = 5 * time.Second
+
+// fileDigest returns the SHA-256 of the file at path (following symlinks),
+// or zero when it cannot be read.
+func fileDigest(path string) [32]byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return [32]byte{}
+	}
+	return sha256.Sum256(b)
+}

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// links rewrites the upstream's absolute URLs in JSON answers to the
+// proxy's public URL: thanks.io's pagination links (links.next, meta.path)
+// name api.thanks.io, and a caller that follows them must stay on the
+// proxy. Both spellings are rewritten: plain, and with every '/' escaped as
+// '\/' (as PHP's json_encode writes them).
+type links struct {
+	patterns [2]linkPattern
+	longest  int
+}
+
+type linkPattern struct{ from, to []byte }
+
+// newLinks returns the rewriting of upstream's URL prefix to public's, or
+// nil when public is empty. Neither has a trailing slash.
+func newLinks(upstream, public string) *links {
+	if public == "" {
+		return nil
+	}
+	escape := func(s string) []byte { return []byte(strings.ReplaceAll(s, "/", `\/`)) }
+	l := &links{patterns: [2]linkPattern{
+		{[]byte(upstream), []byte(public)},
+		{escape(upstream), escape(public)},
+	}}
+	l.longest = len(l.patterns[1].from)
+	return l
+}
+
+// rewrites reports whether res's body is JSON that the proxy can read: a
+// JSON media type, without a content encoding (the proxy asks the upstream
+// for none it cannot read itself).
+func (l *links) rewrites(res *http.Response) bool {
+	if l == nil || res.Body == nil || res.Body == http.NoBody || res.Header.Get("Content-Encoding") != "" {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(res.Header.Get("Content-Type"))
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// wrap makes res's body rewritten as it streams, and drops its length,
+// which the rewriting changes.
+func (l *links) wrap(res *http.Response) {
+	res.Body = &linkRewriter{links: l, src: res.Body}
+	res.ContentLength = -1
+	res.Header.Del("Content-Length")
+}
+
+// linkRewriter rewrites a body as it is read, holding back no more than
+// the longest pattern's length, so that a pattern split between two reads
+// is still found.
+type linkRewriter struct {
+	*links
+	src  io.ReadCloser
+	in   []byte // read from src, not yet rewritten
+	out  []byte // rewritten, not yet returned
+	read *[]byte
+	err  error // src's error, once it has one
+}
+
+var linkBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+func (r *linkRewriter) Read(p []byte) (int, error) {
+	for len(r.out) == 0 {
+		if r.err != nil {
+			if r.read != nil {
+				linkBuffers.Put(r.read)
+				r.read = nil
+			}
+			return 0, r.err
+		}
+		if r.read == nil {
+			r.read = linkBuffers.Get().(*[]byte)
+		}
+		n, err := r.src.Read(*r.read)
+		r.in = append(r.in, (*r.read)[:n]...)
+		r.err = err
+		r.rewrite(err != nil)
+	}
+	n := copy(p, r.out)
+	r.out = r.out[n:]
+	return n, nil
+}
+
+func (r *linkRewriter) Close() error { return r.src.Close() }
+
+// rewrite moves what can be decided of r.in to r.out, rewritten; final
+// means nothing follows r.in.
+func (r *linkRewriter) rewrite(final bool) {
+	b := r.in
+	out := r.out[:0] // empty: rewrite runs once all of it was returned
+	for {
+		i, p := r.next(b)
+		if i < 0 {
+			break
+		}
+		end := i + len(p.from)
+		if end == len(b) && !final {
+			// Whether the prefix ends there is told by the next byte.
+			out = append(out, b[:i]...)
+			b = b[i:]
+			r.in, r.out = append(r.in[:0], b...), out
+			return
+		}
+		if end == len(b) || endsURLPrefix(b[end]) {
+			out = append(out, b[:i]...)
+			out = append(out, p.to...)
+			b = b[end:]
+		} else {
+			out = append(out, b[:i+1]...)
+			b = b[i+1:]
+		}
+	}
+	keep := 0
+	if !final {
+		// The tail may be the start of a pattern.
+		keep = min(len(b), r.longest-1)
+	}
+	out = append(out, b[:len(b)-keep]...)
+	r.in, r.out = append(r.in[:0], b[len(b)-keep:]...), out
+}
+
+// next returns the first place in b where a pattern starts, and the
+// pattern, or -1.
+func (l *links) next(b []byte) (int, *linkPattern) {
+	best, which := -1, -1
+	for k := range l.patterns {
+		if i := bytes.Index(b, l.patterns[k].from); i >= 0 && (best < 0 || i < best) {
+			best, which = i, k
+		}
+	}
+	if best < 0 {
+		return -1, nil
+	}
+	return best, &l.patterns[which]
+}
+
+// endsURLPrefix reports whether c, following the upstream's base URL, ends
+// it: a path, a query, a fragment, or the end of the JSON string (a quote,
+// or the backslash of an escaped slash). "https://api.thanks.io/api/v20"
+// is not the base URL.
+func endsURLPrefix(c byte) bool {
+	switch c {
+	case '/', '?', '#', '"', '\\':
+		return true
+	}
+	return false
+}

@@ -1,0 +1,242 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RateRule limits one tenant's upstream calls: at most Limit calls in any
+// window of Period. Calls are spaced so that the call that would be the
+// Limit+1st in a window goes Guard after that window ends, for the time a
+// call takes to reach the upstream varies by a little.
+type RateRule struct {
+	Limit  int
+	Period time.Duration
+	Guard  time.Duration
+}
+
+// Slot is a place reserved in a tenant's schedule of upstream calls.
+type Slot struct {
+	// ID names the reservation, for Confirm and Release. It is empty when
+	// nothing was reserved.
+	ID string
+	// Wait is the time from now until the slot comes: 0 means at once.
+	// When nothing was reserved, it is when the slot would have come.
+	Wait time.Duration
+}
+
+// Reserved reports whether the slot was reserved.
+func (s Slot) Reserved() bool { return s.ID != "" }
+
+// A schedule is a sliding-window log per tenant: the times of the calls
+// sent and of the calls reserved, in order. A call is placed at the
+// earliest time that is at least now, not before the last call placed (so
+// calls go in the order they were placed), at least Period+Guard after the
+// Limit-th call before it, and not inside a pause; so any window of Period
+// holds at most Limit calls, whatever the clocks of the callers (the time
+// is the schedule's own: Redis's, for RedisSchedule).
+//
+// A pause (the upstream said the tenant is over its limit) places the
+// reservations still to come again, in their order, from the pause's end;
+// their waiters learn it when they Confirm.
+
+// RedisSchedule keeps the tenants' schedules in Redis, shared by every
+// replica that uses the same Redis and key prefix. The time is Redis's
+// (TIME), so replicas' clocks do not matter. Its keys are
+// P{tenant}:rate (a sorted set of the calls, scored by their time in Unix
+// milliseconds) and P{tenant}:pause (the end of a pause, with a TTL).
+// It is safe for concurrent use.
+type RedisSchedule struct {
+	client redis.UniversalClient
+	prefix string
+	ids    idSource
+}
+
+// Schedule returns the schedule of upstream calls kept beside r's records.
+func (r *Redis) Schedule() *RedisSchedule {
+	return &RedisSchedule{client: r.client, prefix: r.prefix, ids: newIDSource()}
+}
+
+func (s *RedisSchedule) rateKey(tenant string) string  { return s.prefix + "{" + tenant + "}:rate" }
+func (s *RedisSchedule) pauseKey(tenant string) string { return s.prefix + "{" + tenant + "}:pause" }
+
+// The scripts read the time from Redis: every replica places calls on one
+// clock. Redis 5 and later replicate a script's effects, not the script,
+// so TIME is allowed. place returns where the schedule KEYS[1] would put
+// a call, not before floor.
+const schedulePrelude = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function place(floor, limit, period, guard)
+  local at = floor
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= limit then
+    local nth = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
+    at = math.max(at, tonumber(nth[2]) + period + guard)
+  end
+  if n > 0 then
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    at = math.max(at, tonumber(last[2]))
+  end
+  return at
+end
+`
+
+var (
+	// KEYS[1] the schedule, KEYS[2] the pause; ARGV: limit, period ms,
+	// guard ms, max wait ms, the reservation's id. It returns {1, wait}
+	// when it reserved, {0, wait} when the slot would come later than the
+	// max wait (nothing is reserved then).
+	reserveScript = redis.NewScript(schedulePrelude + `
+local limit, period, guard, maxWait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - period - guard))
+local at = place(math.max(now, tonumber(redis.call('GET', KEYS[2]) or '0')), limit, period, guard)
+if at - now > maxWait then
+  return {0, at - now}
+end
+redis.call('ZADD', KEYS[1], at, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], at - now + period + guard + 1000)
+return {1, at - now}
+`)
+
+	// KEYS[1] the schedule; ARGV[1] the reservation's id. It returns the
+	// wait until the reservation, or -1 when it is gone.
+	confirmScript = redis.NewScript(schedulePrelude + `
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not at then
+  return -1
+end
+return math.max(0, tonumber(at) - now)
+`)
+
+	// KEYS[1] the schedule, KEYS[2] the pause; ARGV: the pause in ms,
+	// limit, period ms, guard ms, and "1" when the pause is for calls of
+	// others (then it is set only when fewer than limit calls of the
+	// schedule went in the last period: the upstream's count is not
+	// ours). It places the reservations still to come again from the
+	// pause's end and returns 1, or 0 when it changed nothing.
+	pauseScript = redis.NewScript(schedulePrelude + `
+local d, limit, period, guard = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] == '1' and redis.call('ZCOUNT', KEYS[1], now - period, now) >= limit then
+  return 0
+end
+local till = now + d
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= till then
+  return 0
+end
+redis.call('SET', KEYS[2], till, 'PX', d)
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local at = till
+for _, id in ipairs(ahead) do
+  at = place(till, limit, period, guard)
+  redis.call('ZADD', KEYS[1], at, id)
+end
+redis.call('PEXPIRE', KEYS[1], at - now + period + guard + 1000)
+return 1
+`)
+)
+
+// Reserve places a call for tenant under rule and returns its slot, or,
+// when the slot would come later than maxWait from now, reserves nothing
+// and returns when it would have come.
+func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait time.Duration) (Slot, error) {
+	if err := checkRule(tenant, rule); err != nil {
+		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
+	}
+	id := s.ids.next()
+	res, err := reserveScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant)},
+		rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), maxWait.Milliseconds(), id).Int64Slice()
+	if err != nil {
+		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
+	}
+	if len(res) != 2 {
+		return Slot{}, fmt.Errorf("store: reserve %q: unexpected answer %v", tenant, res)
+	}
+	slot := Slot{Wait: time.Duration(res[1]) * time.Millisecond}
+	if res[0] == 1 {
+		slot.ID = id
+	}
+	return slot, nil
+}
+
+// Confirm returns the time left until the reservation id of tenant comes,
+// which a pause may have moved since it was made: 0 means it is the call's
+// turn now. It returns ErrNotFound when the reservation is gone (Redis lost
+// its data, or the key expired).
+func (s *RedisSchedule) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
+	ms, err := confirmScript.Run(ctx, s.client, []string{s.rateKey(tenant)}, id).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("store: confirm %q: %w", tenant, err)
+	}
+	if ms < 0 {
+		return 0, fmt.Errorf("store: confirm %q: %w", tenant, ErrNotFound)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// Release gives back a reservation whose call will not be sent.
+func (s *RedisSchedule) Release(ctx context.Context, tenant, id string) error {
+	if err := s.client.ZRem(ctx, s.rateKey(tenant), id).Err(); err != nil {
+		return fmt.Errorf("store: release %q: %w", tenant, err)
+	}
+	return nil
+}
+
+// Pause holds tenant's calls for d from now, and places the reservations
+// still to come again from its end. With others set, the pause is for calls
+// that others made on the same account: it is set only when fewer than
+// rule.Limit of the schedule's calls went in the last rule.Period. It
+// reports whether it set or lengthened a pause.
+func (s *RedisSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool) (bool, error) {
+	if err := checkRule(tenant, rule); err != nil {
+		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
+	}
+	if d < time.Millisecond {
+		return false, nil
+	}
+	flag := "0"
+	if others {
+		flag = "1"
+	}
+	n, err := pauseScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant)},
+		d.Milliseconds(), rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), flag).Int64()
+	if err != nil {
+		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
+	}
+	return n == 1, nil
+}
+
+// checkRule refuses a tenant id that cannot be a key, and a rule that
+// admits nothing.
+func checkRule(tenant string, rule RateRule) error {
+	if err := checkTenant(tenant); err != nil {
+		return err
+	}
+	if rule.Limit < 1 || rule.Period < time.Millisecond || rule.Guard < 0 {
+		return errors.New("invalid rate rule")
+	}
+	return nil
+}
+
+// idSource names reservations: a random prefix drawn once, and a counter,
+// unique across replicas without a random draw per call.
+type idSource struct {
+	prefix string
+	n      *atomic.Uint64
+}
+
+func newIDSource() idSource {
+	return idSource{prefix: randomEpoch()[:12] + ":", n: new(atomic.Uint64)}
+}
+
+func (s idSource) next() string {
+	var b [24]byte
+	return s.prefix + string(strconv.AppendUint(b[:0], s.n.Add(1), 36))
+}

@@ -1,0 +1,191 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// LocalSchedule keeps the tenants' schedules of upstream calls in this
+// process, by the rules of RedisSchedule: for one replica, or for a replica
+// whose Redis is down. It is safe for concurrent use.
+type LocalSchedule struct {
+	// Now is the clock; nil means time.Now. Set it before the first call.
+	Now func() time.Time
+
+	ids idSource
+
+	mu      sync.Mutex
+	tenants map[string]*localTenantSchedule
+	calls   int // Reserve calls since the last sweep
+}
+
+// localTenantSchedule is one tenant's schedule: the calls in time order.
+type localTenantSchedule struct {
+	at     []time.Time
+	ids    []string
+	pause  time.Time // the end of a pause; zero when none was set
+	expiry time.Time // when the whole schedule can be forgotten
+}
+
+// NewLocalSchedule returns an empty LocalSchedule.
+func NewLocalSchedule() *LocalSchedule {
+	return &LocalSchedule{ids: newIDSource(), tenants: make(map[string]*localTenantSchedule)}
+}
+
+// sweepEvery is how many reservations pass between sweeps of the schedules
+// that nothing uses any more: the map stays as large as the set of tenants
+// recently called.
+const sweepEvery = 4096
+
+func (s *LocalSchedule) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Reserve is RedisSchedule.Reserve, in this process.
+func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait time.Duration) (Slot, error) {
+	if err := checkRule(tenant, rule); err != nil {
+		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.sweepLocked(now)
+	t := s.tenants[tenant]
+	if t == nil {
+		t = new(localTenantSchedule)
+		s.tenants[tenant] = t
+	}
+	// Calls older than a period and a guard no longer count.
+	old := now.Add(-rule.Period - rule.Guard)
+	i := 0
+	for i < len(t.at) && t.at[i].Before(old) {
+		i++
+	}
+	t.at, t.ids = t.at[i:], t.ids[i:]
+
+	at := t.place(later(now, t.pause), rule)
+	if wait := at.Sub(now); wait > maxWait {
+		return Slot{Wait: wait}, nil
+	}
+	id := s.ids.next()
+	t.at = append(t.at, at)
+	t.ids = append(t.ids, id)
+	t.expiry = later(t.expiry, t.at[len(t.at)-1].Add(rule.Period+rule.Guard))
+	return Slot{ID: id, Wait: at.Sub(now)}, nil
+}
+
+// Confirm is RedisSchedule.Confirm, in this process.
+func (s *LocalSchedule) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tenants[tenant]; t != nil {
+		if i := slices.Index(t.ids, id); i >= 0 {
+			return max(0, t.at[i].Sub(s.now())), nil
+		}
+	}
+	return 0, fmt.Errorf("store: confirm %q: %w", tenant, ErrNotFound)
+}
+
+// Release is RedisSchedule.Release, in this process.
+func (s *LocalSchedule) Release(ctx context.Context, tenant, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tenants[tenant]; t != nil {
+		if i := slices.Index(t.ids, id); i >= 0 {
+			t.at = slices.Delete(t.at, i, i+1)
+			t.ids = slices.Delete(t.ids, i, i+1)
+		}
+	}
+	return nil
+}
+
+// Pause is RedisSchedule.Pause, in this process.
+func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool) (bool, error) {
+	if err := checkRule(tenant, rule); err != nil {
+		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
+	}
+	if d < time.Millisecond {
+		return false, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	t := s.tenants[tenant]
+	if t == nil {
+		t = new(localTenantSchedule)
+		s.tenants[tenant] = t
+	}
+	if others {
+		recent := 0
+		for _, at := range t.at {
+			if !at.Before(now.Add(-rule.Period)) && !at.After(now) {
+				recent++
+			}
+		}
+		if recent >= rule.Limit {
+			return false, nil
+		}
+	}
+	till := now.Add(d)
+	if !t.pause.Before(till) {
+		return false, nil
+	}
+	t.pause = till
+	// The reservations still to come, placed again from the pause's end.
+	i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
+		if a.After(b) {
+			return 1
+		}
+		return -1
+	})
+	ahead := slices.Clone(t.ids[i:])
+	t.at, t.ids = t.at[:i], t.ids[:i]
+	for _, id := range ahead {
+		t.at = append(t.at, t.place(till, rule))
+		t.ids = append(t.ids, id)
+	}
+	t.expiry = later(t.expiry, till)
+	if n := len(t.at); n > 0 {
+		t.expiry = later(t.expiry, t.at[n-1].Add(rule.Period+rule.Guard))
+	}
+	return true, nil
+}
+
+// place returns where the schedule would put a call, not before floor.
+func (t *localTenantSchedule) place(floor time.Time, rule RateRule) time.Time {
+	at := floor
+	if n := len(t.at); n > 0 {
+		at = later(at, t.at[n-1])
+		if n >= rule.Limit {
+			at = later(at, t.at[n-rule.Limit].Add(rule.Period+rule.Guard))
+		}
+	}
+	return at
+}
+
+// sweepLocked forgets, once every sweepEvery reservations, the schedules
+// whose calls and pause are all past.
+func (s *LocalSchedule) sweepLocked(now time.Time) {
+	if s.calls++; s.calls < sweepEvery {
+		return
+	}
+	s.calls = 0
+	for tenant, t := range s.tenants {
+		if now.After(t.expiry) {
+			delete(s.tenants, tenant)
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -31,8 +31,10 @@ type Main struct {
 	cfg *Config
 	log *slog.Logger
 	// callers checks caller keys; nil when caller authentication is off.
-	callers    *proxy.Callers
-	tokens     *auth.Tokens
+	callers *proxy.Callers
+	tokens  *auth.Tokens
+	// static serves THANKSIO_TOKEN's tenant; nil without one.
+	static     *auth.StaticTenant
 	storeCheck *storeCheck
 	// data is the data plane's handler, ops the operations routes.
 	data, ops http.Handler
@@ -83,6 +85,13 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 	cancel()
 	if err != nil {
 		return nil, err
+	}
+
+	if cfg.staticToken != "" {
+		m.static = auth.NewStaticTenant(cfg.DefaultTenant, cfg.staticToken, m.tokens, m.log.With("component", "auth"))
+		if cfg.ThanksioTokenFile != "" {
+			m.onClose(watchTokenFile(cfg.ThanksioTokenFile, m.static, m.log))
+		}
 	}
 
 	var limiter *ratelimit.Limiter
@@ -151,7 +160,8 @@ func (m *Main) Run(ctx context.Context, data, ops net.Listener) error {
 		"listen", data.Addr().String(), "ops", ops.Addr().String(),
 		"upstream", m.cfg.upstream.Redacted(), "store", storeKind,
 		"oauth_client", m.cfg.OAuthClientID != "", "admin_api", m.cfg.AdminToken != "",
-		"caller_auth", m.callers != nil, "version", version)
+		"caller_auth", m.callers != nil, "default_tenant", m.cfg.DefaultTenant,
+		"single_account", m.static != nil, "version", version)
 
 	select {
 	case <-ctx.Done():
@@ -325,8 +335,13 @@ func (m *Main) tokensConfig(st auth.Store, met *metrics.Metrics) auth.Config {
 // proxyConfig returns the configuration of the data plane's proxy, over
 // m's tokens and caller keys.
 func (m *Main) proxyConfig(met *metrics.Metrics, limiter *ratelimit.Limiter) proxy.Config {
+	var tokens proxy.Tokens = m.tokens
+	if m.static != nil {
+		tokens = m.static
+	}
 	cfg := proxy.Config{
-		Tokens:               m.tokens,
+		Tokens:               tokens,
+		DefaultTenant:        m.cfg.DefaultTenant,
 		Upstream:             m.cfg.upstream,
 		TenantHeader:         m.cfg.TenantHeader,
 		Transport:            upstreamTransport(m.cfg),

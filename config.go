@@ -46,6 +46,15 @@ type Config struct {
 
 	// TenantHeader names the header that names the tenant.
 	TenantHeader string `env:"TENANT_HEADER"`
+	// DefaultTenant is the tenant of a request without the tenant header;
+	// empty means none, unless a static token is set ("default" then).
+	DefaultTenant string `env:"DEFAULT_TENANT"`
+	// ThanksioToken is one account's personal access token, served as
+	// DefaultTenant from memory, never stored (single-account mode).
+	ThanksioToken string `env:"THANKSIO_TOKEN"`
+	// ThanksioTokenFile names a file that holds that token (a mounted
+	// Secret), read at start and again when it changes.
+	ThanksioTokenFile string `env:"THANKSIO_TOKEN_FILE"`
 
 	// StoreConfig selects and opens the token store.
 	StoreConfig
@@ -121,7 +130,14 @@ type Config struct {
 	callerKeys *proxy.CallerKeys
 	rateLimit  int // 0: off
 	ratePeriod time.Duration
+	// staticToken is THANKSIO_TOKEN, or the content of THANKSIO_TOKEN_FILE
+	// at start; empty without single-account mode.
+	staticToken string
 }
+
+// singleAccountTenant is DEFAULT_TENANT's default when a static token is
+// set.
+const singleAccountTenant = "default"
 
 // StoreConfig is the part of Config that selects and opens the token store:
 // all that the reseal command reads.
@@ -270,6 +286,9 @@ func (c *Config) check() error {
 	if c.returnURLs, err = auth.ParseReturnURLs(c.OAuthReturnURLs); err != nil {
 		return bad("OAUTH_RETURN_URLS", err.Error())
 	}
+	if err := c.checkSingleAccount(); err != nil {
+		return err
+	}
 	if !validHeaderName(c.TenantHeader) {
 		return bad("TENANT_HEADER", "not a valid header name, or one the proxy must not take over")
 	}
@@ -343,6 +362,35 @@ func (c *Config) check() error {
 	// Port 0 asks the kernel for a free port, a different one per listener.
 	if c.ListenAddr == c.OpsAddr && !strings.HasSuffix(c.OpsAddr, ":0") {
 		return bad("OPS_ADDR", "must differ from LISTEN_ADDR")
+	}
+	return nil
+}
+
+// checkSingleAccount reads the static token and settles the default
+// tenant. No message names the token.
+func (c *Config) checkSingleAccount() error {
+	bad := func(v, p string) error { return &configError{v, p} }
+	switch {
+	case c.ThanksioToken != "" && c.ThanksioTokenFile != "":
+		return bad("THANKSIO_TOKEN_FILE", "set THANKSIO_TOKEN or THANKSIO_TOKEN_FILE, not both")
+	case c.ThanksioTokenFile != "":
+		token, err := readTokenFile(c.ThanksioTokenFile)
+		if err != nil {
+			return bad("THANKSIO_TOKEN_FILE", err.Error())
+		}
+		c.staticToken = token
+	case c.ThanksioToken != "":
+		token := strings.TrimSpace(c.ThanksioToken)
+		if !validToken(token) {
+			return bad("THANKSIO_TOKEN", "must be one token: printable characters without spaces")
+		}
+		c.staticToken = token
+	}
+	if c.staticToken != "" && c.DefaultTenant == "" {
+		c.DefaultTenant = singleAccountTenant
+	}
+	if c.DefaultTenant != "" && !proxy.ValidTenant(c.DefaultTenant) {
+		return bad("DEFAULT_TENANT", "not a valid tenant id ([A-Za-z0-9._-]{1,128}, not . or ..)")
 	}
 	return nil
 }

@@ -172,8 +172,8 @@ func TestRateLimitAcrossReplicas(t *testing.T) {
 		t.Errorf("thanks.io answered %d calls 429; want none", n)
 	}
 	checkSlidingWindow(t, double.APIRequests(), tokens["acme"], limit, period)
-	// Four full windows after the first burst: 8 s, and a guard of a
-	// twentieth of the period for each.
+	// Four full windows after the first burst: 8 s, and a guard (400 ms)
+	// for each.
 	ideal := time.Duration(calls/limit-1) * period
 	if took > ideal*13/10 {
 		t.Errorf("%d calls took %v; want at most 1.3 times the ideal %v", calls, took, ideal)
@@ -206,7 +206,8 @@ func TestRateLimitRefusesAtOnceBeyondTheWait(t *testing.T) {
 	const limit = 20
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	double.SetRateLimit(limit, 2*time.Second)
-	ps, _ := replicas(t, double, 3, map[string]string{"RATE_LIMIT": "20/2s", "RATE_LIMIT_MAX_WAIT": "2s"}, "acme")
+	own := testutil.StartRedis(t)
+	ps, _ := replicas(t, double, 3, map[string]string{"REDIS_URL": own.URL(), "RATE_LIMIT": "20/2s", "RATE_LIMIT_MAX_WAIT": "2s"}, "acme")
 
 	answers := burst(t, ps, "acme", 200)
 	ok, refused := 0, 0
@@ -219,8 +220,8 @@ func TestRateLimitRefusesAtOnceBeyondTheWait(t *testing.T) {
 			}
 		case a.status == http.StatusTooManyRequests && a.header.Get("X-Thanksio-Proxy-Error") == "rate_limited":
 			refused++
-			// Its turn would have come after the burst's window (2.1 s)
-			// or the next (4.2 s).
+			// Its turn would have come after the burst's window (2.4 s)
+			// or the next (4.8 s).
 			if ra, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || ra < 2 || ra > 5 {
 				t.Errorf("call %d: Retry-After %q; want the whole seconds until its turn", i, a.header.Get("Retry-After"))
 			}
@@ -232,12 +233,17 @@ func TestRateLimitRefusesAtOnceBeyondTheWait(t *testing.T) {
 		}
 	}
 	// The burst's window goes at once; a call of the next one goes only
-	// if it arrived 0.1 s late, its turn then being within its 2 s.
+	// if it arrived 0.4 s late, its turn then being within its 2 s.
 	if ok < limit || ok > 2*limit || ok+refused != 200 {
 		t.Errorf("%d answered 200, %d refused; want %d to %d answered and the rest refused", ok, refused, limit, 2*limit)
 	}
 	if n := double.RateLimited(); n != 0 {
 		t.Errorf("thanks.io answered %d calls 429; want none", n)
+		for _, p := range ps {
+			if strings.Contains(p.logs.String(), "shared rate limit schedule failed") {
+				t.Log("a replica paced alone: its Redis calls took longer than the limiter allows")
+			}
+		}
 	}
 	if n := len(double.APIRequests()); n != ok {
 		t.Errorf("thanks.io got %d calls; want the %d answered (refused calls reach nothing)", n, ok)
@@ -254,7 +260,8 @@ func TestRateLimitYieldsToAnotherClientOfTheAccount(t *testing.T) {
 	)
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	double.SetRateLimit(limit, period)
-	ps, tokens := replicas(t, double, 3, map[string]string{"RATE_LIMIT": "20/2s"}, "acme")
+	own := testutil.StartRedis(t)
+	ps, tokens := replicas(t, double, 3, map[string]string{"REDIS_URL": own.URL(), "RATE_LIMIT": "20/2s"}, "acme")
 
 	// The other client spends its share at the start of every window.
 	spent := make(chan struct{})

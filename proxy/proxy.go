@@ -97,6 +97,10 @@ type Config struct {
 	// TenantHeader names the header that names the tenant; empty means
 	// DefaultTenantHeader. It is never forwarded.
 	TenantHeader string
+	// DefaultTenant, when set, is the tenant of a request without the
+	// tenant header (a sidecar for one account). Empty answers such a
+	// request 400 missing_tenant.
+	DefaultTenant string
 	// Transport makes the upstream round trips; nil means
 	// http.DefaultTransport.
 	Transport http.RoundTripper
@@ -168,6 +172,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.Upstream.Scheme != "http" && cfg.Upstream.Scheme != "https" || cfg.Upstream.Host == "" {
 		return nil, errors.New("proxy: the upstream must be an absolute http or https URL")
+	}
+	if cfg.DefaultTenant != "" && !ValidTenant(cfg.DefaultTenant) {
+		return nil, errors.New("proxy: the default tenant is not a valid tenant id")
 	}
 	if cfg.TenantHeader == "" {
 		cfg.TenantHeader = DefaultTenantHeader
@@ -385,6 +392,8 @@ var tooManyInFlight = &Error{Status: http.StatusTooManyRequests, Code: CodeConcu
 func (h *Handler) tenant(header http.Header) (string, *Error) {
 	values := header[h.tenantHeader]
 	switch {
+	case len(values) == 0 && h.cfg.DefaultTenant != "":
+		return h.cfg.DefaultTenant, nil
 	case len(values) == 0:
 		return "", &Error{Status: http.StatusBadRequest, Code: CodeMissingTenant,
 			Message: fmt.Sprintf("The %s header is required.", h.tenantHeader)}

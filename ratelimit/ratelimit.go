@@ -113,11 +113,12 @@ func FormatRule(limit int, period time.Duration) string {
 // retryShared is how long the limiter paces alone after the shared schedule
 // failed, before it tries the shared one again: calls do not each wait for
 // a Redis that is down. sharedTimeout bounds one call to the shared
-// schedule (Redis answers in a millisecond), so that a hung Redis delays
-// one call in retryShared by that much, not by its own timeouts.
+// schedule (Redis answers in a millisecond; a busy one, in tens), so that a
+// hung Redis delays one call in retryShared by that much, not by its own
+// timeouts.
 const (
 	retryShared   = 5 * time.Second
-	sharedTimeout = 250 * time.Millisecond
+	sharedTimeout = 500 * time.Millisecond
 )
 
 // Limiter paces the calls of each tenant. It is safe for concurrent use.
@@ -160,12 +161,15 @@ func New(cfg Config) (*Limiter, error) {
 	return l, nil
 }
 
-// Guard is the time added between windows, for a period: a twentieth of
-// it, at most a second. A call sent at the very end of a window may reach
-// thanks.io a little later than the next window's first call is sent;
-// the guard keeps the two apart.
+// Guard is the time added between windows, for a period: a fifth of it,
+// at least 250 ms and at most a second (and at most a quarter of a very
+// short period). thanks.io counts a call when it arrives, and the first
+// calls of a burst take longer to arrive than later ones (a new
+// connection, a TLS handshake, a busy process), so a call sent at the end
+// of a window may reach thanks.io later than the next window's first call
+// is sent; the guard keeps the two apart.
 func Guard(period time.Duration) time.Duration {
-	return min(period/20, time.Second)
+	return min(max(period/5, 250*time.Millisecond), time.Second, period/4)
 }
 
 // MaxWait returns the longest a call waits for its turn.

@@ -4,9 +4,12 @@
 # the Redis servers named by REDIS_URL, REDIS_CLUSTER_URL and
 # REDIS_SENTINEL_URL when set (.ci/run starts them), and miniredis
 # otherwise; the fault tests start redis-server processes of their own, and
-# the deploy tests run promtool on the alerts.
+# the deploy tests run promtool on the alerts. Packages run one at a time
+# (-p 1): their fault tests (Redis restarts under load, replicas pacing a
+# burst) each keep the machine's cores busy, and one package's load must
+# not push another's events past their deadlines.
 test: redis-server promtool
-	go test -race -count=1 ./...
+	go test -race -count=1 -p 1 ./...
 
 # redis-server installs Redis from the distribution's packages when it is
 # missing (Debian or Ubuntu, as root or with sudo): the fault tests run it.

@@ -541,15 +541,7 @@ func TestAttackChunkedOnEveryRoute(t *testing.T) {
 				tt.body = "0\r\n\r\n" + smuggled
 			}
 			b.WriteString("\r\n" + tt.body)
-			if _, err := io.WriteString(conn, b.String()); err != nil {
-				t.Fatal(err)
-			}
-			res, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
+			res, _ := testutil.Exchange(t, conn, br, b.String())
 			if !res.Close {
 				t.Errorf("first answer %d without Connection: close", res.StatusCode)
 			}

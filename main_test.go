@@ -309,6 +309,23 @@ func startWithGrants(t *testing.T, double *thanksiotest.Server, tenants ...strin
 	return p, grants
 }
 
+// startWithDueToken starts a proxy on a fresh Redis key prefix, with env
+// added to its environment, and imports for acme a new grant that expires
+// in an hour: due for a refresh when env's REFRESH_AHEAD is longer. The
+// double issues its later access tokens for lifetime. It returns the
+// double, the proxy and acme's grant.
+func startWithDueToken(t *testing.T, env map[string]string, lifetime time.Duration) (*thanksiotest.Server, *instance, thanksiotest.Token) {
+	t.Helper()
+	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
+	full := redisEnv(t)
+	maps.Copy(full, env)
+	p := start(t, double, full)
+	grant := double.NewGrant()
+	p.importToken(t, "acme", grant, 3600)
+	double.SetAccessLifetime(lifetime)
+	return double, p, grant
+}
+
 func TestEndToEndTenantsGetTheirOwnTokens(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	p, grants := startWithGrants(t, double, "acme", "globex")
@@ -396,16 +413,9 @@ func TestWrongEncryptionKeyIsClearAndHarmless(t *testing.T) {
 }
 
 func TestRefreshThroughProxyUnderLoad(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
-	env := redisEnv(t)
-	env["REFRESH_AHEAD"] = "2h"
 	// 120 calls of one tenant, and a replay each for some: more than its
-	// turns in a minute.
-	env["RATE_LIMIT"] = "off"
-	p := start(t, double, env)
-	old := double.NewGrant()
-	p.importToken(t, "acme", old, 3600)
-	double.SetAccessLifetime(4 * time.Hour)
+	// turns in a minute, hence RATE_LIMIT=off.
+	double, p, old := startWithDueToken(t, map[string]string{"REFRESH_AHEAD": "2h", "RATE_LIMIT": "off"}, 4*time.Hour)
 
 	var wg sync.WaitGroup
 	var mu sync.Mutex

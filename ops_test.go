@@ -27,16 +27,10 @@ import (
 )
 
 func TestMetricsAndLogsAfterRealTraffic(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{AccessLifetime: time.Hour})
-	env := redisEnv(t)
-	env["REFRESH_AHEAD"] = "90m"
-	env["LOG_FORMAT"] = "json"
-	p := start(t, double, env)
-
+	// The encryption key is set here, to look for it in the logs later.
+	env := map[string]string{"REFRESH_AHEAD": "90m", "LOG_FORMAT": "json", "TOKEN_ENCRYPTION_KEY": randomKey(t)}
 	// acme is due: its first call starts a refresh that succeeds.
-	acme := double.NewGrant()
-	p.importToken(t, "acme", acme, 3600)
-	double.SetAccessLifetime(3 * time.Hour)
+	double, p, acme := startWithDueToken(t, env, 3*time.Hour)
 	if code, _, _ := p.call(t, "acme", "/ping"); code != 200 {
 		t.Fatalf("acme: %d", code)
 	}

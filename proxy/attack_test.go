@@ -486,15 +486,7 @@ func TestAttackChunkedWithContentLength(t *testing.T) {
 			}
 			raw := rawMessage(requestLine,
 				append([]string{"X-Tenant-ID: acme", "Connection: keep-alive"}, tt.lines...), body)
-			if _, err := io.WriteString(conn, raw); err != nil {
-				t.Fatal(err)
-			}
-			res, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, res.Body)
-			res.Body.Close()
+			res, _ := testutil.Exchange(t, conn, br, raw)
 			if res.StatusCode != http.StatusBadRequest && res.StatusCode != http.StatusOK {
 				t.Errorf("first answer %d; want 400, or 200 for the request read by its Transfer-Encoding", res.StatusCode)
 			}
@@ -530,15 +522,7 @@ func TestAttackKeepAliveConnection(t *testing.T) {
 		}
 		raw := rawMessage(fmt.Sprintf("GET /ping/%s/%d HTTP/1.1", tenant, i),
 			[]string{"X-Tenant-ID: " + tenant, "Authorization: Bearer " + attackTokens[other], "Connection: keep-alive"}, "")
-		if _, err := io.WriteString(conn, raw); err != nil {
-			t.Fatal(err)
-		}
-		res, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
+		res, _ := testutil.Exchange(t, conn, br, raw)
 		if tenant == "nobody" {
 			if res.StatusCode != 401 || p.got.count() != before {
 				t.Errorf("request %d for an unknown tenant: %d, upstream reached %v; want 401 and no upstream request", i, res.StatusCode, p.got.count() != before)

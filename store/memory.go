@@ -289,34 +289,30 @@ func (m *Memory) CountByState(ctx context.Context) (map[State]int64, error) {
 // TryLock takes the tenant's lock for owner for ttl if nobody holds it (its
 // owner included), and reports whether it did.
 func (m *Memory) TryLock(ctx context.Context, tenant, owner string, ttl time.Duration) (bool, error) {
-	if err := checkLockCall(ctx, tenant, ttl); err != nil {
-		return false, fmt.Errorf("store: lock %q: %w", tenant, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := m.now()
-	if l, ok := m.locks[tenant]; ok && now.Before(l.until) {
-		return false, nil
-	}
-	m.locks[tenant] = memoryLease{owner: owner, until: now.Add(ttl.Truncate(time.Millisecond))}
-	return true, nil
+	return m.lease(ctx, "lock", tenant, owner, ttl, func(_ memoryLease, held bool) bool { return !held })
 }
 
 // RenewLock extends the lock to ttl from now if owner holds it, and reports
 // whether it did.
 func (m *Memory) RenewLock(ctx context.Context, tenant, owner string, ttl time.Duration) (bool, error) {
+	return m.lease(ctx, "renew lock", tenant, owner, ttl, func(l memoryLease, held bool) bool { return held && l.owner == owner })
+}
+
+// lease gives the tenant's lock to owner until ttl from now if may, told
+// the lease in place and whether it is still held (not expired), allows it,
+// and reports whether it did. op names the call in errors.
+func (m *Memory) lease(ctx context.Context, op, tenant, owner string, ttl time.Duration, may func(l memoryLease, held bool) bool) (bool, error) {
 	if err := checkLockCall(ctx, tenant, ttl); err != nil {
-		return false, fmt.Errorf("store: renew lock %q: %w", tenant, err)
+		return false, fmt.Errorf("store: %s %q: %w", op, tenant, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
 	l, ok := m.locks[tenant]
-	if !ok || l.owner != owner || !now.Before(l.until) {
+	if !may(l, ok && now.Before(l.until)) {
 		return false, nil
 	}
-	l.until = now.Add(ttl.Truncate(time.Millisecond))
-	m.locks[tenant] = l
+	m.locks[tenant] = memoryLease{owner: owner, until: now.Add(ttl.Truncate(time.Millisecond))}
 	return true, nil
 }
 

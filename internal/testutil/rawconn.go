@@ -2,7 +2,9 @@ package testutil
 
 import (
 	"bufio"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +18,9 @@ import (
 // connect.
 //
 // Where one request and its final answer are enough, RawHTTP is simpler.
-// RawConn is for the rest: several requests on one connection, a body sent
-// after a 100 Continue, bytes after a request that must not be taken for
-// another.
+// RawConn is for the rest: several requests on one connection (Exchange
+// sends one and reads its answer whole), a body sent after a 100 Continue,
+// bytes after a request that must not be taken for another.
 func RawConn(tb testing.TB, addr string, deadline time.Duration) (net.Conn, *bufio.Reader) {
 	tb.Helper()
 	end := time.Now().Add(deadline)
@@ -30,4 +32,26 @@ func RawConn(tb testing.TB, addr string, deadline time.Duration) (net.Conn, *buf
 	tb.Cleanup(func() { _ = conn.Close() })
 	_ = conn.SetDeadline(end)
 	return conn, bufio.NewReader(conn)
+}
+
+// Exchange writes raw on conn and reads the next answer from br, both as
+// RawConn returns them, whatever its status: an interim 1xx answer too. It
+// reads the answer's body whole and closes it, so that the connection is
+// ready for the next answer, and returns the answer and its body. Exchange
+// fails tb when it cannot write or read an answer.
+func Exchange(tb testing.TB, conn net.Conn, br *bufio.Reader, raw string) (*http.Response, []byte) {
+	tb.Helper()
+	if _, err := io.WriteString(conn, raw); err != nil {
+		tb.Fatalf("testutil: Exchange: writing %.200q: %v", raw, err)
+	}
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		tb.Fatalf("testutil: Exchange: reading the answer to %.200q: %v", raw, err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		tb.Fatalf("testutil: Exchange: reading the body of the answer to %.200q: %v", raw, err)
+	}
+	return res, body
 }

@@ -1,7 +1,6 @@
 package testutil_test
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,7 +10,7 @@ import (
 	"thanksio-proxy/internal/testutil"
 )
 
-func TestRawConn(t *testing.T) {
+func TestRawConnExchange(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, r.URL.Path)
 	}))
@@ -21,15 +20,7 @@ func TestRawConn(t *testing.T) {
 			conn, br := testutil.RawConn(t, addr, 5*time.Second)
 			// Two requests on one connection, answered in order.
 			for _, path := range []string{"/one", "/two"} {
-				if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
-					t.Fatal(err)
-				}
-				res, err := http.ReadResponse(br, nil)
-				if err != nil {
-					t.Fatalf("answer to %s: %v", path, err)
-				}
-				body, _ := io.ReadAll(res.Body)
-				res.Body.Close()
+				_, body := testutil.Exchange(t, conn, br, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
 				if string(body) != path {
 					t.Errorf("answer to %s = %q; want %q", path, body, path)
 				}

@@ -1,29 +1,25 @@
 package testutil
 
 import (
+	"cmp"
 	"net/url"
 	"strings"
 	"testing"
 )
 
-// defaultPort is a URL's port, or its scheme's default.
-func defaultPort(u *url.URL) string {
-	if p := u.Port(); p != "" {
-		return p
-	}
-	if strings.EqualFold(u.Scheme, "https") {
-		return "443"
-	}
-	return "80"
-}
+// schemePorts are the ports that http and https URLs, the only schemes an
+// allowed URL has, are on when they name none.
+var schemePorts = map[string]string{"http": "80", "https": "443"}
 
 // UnderAllowed reports whether u has the scheme, host and port of an
-// allowed URL and a path equal to or below its path, segment-wise.
+// allowed URL and a path equal to or below its path, segment-wise. It is
+// written apart from auth's own check, so that it can judge it.
 func UnderAllowed(allowed []*url.URL, u *url.URL) bool {
+	port := func(u *url.URL) string { return cmp.Or(u.Port(), schemePorts[strings.ToLower(u.Scheme)]) }
 	for _, a := range allowed {
 		base := strings.TrimSuffix(a.Path, "/")
 		if strings.EqualFold(a.Scheme, u.Scheme) && strings.EqualFold(a.Hostname(), u.Hostname()) &&
-			defaultPort(a) == defaultPort(u) && (base == "" || u.Path == base || strings.HasPrefix(u.Path, base+"/")) {
+			port(a) == port(u) && (base == "" || u.Path == base || strings.HasPrefix(u.Path, base+"/")) {
 			return true
 		}
 	}

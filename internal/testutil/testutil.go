@@ -4,7 +4,8 @@
 //   - Eventually waits for a condition that no event announces.
 //   - Clock is a clock that moves only when told, for code that takes a Now.
 //   - RawHTTP sends raw bytes to a server and reads its answer, for requests
-//     net/http's client will not send.
+//     net/http's client will not send; RawConn and Exchange do the same
+//     request after request on one connection.
 //   - MetricSamples and LintMetrics read a Prometheus text exposition.
 //   - RedisURL, KeyPrefix and RedisStores give a test a Redis of its own: a
 //     fresh key prefix on REDIS_URL, or a miniredis whose clock follows real

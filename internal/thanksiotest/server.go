@@ -241,44 +241,31 @@ func (s *Server) SetAuthorizeDecision(deny bool) {
 
 // TokenCalls returns the number of requests the token endpoint received,
 // whatever their method, grant or outcome.
-func (s *Server) TokenCalls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tokenCalls
-}
+func (s *Server) TokenCalls() int { return s.count(&s.tokenCalls) }
 
 // RefreshCalls returns the number of refresh_token grant requests the token
 // endpoint received, whatever their outcome (including faults).
-func (s *Server) RefreshCalls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.refreshCalls
-}
+func (s *Server) RefreshCalls() int { return s.count(&s.refreshCalls) }
 
 // RefreshTokenReuses returns how many refresh requests presented a refresh
 // token that an earlier refresh had already rotated away: each is a refresh
 // token presented twice, which a strict server answers by revoking the grant
 // (StrictReuse). A client that never loses a rotated token keeps it at 0.
-func (s *Server) RefreshTokenReuses() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.reuses
-}
+func (s *Server) RefreshTokenReuses() int { return s.count(&s.reuses) }
 
 // CodeExchanges returns the number of authorization_code grant requests the
 // token endpoint received, whatever their outcome (including faults).
-func (s *Server) CodeExchanges() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.codeExchanges
-}
+func (s *Server) CodeExchanges() int { return s.count(&s.codeExchanges) }
 
 // AuthorizeCalls returns the number of requests the authorize endpoint
 // received, whatever their outcome.
-func (s *Server) AuthorizeCalls() int {
+func (s *Server) AuthorizeCalls() int { return s.count(&s.authorizeCalls) }
+
+// count returns the counter n, one of s's fields, read under s.mu.
+func (s *Server) count(n *int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.authorizeCalls
+	return *n
 }
 
 // LastAuthorize returns a copy of the query of the last request to the

@@ -419,6 +419,13 @@ func TestTokenEndpointRefusals(t *testing.T) {
 		"error_description": "Client authentication failed",
 		"message":           "Client authentication failed",
 	}
+	// refreshWith returns a refresh_token grant request for rt whose form
+	// has the parameters kv (name, value, ...) set besides.
+	refreshWith := func(kv ...string) func(t *testing.T, s *Server, rt string) *http.Request {
+		return func(t *testing.T, s *Server, rt string) *http.Request {
+			return newFormRequest(t, s, tokenForm(append([]string{"grant_type", "refresh_token", "refresh_token", rt}, kv...)...))
+		}
+	}
 	tests := []struct {
 		name       string
 		request    func(t *testing.T, s *Server, rt string) *http.Request
@@ -426,26 +433,8 @@ func TestTokenEndpointRefusals(t *testing.T) {
 		wantError  string            // checked when wantBody is nil
 		wantBody   map[string]string // exact body
 	}{
-		{
-			name: "wrong secret",
-			request: func(t *testing.T, s *Server, rt string) *http.Request {
-				f := tokenForm("grant_type", "refresh_token", "refresh_token", rt)
-				f.Set("client_secret", "wrong")
-				return newFormRequest(t, s, f)
-			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   invalidClient,
-		},
-		{
-			name: "unknown client",
-			request: func(t *testing.T, s *Server, rt string) *http.Request {
-				f := tokenForm("grant_type", "refresh_token", "refresh_token", rt)
-				f.Set("client_id", "other")
-				return newFormRequest(t, s, f)
-			},
-			wantStatus: http.StatusUnauthorized,
-			wantBody:   invalidClient,
-		},
+		{name: "wrong secret", request: refreshWith("client_secret", "wrong"), wantStatus: http.StatusUnauthorized, wantBody: invalidClient},
+		{name: "unknown client", request: refreshWith("client_id", "other"), wantStatus: http.StatusUnauthorized, wantBody: invalidClient},
 		{
 			name: "wrong basic secret",
 			request: func(t *testing.T, s *Server, rt string) *http.Request {
@@ -894,104 +883,49 @@ func TestAPIAuthentication(t *testing.T) {
 	}
 	refused := answer{http.StatusUnauthorized, map[string]string{"message": "Unauthenticated."}}
 	pong := answer{http.StatusOK, map[string]string{"message": "pong"}}
+	// What a case sends: a token of the double's, something done to it
+	// before, and the Authorization header values that carry it.
+	grant := func(s *Server) Token { return s.NewGrant() }
+	pat := func(s *Server) Token { return Token{AccessToken: s.NewPersonalAccessToken()} }
+	unknown := func(*Server) Token { return Token{AccessToken: randomValue(AccessTokenPrefix)} }
+	expire := func(_ *Server, clock *testutil.Clock, _ Token) { clock.Advance(DefaultAccessLifetime) }
+	revokeAccess := func(s *Server, _ *testutil.Clock, tok Token) { s.RevokeAccess(tok.AccessToken) }
+	revokeGrant := func(s *Server, _ *testutil.Clock, tok Token) { s.Revoke(tok.RefreshToken) }
+	bearer := func(tok Token) []string { return []string{"Bearer " + tok.AccessToken} }
 	tests := []struct {
 		name string
 		opts Options
-		// setup returns the Authorization header values to send.
-		setup func(s *Server, clock *testutil.Clock) []string
-		want  answer
+		// token issues the token to send; nil sends no Authorization header.
+		token func(s *Server) Token
+		// then, if set, happens to the token before it is sent.
+		then func(s *Server, clock *testutil.Clock, tok Token)
+		// header returns the Authorization header values; nil means bearer.
+		header func(tok Token) []string
+		want   answer
 	}{
+		{name: "no token", want: refused},
+		{name: "unknown token", token: unknown, want: refused},
+		{name: "refresh token as bearer", token: grant, header: func(tok Token) []string { return []string{"Bearer " + tok.RefreshToken} }, want: refused},
+		{name: "basic scheme", token: grant, header: func(tok Token) []string { return []string{"Basic " + tok.AccessToken} }, want: refused},
+		{name: "two authorization headers", token: grant, header: func(tok Token) []string { return append(bearer(tok), bearer(tok)...) }, want: refused},
+		{name: "expired", token: grant, then: expire, want: refused},
+		{name: "access revoked", token: grant, then: revokeAccess, want: refused},
+		{name: "grant revoked", token: grant, then: revokeGrant, want: refused},
 		{
-			name:  "no token",
-			setup: func(*Server, *testutil.Clock) []string { return nil },
-			want:  refused,
+			name:  "openapi 403",
+			opts:  Options{UnauthenticatedAs403: true},
+			token: unknown,
+			want:  answer{http.StatusForbidden, map[string]string{"message": "Unauthorized"}},
 		},
+		{name: "valid", token: grant, want: pong},
+		{name: "lowercase scheme", token: grant, header: func(tok Token) []string { return []string{"bearer " + tok.AccessToken} }, want: pong},
 		{
-			name:  "unknown token",
-			setup: func(*Server, *testutil.Clock) []string { return []string{"Bearer " + randomValue(AccessTokenPrefix)} },
-			want:  refused,
-		},
-		{
-			name:  "refresh token as bearer",
-			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().RefreshToken} },
-			want:  refused,
-		},
-		{
-			name:  "basic scheme",
-			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Basic " + s.NewGrant().AccessToken} },
-			want:  refused,
-		},
-		{
-			name: "two authorization headers",
-			setup: func(s *Server, _ *testutil.Clock) []string {
-				at := s.NewGrant().AccessToken
-				return []string{"Bearer " + at, "Bearer " + at}
-			},
-			want: refused,
-		},
-		{
-			name: "expired",
-			setup: func(s *Server, clock *testutil.Clock) []string {
-				at := s.NewGrant().AccessToken
-				clock.Advance(DefaultAccessLifetime)
-				return []string{"Bearer " + at}
-			},
-			want: refused,
-		},
-		{
-			name: "access revoked",
-			setup: func(s *Server, _ *testutil.Clock) []string {
-				at := s.NewGrant().AccessToken
-				s.RevokeAccess(at)
-				return []string{"Bearer " + at}
-			},
-			want: refused,
-		},
-		{
-			name: "grant revoked",
-			setup: func(s *Server, _ *testutil.Clock) []string {
-				tok := s.NewGrant()
-				s.Revoke(tok.RefreshToken)
-				return []string{"Bearer " + tok.AccessToken}
-			},
-			want: refused,
-		},
-		{
-			name: "openapi 403",
-			opts: Options{UnauthenticatedAs403: true},
-			setup: func(*Server, *testutil.Clock) []string {
-				return []string{"Bearer " + randomValue(AccessTokenPrefix)}
-			},
-			want: answer{http.StatusForbidden, map[string]string{"message": "Unauthorized"}},
-		},
-		{
-			name:  "valid",
-			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"Bearer " + s.NewGrant().AccessToken} },
+			name:  "personal access token never expires",
+			token: pat,
+			then:  func(_ *Server, clock *testutil.Clock, _ Token) { clock.Advance(10 * 365 * 24 * time.Hour) },
 			want:  pong,
 		},
-		{
-			name:  "lowercase scheme",
-			setup: func(s *Server, _ *testutil.Clock) []string { return []string{"bearer " + s.NewGrant().AccessToken} },
-			want:  pong,
-		},
-		{
-			name: "personal access token never expires",
-			setup: func(s *Server, clock *testutil.Clock) []string {
-				pat := s.NewPersonalAccessToken()
-				clock.Advance(10 * 365 * 24 * time.Hour)
-				return []string{"Bearer " + pat}
-			},
-			want: pong,
-		},
-		{
-			name: "personal access token revoked",
-			setup: func(s *Server, _ *testutil.Clock) []string {
-				pat := s.NewPersonalAccessToken()
-				s.RevokeAccess(pat)
-				return []string{"Bearer " + pat}
-			},
-			want: refused,
-		},
+		{name: "personal access token revoked", token: pat, then: revokeAccess, want: refused},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -999,13 +933,22 @@ func TestAPIAuthentication(t *testing.T) {
 			opts := tt.opts
 			opts.Now = clock.Now
 			s := NewServer(t, opts)
-			auth := tt.setup(s, clock)
 			req, err := http.NewRequest(http.MethodGet, s.APIURL()+"/ping", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, a := range auth {
-				req.Header.Add("Authorization", a)
+			if tt.token != nil {
+				tok := tt.token(s)
+				if tt.then != nil {
+					tt.then(s, clock, tok)
+				}
+				header := tt.header
+				if header == nil {
+					header = bearer
+				}
+				for _, a := range header(tok) {
+					req.Header.Add("Authorization", a)
+				}
 			}
 			resp, body := testutil.Do(t, s.Client(), req)
 			if resp.StatusCode != tt.want.status {

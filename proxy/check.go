@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -14,7 +15,8 @@ const checkPath = "/ping"
 // Check calls the upstream's GET /ping with tenant's token, as a caller's
 // call would go (the rate limit, the 401 replay and the metrics apply),
 // and returns the status of the answer and its message when it is not a
-// 200 (thanks.io's "message", at most 200 bytes; never a token). A call
+// 200 (thanks.io's "message", at most 200 bytes, the token replaced by
+// "[redacted]" should it hold it). A call
 // that did not reach the upstream returns the proxy's *Error.
 func (h *Handler) Check(ctx context.Context, tenant string) (status int, message string, err error) {
 	c := &call{tenant: tenant, requestID: newRequestID(), path: checkPath, replayable: true}
@@ -50,8 +52,13 @@ func (h *Handler) Check(ctx context.Context, tenant string) (status int, message
 		Message string `json:"message"`
 	}
 	head, _ := io.ReadAll(io.LimitReader(res.Body, 4<<10))
-	if json.Unmarshal(head, &body) == nil && len(body.Message) > 200 {
-		body.Message = body.Message[:200]
+	if json.Unmarshal(head, &body) != nil {
+		return res.StatusCode, "", nil
 	}
-	return res.StatusCode, body.Message, nil
+	// thanks.io's words, but never the token, should they quote it.
+	message = strings.ReplaceAll(body.Message, strings.TrimPrefix(c.authorization, bearerPrefix), "[redacted]")
+	if len(message) > 200 {
+		message = message[:200]
+	}
+	return res.StatusCode, message, nil
 }

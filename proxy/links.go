@@ -16,7 +16,7 @@ import (
 // '\/' (as PHP's json_encode writes them).
 type links struct {
 	patterns [2]linkPattern
-	longest  int
+	prefix   []byte // the patterns' common start: the scheme, at least
 }
 
 type linkPattern struct{ from, to []byte }
@@ -32,7 +32,12 @@ func newLinks(upstream, public string) *links {
 		{[]byte(upstream), []byte(public)},
 		{escape(upstream), escape(public)},
 	}}
-	l.longest = len(l.patterns[1].from)
+	a, b := l.patterns[0].from, l.patterns[1].from
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	l.prefix = a[:n]
 	return l
 }
 
@@ -94,54 +99,66 @@ func (r *linkRewriter) Read(p []byte) (int, error) {
 func (r *linkRewriter) Close() error { return r.src.Close() }
 
 // rewrite moves what can be decided of r.in to r.out, rewritten; final
-// means nothing follows r.in.
+// means nothing follows r.in. It looks for the patterns' common prefix
+// ("https:") once per place, so its cost is linear in the bytes read.
 func (r *linkRewriter) rewrite(final bool) {
 	b := r.in
 	out := r.out[:0] // empty: rewrite runs once all of it was returned
 	for {
-		i, p := r.next(b)
+		i := bytes.Index(b, r.prefix)
 		if i < 0 {
 			break
 		}
+		p, partial := r.at(b[i:])
+		switch {
+		case p == nil && partial && !final:
+			// The rest may still become a pattern: wait for more.
+			out = append(out, b[:i]...)
+			r.in, r.out = append(r.in[:0], b[i:]...), out
+			return
+		case p == nil:
+			out = append(out, b[:i+1]...)
+			b = b[i+1:]
+			continue
+		}
 		end := i + len(p.from)
-		if end == len(b) && !final {
+		switch {
+		case end == len(b) && !final:
 			// Whether the prefix ends there is told by the next byte.
 			out = append(out, b[:i]...)
-			b = b[i:]
-			r.in, r.out = append(r.in[:0], b...), out
+			r.in, r.out = append(r.in[:0], b[i:]...), out
 			return
-		}
-		if end == len(b) || endsURLPrefix(b[end]) {
+		case end == len(b) || endsURLPrefix(b[end]):
 			out = append(out, b[:i]...)
 			out = append(out, p.to...)
 			b = b[end:]
-		} else {
+		default:
 			out = append(out, b[:i+1]...)
 			b = b[i+1:]
 		}
 	}
 	keep := 0
 	if !final {
-		// The tail may be the start of a pattern.
-		keep = min(len(b), r.longest-1)
+		// The tail may be the start of the common prefix.
+		keep = min(len(b), len(r.prefix)-1)
 	}
 	out = append(out, b[:len(b)-keep]...)
 	r.in, r.out = append(r.in[:0], b[len(b)-keep:]...), out
 }
 
-// next returns the first place in b where a pattern starts, and the
-// pattern, or -1.
-func (l *links) next(b []byte) (int, *linkPattern) {
-	best, which := -1, -1
+// at returns the pattern that b starts with, or reports whether b, too
+// short to tell, is the start of one.
+func (l *links) at(b []byte) (p *linkPattern, partial bool) {
 	for k := range l.patterns {
-		if i := bytes.Index(b, l.patterns[k].from); i >= 0 && (best < 0 || i < best) {
-			best, which = i, k
+		from := l.patterns[k].from
+		if bytes.HasPrefix(b, from) {
+			return &l.patterns[k], false
+		}
+		if len(b) < len(from) && bytes.HasPrefix(from, b) {
+			partial = true
 		}
 	}
-	if best < 0 {
-		return -1, nil
-	}
-	return best, &l.patterns[which]
+	return nil, partial
 }
 
 // endsURLPrefix reports whether c, following the upstream's base URL, ends

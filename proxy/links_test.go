@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"strings"
@@ -55,5 +56,29 @@ func TestLinksOnlyJSON(t *testing.T) {
 	var none *links
 	if none.rewrites(&http.Response{Header: http.Header{"Content-Type": {"application/json"}}, Body: http.NoBody}) {
 		t.Error("without PUBLIC_URL an answer is rewritten")
+	}
+}
+
+// BenchmarkLinksRewrite reads 4 MiB answers through the rewriter in 16 KiB
+// reads: one made of links, one of other strings of the same length. The
+// cost per byte must not grow with the links in a read.
+func BenchmarkLinksRewrite(b *testing.B) {
+	l := newLinks("https://api.thanks.io/api/v2", "http://127.0.0.1:8080")
+	link := `"https://api.thanks.io/api/v2/orders/1",`
+	for _, bc := range []struct{ name, unit string }{
+		{"links", link},
+		{"plain", `"` + strings.Repeat("x", len(link)-3) + `",`},
+	} {
+		body := []byte(strings.Repeat(bc.unit, (4<<20)/len(bc.unit)))
+		buf := make([]byte, 16<<10)
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				r := &linkRewriter{links: l, src: io.NopCloser(bytes.NewReader(body))}
+				if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{r}, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

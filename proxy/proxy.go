@@ -71,9 +71,10 @@ type Limiter interface {
 	// a *ratelimit.RefusedError at once when that would be after
 	// deadline; or ctx's error when ctx ends first.
 	Wait(ctx context.Context, tenant string, deadline time.Time) (time.Duration, error)
-	// Observe reads an upstream answer to a call of tenant's, and returns
-	// the pause it set when the answer is a 429 (0 otherwise).
-	Observe(tenant string, status int, h http.Header) time.Duration
+	// Observe reads an upstream answer to a call of tenant's that took
+	// took from its sending to the answer, and returns the pause it set
+	// when the answer is a 429 (0 otherwise).
+	Observe(tenant string, status int, h http.Header, took time.Duration) time.Duration
 	// MaxWait is the longest a call may wait for its turn, counted from
 	// its arrival.
 	MaxWait() time.Duration
@@ -242,6 +243,7 @@ type call struct {
 	replayable    bool
 	replayed      bool
 	limitReplayed bool          // replayed after the upstream's 429
+	took          time.Duration // the last round trip's time, to its answer's headers
 	deadline      time.Time     // the latest a call may go under the rate limit
 	waited        time.Duration // time spent waiting for the rate limit
 	upstream      time.Duration
@@ -321,13 +323,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if e := h.waitTurn(r.Context(), c); e != nil {
 			h.fail(rw, r, c, e)
 			return
-		}
-		if c.waited > 0 {
-			// The token may have been rotated while the call waited.
-			if c.authorization, err = h.cfg.Tokens.Authorization(r.Context(), c.tenant); err != nil {
-				h.fail(rw, r, c, TokenError(err))
-				return
-			}
 		}
 	}
 	// ReverseProxy would ask the upstream for the protocol switch the
@@ -636,10 +631,8 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || c == nil {
 		return res, err
 	}
-	if res.StatusCode == http.StatusTooManyRequests || t.h.cfg.Limiter != nil {
-		if res, err = t.limited(req, c, res); err != nil {
-			return nil, err
-		}
+	if res, err = t.limited(req, c, res); err != nil {
+		return nil, err
 	}
 	if !c.replayable || c.replayed || !refusesToken(res) {
 		return res, nil
@@ -659,7 +652,10 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, e
 		}
 	}
-	return t.again(req, c)
+	if res, err = t.again(req, c); err != nil {
+		return nil, err
+	}
+	return t.limited(req, c, res)
 }
 
 // limited hands res, an upstream answer, to the rate limiter, and replays
@@ -669,10 +665,12 @@ func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t *replayTransport) limited(req *http.Request, c *call, res *http.Response) (*http.Response, error) {
 	lim := t.h.cfg.Limiter
 	if lim == nil {
-		t.h.obs.UpstreamLimited(true)
+		if res.StatusCode == http.StatusTooManyRequests {
+			t.h.obs.UpstreamLimited(true)
+		}
 		return res, nil
 	}
-	pause := lim.Observe(c.tenant, res.StatusCode, res.Header)
+	pause := lim.Observe(c.tenant, res.StatusCode, res.Header, c.took)
 	if res.StatusCode != http.StatusTooManyRequests {
 		return res, nil
 	}
@@ -684,17 +682,16 @@ func (t *replayTransport) limited(req *http.Request, c *call, res *http.Response
 		return res, nil
 	}
 	drain(res.Body)
-	t.h.obs.UpstreamLimited(false)
 	c.limitReplayed = true
 	if e := t.h.waitTurn(req.Context(), c); e != nil {
+		// The caller gets a 429 all the same: the proxy's.
+		t.h.obs.UpstreamLimited(true)
 		return nil, e
 	}
+	t.h.obs.UpstreamLimited(false)
 	res, err := t.again(req, c)
-	if err != nil || res.StatusCode != http.StatusTooManyRequests {
-		if err == nil {
-			lim.Observe(c.tenant, res.StatusCode, res.Header)
-		}
-		return res, err
+	if err != nil {
+		return nil, err
 	}
 	return t.limited(req, c, res)
 }
@@ -719,12 +716,19 @@ func (t *replayTransport) again(req *http.Request, c *call) (*http.Response, err
 }
 
 // waitTurn waits for c's turn under the rate limit, and returns the
-// answer to a call whose turn would not come by its deadline.
+// answer to a call whose turn would not come by its deadline. A call that
+// waited takes its tenant's token again: it may have been rotated, or the
+// tenant deleted, meanwhile.
 func (h *Handler) waitTurn(ctx context.Context, c *call) *Error {
 	waited, err := h.cfg.Limiter.Wait(ctx, c.tenant, c.deadline)
 	c.waited += waited
 	var re *ratelimit.RefusedError
 	switch {
+	case err == nil && waited > 0:
+		if c.authorization, err = h.cfg.Tokens.Authorization(ctx, c.tenant); err != nil {
+			return TokenError(err)
+		}
+		return nil
 	case err == nil:
 		return nil
 	case errors.As(err, &re):
@@ -753,6 +757,7 @@ func (t *replayTransport) roundTrip(req *http.Request, c *call) (*http.Response,
 	t.h.obs.Upstream(status, d)
 	if c != nil {
 		c.upstream += d
+		c.took = d
 	}
 	return res, err
 }

@@ -29,10 +29,10 @@ import (
 // store.LocalSchedule satisfy it; its methods are theirs. It must be safe
 // for concurrent use.
 type Schedule interface {
-	Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait time.Duration) (store.Slot, error)
+	Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error)
 	Confirm(ctx context.Context, tenant, id string) (time.Duration, error)
 	Release(ctx context.Context, tenant, id string) error
-	Pause(ctx context.Context, tenant string, rule store.RateRule, d time.Duration, others bool) (bool, error)
+	Pause(ctx context.Context, tenant string, rule store.RateRule, d time.Duration, others bool, took time.Duration) (bool, error)
 }
 
 // Observer is told what the limiter does, for metrics (no tenant in any of
@@ -133,6 +133,7 @@ type Limiter struct {
 	mu        sync.Mutex
 	downUntil time.Time // while in the future, the local schedule is used
 	down      bool      // the shared schedule failed and has not answered since
+	sleepers  map[string]*pauseSignal
 }
 
 // New returns a Limiter for cfg.
@@ -144,12 +145,13 @@ func New(cfg Config) (*Limiter, error) {
 		cfg.MaxWait = DefaultMaxWait
 	}
 	l := &Limiter{
-		rule:    store.RateRule{Limit: cfg.Limit, Period: cfg.Period, Guard: Guard(cfg.Period)},
-		maxWait: cfg.MaxWait,
-		shared:  cfg.Shared,
-		local:   store.NewLocalSchedule(),
-		obs:     cfg.Observer,
-		log:     cfg.Logger,
+		rule:     store.RateRule{Limit: cfg.Limit, Period: cfg.Period, Guard: Guard(cfg.Period)},
+		maxWait:  cfg.MaxWait,
+		shared:   cfg.Shared,
+		local:    store.NewLocalSchedule(),
+		obs:      cfg.Observer,
+		log:      cfg.Logger,
+		sleepers: make(map[string]*pauseSignal),
 	}
 	if l.obs == nil {
 		l.obs = nopObserver{}
@@ -193,13 +195,13 @@ func (e *RefusedError) Error() string {
 func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (time.Duration, error) {
 	start := time.Now()
 	sched := l.schedule(start)
-	slot, err := l.reserve(ctx, sched, tenant, max(0, deadline.Sub(start)))
+	slot, err := l.reserve(ctx, sched, tenant, deadline)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
 		sched = l.failed(sched, err)
-		if slot, err = sched.Reserve(ctx, tenant, l.rule, max(0, deadline.Sub(start))); err != nil {
+		if slot, err = l.reserve(ctx, sched, tenant, deadline); err != nil {
 			return 0, err
 		}
 	} else {
@@ -209,26 +211,34 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 		l.obs.Rejected()
 		return 0, &RefusedError{RetryAfter: slot.Wait}
 	}
-	wait := slot.Wait
-	if wait == 0 {
+	if slot.Wait == 0 {
 		// Its turn had come: the call waited for nothing but the
 		// reservation's round trip.
-		l.obs.Admitted(0)
+		l.admitted(sched, tenant, 0)
 		return 0, nil
 	}
+	wait := slot.Wait
 	for wait > 0 {
-		if err := sleep(ctx, wait); err != nil {
+		if err := l.sleep(ctx, tenant, wait); err != nil {
 			l.release(sched, tenant, slot.ID)
 			return time.Since(start), err
 		}
 		// A pause may have moved the slot while this call slept.
 		wait, err = l.confirm(ctx, sched, tenant, slot.ID)
 		switch {
+		case ctx.Err() != nil:
+			// The caller went away: not an outage of the schedule.
+			l.release(sched, tenant, slot.ID)
+			return time.Since(start), ctx.Err()
 		case errors.Is(err, store.ErrNotFound):
 			// The schedule lost the slot (Redis came back empty): place
-			// the call again, in what remains of its wait.
-			if slot, err = l.reserve(ctx, sched, tenant, max(0, deadline.Sub(time.Now()))); err != nil {
-				return time.Since(start), l.sendAnyway(sched, err)
+			// the call again, in what remains of its wait; this
+			// replica's own calls still count (reserve's floor).
+			if slot, err = l.reserve(ctx, sched, tenant, deadline); err != nil {
+				if ctx.Err() != nil {
+					return time.Since(start), ctx.Err()
+				}
+				return time.Since(start), l.sendAnyway(sched, tenant, start, err)
 			}
 			if !slot.Reserved() {
 				l.obs.Rejected()
@@ -237,7 +247,7 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 			wait = slot.Wait
 		case err != nil:
 			// The slot came by the schedule as it was: the call goes.
-			return time.Since(start), l.sendAnyway(sched, err)
+			return time.Since(start), l.sendAnyway(sched, tenant, start, err)
 		case wait > 0 && time.Now().Add(wait).After(deadline):
 			// A pause moved the slot past the call's deadline. (A slot
 			// that has come goes, even if the wake-up was late.)
@@ -247,69 +257,53 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 		}
 	}
 	waited := time.Since(start)
-	l.obs.Admitted(waited)
+	l.admitted(sched, tenant, waited)
 	return waited, nil
 }
 
-// reserve, confirm and pause call sched's methods, within sharedTimeout
-// when sched is the shared one.
-func (l *Limiter) reserve(ctx context.Context, sched Schedule, tenant string, maxWait time.Duration) (store.Slot, error) {
-	ctx, cancel := l.bound(ctx, sched)
-	defer cancel()
-	return sched.Reserve(ctx, tenant, l.rule, maxWait)
-}
-
-func (l *Limiter) confirm(ctx context.Context, sched Schedule, tenant, id string) (time.Duration, error) {
-	ctx, cancel := l.bound(ctx, sched)
-	defer cancel()
-	return sched.Confirm(ctx, tenant, id)
-}
-
-// pause runs detached from any caller: the caller may be gone, and the
-// pause is for the calls after it.
-func (l *Limiter) pause(sched Schedule, tenant string, d time.Duration, others bool) (bool, error) {
-	ctx, cancel := l.bound(context.Background(), sched)
-	defer cancel()
-	return sched.Pause(ctx, tenant, l.rule, d, others)
-}
-
-func (l *Limiter) bound(ctx context.Context, sched Schedule) (context.Context, context.CancelFunc) {
-	if sched == l.local {
-		return ctx, func() {}
+// admitted records a call let through: for the metrics, and in this
+// replica's own history when the shared schedule placed it, so that a
+// fallback to the local schedule, or a shared schedule that lost its
+// data, still counts it.
+func (l *Limiter) admitted(sched Schedule, tenant string, waited time.Duration) {
+	if sched != Schedule(l.local) {
+		l.local.Record(tenant, l.rule)
 	}
-	return context.WithTimeout(ctx, sharedTimeout)
+	l.obs.Admitted(waited)
 }
 
 // sendAnyway lets a call go whose slot came but could not be confirmed: it
 // was placed under the rule, and only a pause set since could have moved
 // it.
-func (l *Limiter) sendAnyway(sched Schedule, err error) error {
+func (l *Limiter) sendAnyway(sched Schedule, tenant string, start time.Time, err error) error {
 	l.failed(sched, err)
-	l.obs.Admitted(0)
+	l.admitted(sched, tenant, time.Since(start))
 	return nil
 }
 
-// Observe reads an upstream answer to one of tenant's calls. A 429 pauses
-// the tenant on every replica until the answer's Retry-After (or
-// X-RateLimit-Reset, or one period when it names neither), and Observe
-// returns that pause. An answer that says no call is left
-// (X-RateLimit-Remaining: 0) pauses the tenant likewise when fewer calls
-// than the limit went out through this schedule in the last period:
-// someone else spends the same account. Other answers return 0.
-func (l *Limiter) Observe(tenant string, status int, h http.Header) time.Duration {
+// Observe reads an upstream answer to one of tenant's calls, which took
+// took from its sending to this answer. A 429 pauses the tenant on every
+// replica until the answer's Retry-After (or X-RateLimit-Reset, or one
+// period when it names neither), wakes the calls of this replica that
+// wait for their turn, and Observe returns that pause. An answer that
+// says no call is left (X-RateLimit-Remaining: 0) pauses the tenant
+// likewise when fewer calls than the limit went out through the schedule
+// in the period before the call was sent: someone else spends the same
+// account. Other answers return 0.
+func (l *Limiter) Observe(tenant string, status int, h http.Header, took time.Duration) time.Duration {
 	limited := status == http.StatusTooManyRequests
 	if !limited && strings.TrimSpace(headerValue(h, "X-Ratelimit-Remaining")) != "0" {
 		return 0
 	}
 	d := l.pauseFor(h, time.Now())
-	// The caller may be gone; the pause is for the calls after it.
 	sched := l.schedule(time.Now())
-	paused, err := l.pause(sched, tenant, d, !limited)
+	paused, err := l.pause(sched, tenant, d, !limited, took)
 	if err != nil {
-		paused, _ = l.pause(l.failed(sched, err), tenant, d, !limited)
+		paused, _ = l.pause(l.failed(sched, err), tenant, d, !limited, took)
 	}
 	if paused {
 		l.obs.Paused()
+		l.wake(tenant)
 		reason := "thanks.io answered 429"
 		if !limited {
 			reason = "thanks.io says the account has no call left, though fewer than the limit went through the proxy"
@@ -320,6 +314,45 @@ func (l *Limiter) Observe(tenant string, status int, h http.Header) time.Duratio
 		return 0
 	}
 	return d
+}
+
+// reserve, confirm and pause call sched's methods, within sharedTimeout
+// when sched is the shared one. reserve places the call no earlier than
+// this replica's own recent calls allow (its floor), and reserves nothing
+// for a caller that went away meanwhile: the script may have run.
+func (l *Limiter) reserve(ctx context.Context, sched Schedule, tenant string, deadline time.Time) (store.Slot, error) {
+	rctx, cancel := l.bound(context.WithoutCancel(ctx), sched)
+	defer cancel()
+	now := time.Now()
+	slot, err := sched.Reserve(rctx, tenant, l.rule, max(0, deadline.Sub(now)), l.local.Floor(tenant, l.rule))
+	if ctx.Err() != nil {
+		if err == nil && slot.Reserved() {
+			l.release(sched, tenant, slot.ID)
+		}
+		return store.Slot{}, ctx.Err()
+	}
+	return slot, err
+}
+
+func (l *Limiter) confirm(ctx context.Context, sched Schedule, tenant, id string) (time.Duration, error) {
+	ctx, cancel := l.bound(ctx, sched)
+	defer cancel()
+	return sched.Confirm(ctx, tenant, id)
+}
+
+// pause runs detached from any caller: the caller may be gone, and the
+// pause is for the calls after it.
+func (l *Limiter) pause(sched Schedule, tenant string, d time.Duration, others bool, took time.Duration) (bool, error) {
+	ctx, cancel := l.bound(context.Background(), sched)
+	defer cancel()
+	return sched.Pause(ctx, tenant, l.rule, d, others, took)
+}
+
+func (l *Limiter) bound(ctx context.Context, sched Schedule) (context.Context, context.CancelFunc) {
+	if sched == l.local {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, sharedTimeout)
 }
 
 // pauseFor returns the pause an answer asks for.
@@ -411,15 +444,59 @@ func (l *Limiter) release(sched Schedule, tenant, id string) {
 	_ = sched.Release(ctx, tenant, id)
 }
 
-// sleep waits for d, or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
+// sleep waits for d, until ctx ends, or until a pause of tenant's calls
+// wakes it (to confirm its slot at once).
+func (l *Limiter) sleep(ctx context.Context, tenant string, d time.Duration) error {
+	woken := l.watch(tenant)
+	defer l.unwatch(tenant)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return nil
+	case <-woken:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	return nil
+}
+
+// pauseSignal wakes the calls of one tenant that sleep until their turn.
+type pauseSignal struct {
+	c        chan struct{} // closed by wake
+	sleepers int
+}
+
+// watch returns the channel that a pause of tenant's calls closes.
+func (l *Limiter) watch(tenant string) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.sleepers[tenant]
+	if s == nil {
+		s = &pauseSignal{c: make(chan struct{})}
+		l.sleepers[tenant] = s
+	}
+	s.sleepers++
+	return s.c
+}
+
+func (l *Limiter) unwatch(tenant string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.sleepers[tenant]; s != nil {
+		if s.sleepers--; s.sleepers == 0 {
+			delete(l.sleepers, tenant)
+		}
+	}
+}
+
+// wake wakes the calls of tenant that sleep until their turn; the next
+// sleepers get a new channel.
+func (l *Limiter) wake(tenant string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.sleepers[tenant]; s != nil {
+		close(s.c)
+		delete(l.sleepers, tenant)
 	}
 }
 

@@ -139,13 +139,13 @@ type failing struct{ calls int }
 
 var errDown = errors.New("redis: connection refused")
 
-func (f *failing) Reserve(context.Context, string, store.RateRule, time.Duration) (store.Slot, error) {
+func (f *failing) Reserve(context.Context, string, store.RateRule, time.Duration, time.Duration) (store.Slot, error) {
 	f.calls++
 	return store.Slot{}, errDown
 }
 func (f *failing) Confirm(context.Context, string, string) (time.Duration, error) { return 0, errDown }
 func (f *failing) Release(context.Context, string, string) error                  { return errDown }
-func (f *failing) Pause(context.Context, string, store.RateRule, time.Duration, bool) (bool, error) {
+func (f *failing) Pause(context.Context, string, store.RateRule, time.Duration, bool, time.Duration) (bool, error) {
 	return false, errDown
 }
 
@@ -198,7 +198,7 @@ func TestObservePauses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, _ := newLimiter(t, 60, time.Minute, time.Minute, nil)
-			got := l.Observe("acme", tc.status, tc.header)
+			got := l.Observe("acme", tc.status, tc.header, 0)
 			if got < tc.want-time.Second || got > tc.want {
 				t.Errorf("Observe = %v; want %v", got, tc.want)
 			}
@@ -214,7 +214,7 @@ func TestObserveRemainingZeroPausesForOthers(t *testing.T) {
 	}
 	// thanks.io says the account has nothing left, though one call went
 	// through the proxy: someone else spends it.
-	l.Observe("acme", 200, http.Header{"X-Ratelimit-Remaining": {"0"}})
+	l.Observe("acme", 200, http.Header{"X-Ratelimit-Remaining": {"0"}}, 0)
 	if obs.paused != 1 {
 		t.Fatalf("paused %d times; want 1", obs.paused)
 	}
@@ -233,8 +233,8 @@ type announcing struct {
 	reserved chan store.Slot
 }
 
-func (a announcing) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait time.Duration) (store.Slot, error) {
-	slot, err := a.LocalSchedule.Reserve(ctx, tenant, rule, maxWait)
+func (a announcing) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error) {
+	slot, err := a.LocalSchedule.Reserve(ctx, tenant, rule, maxWait, floor)
 	a.reserved <- slot
 	return slot, err
 }

@@ -50,7 +50,9 @@ func (s Slot) Reserved() bool { return s.ID != "" }
 // replica that uses the same Redis and key prefix. The time is Redis's
 // (TIME), so replicas' clocks do not matter. Its keys are
 // P{tenant}:rate (a sorted set of the calls, scored by their time in Unix
-// milliseconds) and P{tenant}:pause (the end of a pause, with a TTL).
+// milliseconds), P{tenant}:pause (the end of a pause, with a TTL) and
+// P{tenant}:dropped (the ids of reservations given up before their
+// script ran, for a minute).
 // It is safe for concurrent use.
 type RedisSchedule struct {
 	client redis.UniversalClient
@@ -64,6 +66,7 @@ func (r *Redis) Schedule() *RedisSchedule {
 }
 
 func (s *RedisSchedule) rateKey(tenant string) string  { return s.prefix + "{" + tenant + "}:rate" }
+func (s *RedisSchedule) dropKey(tenant string) string  { return s.prefix + "{" + tenant + "}:dropped" }
 func (s *RedisSchedule) pauseKey(tenant string) string { return s.prefix + "{" + tenant + "}:pause" }
 
 // The scripts read the time from Redis: every replica places calls on one
@@ -89,15 +92,17 @@ end
 `
 
 var (
-	// KEYS[1] the schedule, KEYS[2] the pause; ARGV: limit, period ms,
-	// guard ms, max wait ms, the reservation's id. It returns {1, wait}
-	// when it reserved, {0, wait} when the slot would come later than the
-	// max wait (nothing is reserved then).
+	// KEYS[1] the schedule, KEYS[2] the pause, KEYS[3] the ids dropped
+	// before their reservation ran; ARGV: limit, period ms, guard ms, max
+	// wait ms, the reservation's id, the floor ms (the earliest the
+	// caller's own history allows). It returns {1, wait} when it
+	// reserved, {0, wait} when the slot would come later than the max
+	// wait or the id was dropped (nothing is reserved then).
 	reserveScript = redis.NewScript(schedulePrelude + `
 local limit, period, guard, maxWait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - period - guard))
-local at = place(math.max(now, tonumber(redis.call('GET', KEYS[2]) or '0')), limit, period, guard)
-if at - now > maxWait then
+local at = place(math.max(now + tonumber(ARGV[6]), tonumber(redis.call('GET', KEYS[2]) or '0')), limit, period, guard)
+if at - now > maxWait or redis.call('SISMEMBER', KEYS[3], ARGV[5]) == 1 then
   return {0, at - now}
 end
 redis.call('ZADD', KEYS[1], at, ARGV[5])
@@ -116,14 +121,16 @@ return math.max(0, tonumber(at) - now)
 `)
 
 	// KEYS[1] the schedule, KEYS[2] the pause; ARGV: the pause in ms,
-	// limit, period ms, guard ms, and "1" when the pause is for calls of
+	// limit, period ms, guard ms, "1" when the pause is for calls of
 	// others (then it is set only when fewer than limit calls of the
-	// schedule went in the last period: the upstream's count is not
-	// ours). It places the reservations still to come again from the
-	// pause's end and returns 1, or 0 when it changed nothing.
+	// schedule went in the period before the call that was answered,
+	// sent ARGV[6] ms ago: the upstream's count is not ours). It places
+	// the reservations still to come again from the pause's end and
+	// returns 1, or 0 when it changed nothing.
 	pauseScript = redis.NewScript(schedulePrelude + `
 local d, limit, period, guard = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if ARGV[5] == '1' and redis.call('ZCOUNT', KEYS[1], now - period, now) >= limit then
+local sent = now - tonumber(ARGV[6])
+if ARGV[5] == '1' and redis.call('ZCOUNT', KEYS[1], sent - period, sent) >= limit then
   return 0
 end
 local till = now + d
@@ -143,17 +150,21 @@ return 1
 `)
 )
 
-// Reserve places a call for tenant under rule and returns its slot, or,
-// when the slot would come later than maxWait from now, reserves nothing
-// and returns when it would have come.
-func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait time.Duration) (Slot, error) {
+// Reserve places a call for tenant under rule, no earlier than floor from
+// now, and returns its slot, or, when the slot would come later than
+// maxWait from now, reserves nothing and returns when it would have come.
+func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait, floor time.Duration) (Slot, error) {
 	if err := checkRule(tenant, rule); err != nil {
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
 	id := s.ids.next()
-	res, err := reserveScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant)},
-		rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), maxWait.Milliseconds(), id).Int64Slice()
+	res, err := reserveScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant), s.dropKey(tenant)},
+		rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), maxWait.Milliseconds(), id,
+		max(0, floor).Milliseconds()).Int64Slice()
 	if err != nil {
+		// The script may still run (it was sent, and the answer is what
+		// did not come): drop its id, whichever runs first.
+		go s.drop(tenant, id)
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
 	if len(res) != 2 {
@@ -192,9 +203,10 @@ func (s *RedisSchedule) Release(ctx context.Context, tenant, id string) error {
 // Pause holds tenant's calls for d from now, and places the reservations
 // still to come again from its end. With others set, the pause is for calls
 // that others made on the same account: it is set only when fewer than
-// rule.Limit of the schedule's calls went in the last rule.Period. It
-// reports whether it set or lengthened a pause.
-func (s *RedisSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool) (bool, error) {
+// rule.Limit of the schedule's calls went in the rule.Period before the
+// call that was answered, sent took ago. It reports whether it set or
+// lengthened a pause.
+func (s *RedisSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool, took time.Duration) (bool, error) {
 	if err := checkRule(tenant, rule); err != nil {
 		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
 	}
@@ -206,11 +218,37 @@ func (s *RedisSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 		flag = "1"
 	}
 	n, err := pauseScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant)},
-		d.Milliseconds(), rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), flag).Int64()
+		d.Milliseconds(), rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), flag,
+		max(0, took).Milliseconds()).Int64()
 	if err != nil {
 		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
 	}
 	return n == 1, nil
+}
+
+// dropScript takes back a reservation whose Reserve did not answer: it
+// removes the id from the schedule and marks it dropped for a minute, so
+// that the reservation's script, if it runs later, reserves nothing.
+// KEYS[1] the schedule, KEYS[2] the dropped ids; ARGV[1] the id.
+var dropScript = redis.NewScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], 60000)
+return 1
+`)
+
+// drop runs dropScript for id of tenant, trying again every second for a
+// minute while Redis does not answer.
+func (s *RedisSchedule) drop(tenant, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for dropScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.dropKey(tenant)}, id).Err() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // checkRule refuses a tenant id that cannot be a key, and a rule that

@@ -48,7 +48,7 @@ func (s *LocalSchedule) now() time.Time {
 }
 
 // Reserve is RedisSchedule.Reserve, in this process.
-func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait time.Duration) (Slot, error) {
+func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRule, maxWait, floor time.Duration) (Slot, error) {
 	if err := checkRule(tenant, rule); err != nil {
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
@@ -61,15 +61,8 @@ func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 		t = new(localTenantSchedule)
 		s.tenants[tenant] = t
 	}
-	// Calls older than a period and a guard no longer count.
-	old := now.Add(-rule.Period - rule.Guard)
-	i := 0
-	for i < len(t.at) && t.at[i].Before(old) {
-		i++
-	}
-	t.at, t.ids = t.at[i:], t.ids[i:]
-
-	at := t.place(later(now, t.pause), rule)
+	t.trim(now, rule)
+	at := t.place(later(now.Add(max(0, floor)), t.pause), rule)
 	if wait := at.Sub(now); wait > maxWait {
 		return Slot{Wait: wait}, nil
 	}
@@ -106,7 +99,7 @@ func (s *LocalSchedule) Release(ctx context.Context, tenant, id string) error {
 }
 
 // Pause is RedisSchedule.Pause, in this process.
-func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool) (bool, error) {
+func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool, took time.Duration) (bool, error) {
 	if err := checkRule(tenant, rule); err != nil {
 		return false, fmt.Errorf("store: pause %q: %w", tenant, err)
 	}
@@ -122,9 +115,10 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 		s.tenants[tenant] = t
 	}
 	if others {
+		sent := now.Add(-max(0, took))
 		recent := 0
 		for _, at := range t.at {
-			if !at.Before(now.Add(-rule.Period)) && !at.After(now) {
+			if !at.Before(sent.Add(-rule.Period)) && !at.After(sent) {
 				recent++
 			}
 		}
@@ -155,6 +149,60 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 		t.expiry = later(t.expiry, t.at[n-1].Add(rule.Period+rule.Guard))
 	}
 	return true, nil
+}
+
+// Record notes a call of tenant sent now that another schedule placed
+// (this replica's own history, for when that schedule fails or forgets).
+func (s *LocalSchedule) Record(tenant string, rule RateRule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.sweepLocked(now)
+	t := s.tenants[tenant]
+	if t == nil {
+		t = new(localTenantSchedule)
+		s.tenants[tenant] = t
+	}
+	t.trim(now, rule)
+	// Calls recorded now come after every call recorded before; a
+	// reservation of this schedule may lie ahead, so keep the order.
+	i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
+		if a.After(b) {
+			return 1
+		}
+		return -1
+	})
+	t.at = slices.Insert(t.at, i, now)
+	t.ids = slices.Insert(t.ids, i, "")
+	t.expiry = later(t.expiry, now.Add(rule.Period+rule.Guard))
+}
+
+// Floor returns how long from now tenant's calls known here keep its next
+// call waiting: 0 when fewer than rule.Limit went in the last period.
+func (s *LocalSchedule) Floor(tenant string, rule RateRule) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenants[tenant]
+	if t == nil {
+		return 0
+	}
+	now := s.now()
+	t.trim(now, rule)
+	if n := len(t.at); n >= rule.Limit {
+		return max(0, t.at[n-rule.Limit].Add(rule.Period+rule.Guard).Sub(now))
+	}
+	return 0
+}
+
+// trim forgets the calls older than a period and a guard: they no longer
+// count.
+func (t *localTenantSchedule) trim(now time.Time, rule RateRule) {
+	old := now.Add(-rule.Period - rule.Guard)
+	i := 0
+	for i < len(t.at) && t.at[i].Before(old) {
+		i++
+	}
+	t.at, t.ids = t.at[i:], t.ids[i:]
 }
 
 // place returns where the schedule would put a call, not before floor.

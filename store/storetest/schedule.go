@@ -38,6 +38,8 @@ func RunSchedule(t *testing.T, open func(t *testing.T) func() Schedule) {
 		{"ReleaseFrees", testReleaseFrees},
 		{"PausePlacesAgainInOrder", testPausePlacesAgain},
 		{"PauseForOthersNeedsRoom", testPauseForOthers},
+		{"PauseForOthersCountsBeforeTheCall", testPauseForOthersBeforeTheCall},
+		{"Floor", testFloor},
 		{"TenantsApart", testTenantsApart},
 		{"SharedAcrossReplicas", testSharedAcrossReplicas},
 		{"BadArguments", testScheduleBadArguments},
@@ -48,7 +50,7 @@ func RunSchedule(t *testing.T, open func(t *testing.T) func() Schedule) {
 
 func reserve(t *testing.T, s Schedule, tenant string, maxWait time.Duration) store.Slot {
 	t.Helper()
-	slot, err := s.Reserve(context.Background(), tenant, scheduleRule, maxWait)
+	slot, err := s.Reserve(context.Background(), tenant, scheduleRule, maxWait, 0)
 	if err != nil {
 		t.Fatalf("Reserve(%q) = %v", tenant, err)
 	}
@@ -136,7 +138,7 @@ func testPausePlacesAgain(t *testing.T, open func() Schedule) {
 		waiting = append(waiting, reserve(t, s, "acme", time.Hour))
 	}
 	pause := 30 * time.Second
-	if ok, err := s.Pause(ctx, "acme", scheduleRule, pause, false); err != nil || !ok {
+	if ok, err := s.Pause(ctx, "acme", scheduleRule, pause, false, 0); err != nil || !ok {
 		t.Fatalf("Pause = %v, %v; want true", ok, err)
 	}
 	// The first Limit waiting calls go when the pause ends, in their
@@ -152,7 +154,7 @@ func testPausePlacesAgain(t *testing.T, open func() Schedule) {
 	// A call placed after the pause comes after every call placed before.
 	checkWait(t, "a call after the pause", reserve(t, s, "acme", time.Hour).Wait, pause+spaced)
 	// A shorter pause changes nothing.
-	if ok, err := s.Pause(ctx, "acme", scheduleRule, time.Second, false); err != nil || ok {
+	if ok, err := s.Pause(ctx, "acme", scheduleRule, time.Second, false, 0); err != nil || ok {
 		t.Errorf("a shorter pause = %v, %v; want false", ok, err)
 	}
 }
@@ -162,7 +164,7 @@ func testPauseForOthers(t *testing.T, open func() Schedule) {
 	ctx := context.Background()
 	reserve(t, s, "mine", time.Hour)
 	// One call of the schedule went: the account's count is others' too.
-	if ok, err := s.Pause(ctx, "mine", scheduleRule, 5*time.Second, true); err != nil || !ok {
+	if ok, err := s.Pause(ctx, "mine", scheduleRule, 5*time.Second, true, 0); err != nil || !ok {
 		t.Fatalf("Pause(others) with room in the window = %v, %v; want true", ok, err)
 	}
 	checkWait(t, "a call after a pause for others", reserve(t, s, "mine", time.Hour).Wait, 5*time.Second)
@@ -172,9 +174,33 @@ func testPauseForOthers(t *testing.T, open func() Schedule) {
 	}
 	// The schedule spent the window itself: its count explains the
 	// upstream's, and the next call is spaced already.
-	if ok, err := s.Pause(ctx, "full", scheduleRule, 5*time.Second, true); err != nil || ok {
+	if ok, err := s.Pause(ctx, "full", scheduleRule, 5*time.Second, true, 0); err != nil || ok {
 		t.Errorf("Pause(others) after a full window of the schedule's own = %v, %v; want false", ok, err)
 	}
+}
+
+func testPauseForOthersBeforeTheCall(t *testing.T, open func() Schedule) {
+	s := open()
+	for range scheduleRule.Limit {
+		reserve(t, s, "acme", time.Hour)
+	}
+	// The answer to a call sent 11 s ago (before the burst) says the
+	// account is spent: in the period before that call, the schedule sent
+	// nothing, so others spent it.
+	if ok, err := s.Pause(context.Background(), "acme", scheduleRule, 5*time.Second, true, 11*time.Second); err != nil || !ok {
+		t.Errorf("Pause(others) for a call sent before the schedule's calls = %v, %v; want true", ok, err)
+	}
+}
+
+func testFloor(t *testing.T, open func() Schedule) {
+	s := open()
+	slot, err := s.Reserve(context.Background(), "acme", scheduleRule, time.Hour, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWait(t, "a call with a floor of 3s in an empty schedule", slot.Wait, 3*time.Second)
+	// Calls after it come after it, whatever their floor.
+	checkWait(t, "the next call", reserve(t, s, "acme", time.Hour).Wait, 3*time.Second)
 }
 
 func testTenantsApart(t *testing.T, open func() Schedule) {
@@ -182,7 +208,7 @@ func testTenantsApart(t *testing.T, open func() Schedule) {
 	for range 2 * scheduleRule.Limit {
 		reserve(t, s, "busy", time.Hour)
 	}
-	if _, err := s.Pause(context.Background(), "busy", scheduleRule, time.Minute, false); err != nil {
+	if _, err := s.Pause(context.Background(), "busy", scheduleRule, time.Minute, false, 0); err != nil {
 		t.Fatal(err)
 	}
 	if slot := reserve(t, s, "quiet", time.Hour); !slot.Reserved() || slot.Wait != 0 {
@@ -233,10 +259,10 @@ func testScheduleBadArguments(t *testing.T, open func() Schedule) {
 		{"zero limit", "acme", store.RateRule{Period: time.Second}},
 		{"zero period", "acme", store.RateRule{Limit: 1}},
 	} {
-		if _, err := s.Reserve(ctx, tc.tenant, tc.rule, time.Second); err == nil {
+		if _, err := s.Reserve(ctx, tc.tenant, tc.rule, time.Second, 0); err == nil {
 			t.Errorf("Reserve with %s: nil error", tc.name)
 		}
-		if _, err := s.Pause(ctx, tc.tenant, tc.rule, time.Second, false); err == nil {
+		if _, err := s.Pause(ctx, tc.tenant, tc.rule, time.Second, false, 0); err == nil {
 			t.Errorf("Pause with %s: nil error", tc.name)
 		}
 	}

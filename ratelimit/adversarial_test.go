@@ -1,0 +1,311 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"thanksio-proxy/internal/testutil"
+	"thanksio-proxy/store"
+)
+
+// hooked is a shared schedule (a LocalSchedule standing in for Redis) whose
+// methods can be made to fail, as a Redis that goes away would.
+type hooked struct {
+	*store.LocalSchedule
+	down    atomic.Bool
+	confirm func(ctx context.Context) error // run before each Confirm; an error is returned
+}
+
+func (h *hooked) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error) {
+	if h.down.Load() {
+		return store.Slot{}, errDown
+	}
+	return h.LocalSchedule.Reserve(ctx, tenant, rule, maxWait, floor)
+}
+
+func (h *hooked) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
+	if h.down.Load() {
+		return 0, errDown
+	}
+	if h.confirm != nil {
+		if err := h.confirm(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return h.LocalSchedule.Confirm(ctx, tenant, id)
+}
+
+func (h *hooked) Release(ctx context.Context, tenant, id string) error {
+	if h.down.Load() {
+		return errDown
+	}
+	return h.LocalSchedule.Release(ctx, tenant, id)
+}
+
+func (h *hooked) Pause(ctx context.Context, tenant string, rule store.RateRule, d time.Duration, others bool, took time.Duration) (bool, error) {
+	if h.down.Load() {
+		return false, errDown
+	}
+	return h.LocalSchedule.Pause(ctx, tenant, rule, d, others, took)
+}
+
+// A caller that goes away while its waiter confirms its slot (go-redis
+// returns the context's error then) is a caller gone, not a Redis outage:
+// the replica must not pace every tenant alone for retryShared, and the
+// call must not count as admitted.
+func TestAttackCallerGoneDuringConfirmIsNotAnOutage(t *testing.T) {
+	const period = 400 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	shared := &hooked{LocalSchedule: store.NewLocalSchedule()}
+	shared.confirm = func(cctx context.Context) error {
+		// The caller hangs up while the command is in flight.
+		cancel()
+		<-cctx.Done()
+		return fmt.Errorf("store: confirm %q: %w", "acme", cctx.Err())
+	}
+	l, obs := newLimiter(t, 1, period, time.Minute, shared)
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := l.Wait(ctx, "acme", time.Now().Add(time.Minute))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait of a caller that went away during Confirm = %v; want context.Canceled", err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if slices.Contains(obs.shared, false) {
+		t.Errorf("Shared reported %v: a caller going away marked the shared schedule down (this replica then paces alone for %v)", obs.shared, retryShared)
+	}
+	if obs.admitted != 1 {
+		t.Errorf("admitted = %d; want 1 (the call whose caller went away was not let through)", obs.admitted)
+	}
+}
+
+// One replica whose Redis fails keeps pacing at the full rate, not at twice
+// it: the calls it sent through Redis in the last period still count.
+func TestAttackSharedFailureDoesNotDoubleTheRate(t *testing.T) {
+	const limit, period = 3, 2 * time.Second
+	shared := &hooked{LocalSchedule: store.NewLocalSchedule()}
+	l, _ := newLimiter(t, limit, period, 100*time.Millisecond, shared)
+	ctx := context.Background()
+	start := time.Now()
+	admitted := 0
+	for range limit {
+		if _, err := l.Wait(ctx, "acme", time.Now().Add(100*time.Millisecond)); err == nil {
+			admitted++
+		}
+	}
+	shared.down.Store(true) // Redis goes away
+	for range limit {
+		if _, err := l.Wait(ctx, "acme", time.Now().Add(100*time.Millisecond)); err == nil {
+			admitted++
+		}
+	}
+	if d := time.Since(start); d < period && admitted > limit {
+		t.Errorf("one replica let %d calls of one tenant through within %v (Redis failed after the first %d); want at most %d in any window of %v",
+			admitted, d.Round(time.Millisecond), limit, limit, period)
+	}
+}
+
+// A Redis restarted without its data (a crash, no persistence) must not
+// hand one replica a second full window: the calls it sent in the last
+// period still count.
+func TestAttackRedisRestartedEmptyDoesNotDoubleTheRate(t *testing.T) {
+	const limit, period = 3, 3 * time.Second
+	srv := testutil.StartRedis(t)
+	sched := testutil.RedisStores(t, srv.URL())().Schedule()
+	l, _ := newLimiter(t, limit, period, 100*time.Millisecond, sched)
+	ctx := context.Background()
+	start := time.Now()
+	admitted := 0
+	for range limit {
+		if _, err := l.Wait(ctx, "acme", time.Now().Add(100*time.Millisecond)); err == nil {
+			admitted++
+		}
+	}
+	srv.Restart()
+	for range limit {
+		// The first command after the restart may fail on its dead
+		// connection: that is a Redis failure, paced locally.
+		if _, err := l.Wait(ctx, "acme", time.Now().Add(100*time.Millisecond)); err == nil {
+			admitted++
+		}
+	}
+	if d := time.Since(start); d < period && admitted > limit {
+		t.Errorf("one replica let %d calls of one tenant through within %v (Redis restarted empty after the first %d); want at most %d in any window of %v",
+			admitted, d.Round(time.Millisecond), limit, limit, period)
+	}
+}
+
+// A 429 of thanks.io that pauses the tenant past a waiting call's deadline
+// refuses that call at once, not when its old slot comes: the caller does
+// not wait in vain.
+func TestAttackPauseBeyondDeadlineRefusesWaitersAtOnce(t *testing.T) {
+	const period = 3 * time.Second
+	sched := announcing{store.NewLocalSchedule(), make(chan store.Slot, 10)}
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-sched.reserved
+	type result struct {
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
+		done <- result{err, time.Now()}
+	}()
+	if slot := <-sched.reserved; !slot.Reserved() || slot.Wait < period {
+		t.Fatalf("the second call's slot = %+v; want one a period away", slot)
+	}
+	// thanks.io: 429, come back in a minute (past the waiter's 10 s).
+	paused := time.Now()
+	if d := l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0); d != time.Minute {
+		t.Fatalf("Observe = %v; want a minute", d)
+	}
+	select {
+	case r := <-done:
+		var re *RefusedError
+		if !errors.As(r.err, &re) {
+			t.Fatalf("the waiter's Wait = %v; want a *RefusedError", r.err)
+		}
+		if d := r.at.Sub(paused); d > time.Second {
+			t.Errorf("the waiter was refused %v after the pause that made its turn impossible; want at once (it waited in vain for its old slot)", d.Round(time.Millisecond))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the waiter never returned")
+	}
+}
+
+// X-RateLimit-Remaining: 0 on the answer to the proxy's own last call of a
+// window, when that answer took a while, is the proxy's own spending: it
+// must not pause the tenant for a whole period.
+func TestAttackSlowAnswerWithRemainingZeroIsNotOthersSpending(t *testing.T) {
+	const limit, period = 5, 2 * time.Second
+	clock := testutil.NewClock(time.Now())
+	shared := store.NewLocalSchedule()
+	shared.Now = clock.Now
+	l, obs := newLimiter(t, limit, period, 500*time.Millisecond, shared)
+	l.local.Now = clock.Now // the replica's own history is on the same clock
+	ctx := context.Background()
+	// The proxy alone spends the account: one call every 300 ms.
+	for i := range limit {
+		if i > 0 {
+			clock.Advance(300 * time.Millisecond)
+		}
+		if d, err := l.Wait(ctx, "acme", time.Now().Add(500*time.Millisecond)); err != nil || d > 100*time.Millisecond {
+			t.Fatalf("call %d = %v, %v; want at once", i+1, d, err)
+		}
+	}
+	// The fifth call (sent at 1.2 s) is a slow one: its answer, which
+	// says the window is spent, comes at 2.2 s. thanks.io's window (from
+	// 0 s) has ended by then.
+	clock.Advance(time.Second)
+	l.Observe("acme", http.StatusOK, http.Header{"X-Ratelimit-Remaining": {"0"}}, time.Second)
+	obs.mu.Lock()
+	paused := obs.paused
+	obs.mu.Unlock()
+	if paused != 0 {
+		t.Errorf("paused %d times; want none: the %d calls in thanks.io's window were the proxy's own", paused, limit)
+	}
+	// The window of the first call (0 s) and its guard are over.
+	clock.Advance(Guard(period))
+	if _, err := l.Wait(ctx, "acme", time.Now().Add(500*time.Millisecond)); err != nil {
+		t.Errorf("a call at 2.2 s and a guard, with 4 calls in the last %v = %v; want it let through", period, err)
+	}
+}
+
+// Several replicas sharing one RedisSchedule, with callers that give up and
+// pauses arriving while calls sleep: in no window of the period do more
+// than the limit of calls go.
+func TestAttackReplicasWithPausesAndCancelsKeepTheLimit(t *testing.T) {
+	const limit, period = 4, 500 * time.Millisecond
+	stores := testutil.RedisStores(t, "")
+	var limiters []*Limiter
+	for range 3 {
+		l, _ := newLimiter(t, limit, period, 3*time.Second, stores().Schedule())
+		limiters = append(limiters, l)
+	}
+	var mu sync.Mutex
+	var sent []time.Time
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := limiters[i%len(limiters)]
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if i%7 == 3 {
+				time.AfterFunc(time.Duration(rand.IntN(1500))*time.Millisecond, cancel)
+			}
+			if _, err := l.Wait(ctx, "acme", time.Now().Add(3*time.Second)); err != nil {
+				return
+			}
+			mu.Lock()
+			sent = append(sent, time.Now())
+			mu.Unlock()
+			if i%11 == 5 {
+				l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"0"}}, 0)
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(sent, func(a, b time.Time) int { return a.Compare(b) })
+	for i := limit; i < len(sent); i++ {
+		if gap := sent[i].Sub(sent[i-limit]); gap < period {
+			t.Errorf("calls %d and %d went %v apart: %d calls in a window of %v", i-limit+1, i+1, gap, limit+1, period)
+		}
+	}
+	if len(sent) < 10 {
+		t.Errorf("only %d calls went", len(sent))
+	}
+}
+
+// A caller that goes away while its reservation is on its way to Redis
+// (Redis slow for a moment) must not leave that reservation behind: a
+// slot that no call will use would push every later call of the tenant
+// back by a period.
+func TestAttackCallerGoneDuringReserveLeavesNoPhantomSlot(t *testing.T) {
+	const period = 3 * time.Second
+	srv := testutil.StartRedis(t)
+	sched := testutil.RedisStores(t, srv.URL())().Schedule()
+	l, _ := newLimiter(t, 1, period, 200*time.Millisecond, sched)
+	// Another tenant's call loads the script (EVALSHA finds it from now on).
+	if _, err := l.Wait(context.Background(), "other", time.Now().Add(200*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err := l.Wait(ctx, "acme", time.Now().Add(200*time.Millisecond))
+	srv.Resume()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait of a caller gone during Reserve = %v; want context.Canceled", err)
+	}
+	// Once Redis has run what was sent while it stalled, the schedule
+	// holds nothing of the call that did not go.
+	testutil.Eventually(t, "the schedule holds no reservation of acme", func() bool {
+		keys, err := srv.Client().Keys(context.Background(), "*{acme}:rate").Result()
+		if err != nil || len(keys) == 0 {
+			return err == nil
+		}
+		n, err := srv.Client().ZCard(context.Background(), keys[0]).Result()
+		return err == nil && n == 0
+	})
+	// Nothing went to thanks.io: the tenant's next call goes at once.
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(200*time.Millisecond)); err != nil {
+		t.Errorf("the first call that actually goes = %v; want it let through (the canceled call left a slot behind in Redis)", err)
+	}
+}

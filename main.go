@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,9 +20,13 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		code := 1
+		if ee, ok := errors.AsType[*exitError](err); ok {
+			code = ee.code
+		}
+		os.Exit(code)
 	}
 }
 
@@ -30,8 +35,9 @@ func main() {
 // instead, reading only the variables the command needs: "healthcheck"
 // checks a running proxy's /healthz (for container health checks),
 // "caller-key" makes a caller key, "reseal" reseals the Redis store's
-// records under the first encryption key.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+// records under the first encryption key, "tenants" manages the tenants of
+// a running proxy through its admin API (reading tokens from stdin).
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
 		return serve(ctx, getenv, stdout, nil, nil)
 	}
@@ -42,8 +48,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return newCallerKey(args[1:], stdout)
 	case "reseal":
 		return reseal(ctx, getenv, stdout)
+	case "tenants":
+		return tenantsCommand(ctx, args[1:], getenv, stdin, stdout)
 	default:
-		return fmt.Errorf("unknown command %q (the commands are healthcheck, caller-key and reseal)", args[0])
+		return fmt.Errorf("unknown command %q (the commands are healthcheck, caller-key, reseal and tenants)", args[0])
 	}
 }
 

@@ -598,7 +598,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"MAX_CALLER_CONCURRENCY": "-1"}, "MAX_CALLER_CONCURRENCY"},
 	}
 	for _, tt := range tests {
-		err := run(t.Context(), nil, func(k string) string { return tt.env[k] }, io.Discard)
+		err := run(t.Context(), nil, func(k string) string { return tt.env[k] }, nil, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("run with %v = %v; want one line naming %s", tt.env, err, tt.want)
 		}

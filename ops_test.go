@@ -335,7 +335,7 @@ func TestEncryptionKeyRotation(t *testing.T) {
 
 	// The documented command re-seals every record under the new key.
 	var out syncBuffer
-	if err := run(t.Context(), []string{"reseal"}, func(k string) string { return env[k] }, &out); err != nil {
+	if err := run(t.Context(), []string{"reseal"}, func(k string) string { return env[k] }, nil, &out); err != nil {
 		t.Fatalf("reseal: %v\n%s", err, &out)
 	}
 	if !strings.Contains(out.String(), "resealed 3 records") {
@@ -389,16 +389,16 @@ func TestHealthcheckCommand(t *testing.T) {
 	ops := strings.TrimPrefix(p.ops, "http://")
 	if err := run(t.Context(), []string{"healthcheck"}, func(k string) string {
 		return map[string]string{"OPS_ADDR": ops}[k]
-	}, io.Discard); err != nil {
+	}, nil, io.Discard); err != nil {
 		t.Errorf("healthcheck of a running proxy: %v", err)
 	}
 	dead := refusingAddr(t)
 	if err := run(t.Context(), []string{"healthcheck"}, func(k string) string {
 		return map[string]string{"OPS_ADDR": dead}[k]
-	}, io.Discard); !errors.Is(err, syscall.ECONNREFUSED) {
+	}, nil, io.Discard); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("healthcheck of nothing listening: %v; want connection refused", err)
 	}
-	if err := run(t.Context(), []string{"frobnicate"}, func(string) string { return "" }, io.Discard); err == nil || !strings.Contains(err.Error(), "healthcheck") {
+	if err := run(t.Context(), []string{"frobnicate"}, func(string) string { return "" }, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "healthcheck") {
 		t.Errorf("an unknown command: %v; want an error listing the commands", err)
 	}
 }
@@ -416,17 +416,17 @@ func TestCommandsReadOnlyTheirVariables(t *testing.T) {
 		"LOG_FORMAT":       "xml",
 	}
 	getenv := func(k string) string { return broken[k] }
-	if err := run(t.Context(), []string{"healthcheck"}, getenv, io.Discard); err != nil {
+	if err := run(t.Context(), []string{"healthcheck"}, getenv, nil, io.Discard); err != nil {
 		t.Errorf("healthcheck with the rest of the configuration broken: %v; want nil", err)
 	}
-	if err := run(t.Context(), []string{"caller-key", "billing", "acme"}, getenv, io.Discard); err != nil {
+	if err := run(t.Context(), []string{"caller-key", "billing", "acme"}, getenv, nil, io.Discard); err != nil {
 		t.Errorf("caller-key with the configuration broken: %v; want nil", err)
 	}
-	if err := run(t.Context(), []string{"reseal"}, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_URL") {
+	if err := run(t.Context(), []string{"reseal"}, getenv, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "REDIS_URL") {
 		t.Errorf("reseal without REDIS_URL, the rest broken: %v; want the error naming REDIS_URL", err)
 	}
 	broken["OPS_ADDR"] = "nowhere"
-	if err := run(t.Context(), []string{"healthcheck"}, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "OPS_ADDR") {
+	if err := run(t.Context(), []string{"healthcheck"}, getenv, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "OPS_ADDR") {
 		t.Errorf("healthcheck with OPS_ADDR %q: %v; want the error naming OPS_ADDR", broken["OPS_ADDR"], err)
 	}
 }
@@ -461,7 +461,7 @@ func refusingAddr(t *testing.T) string {
 
 func TestCallerKeyCommand(t *testing.T) {
 	var out syncBuffer
-	if err := run(t.Context(), []string{"caller-key", "billing", "acme", "eu-*"}, func(string) string { return "" }, &out); err != nil {
+	if err := run(t.Context(), []string{"caller-key", "billing", "acme", "eu-*"}, func(string) string { return "" }, nil, &out); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -470,7 +470,7 @@ func TestCallerKeyCommand(t *testing.T) {
 	if !strings.HasPrefix(entry, "billing "+proxy.HashCallerKey(key)+" acme eu-*") || len(key) < 40 {
 		t.Errorf("caller-key printed key %q and line %q; want a long key and its hash with the patterns", key, entry)
 	}
-	if err := run(t.Context(), []string{"caller-key", "billing", "ac/me"}, func(string) string { return "" }, io.Discard); err == nil {
+	if err := run(t.Context(), []string{"caller-key", "billing", "ac/me"}, func(string) string { return "" }, nil, io.Discard); err == nil {
 		t.Errorf("caller-key with a bad pattern: nil; want an error")
 	}
 }
@@ -485,7 +485,7 @@ func TestRedisUserWithoutChannelPermission(t *testing.T) {
 	env := redisEnv(t)
 	env["REDIS_URL"] = strings.Replace(redis.URL(), "redis://", "redis://proxy:secret@", 1)
 
-	err := run(t.Context(), nil, func(k string) string { return env[k] }, io.Discard)
+	err := run(t.Context(), nil, func(k string) string { return env[k] }, nil, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "REDIS_URL") || !strings.Contains(err.Error(), "NOPERM") ||
 		!strings.Contains(err.Error(), "REDIS_REQUIRE_PUBSUB") || strings.Contains(err.Error(), "secret") {
 		t.Fatalf("run with a user that may not PUBLISH = %v; want one line naming REDIS_URL, NOPERM and REDIS_REQUIRE_PUBSUB, without the password", err)
@@ -588,7 +588,7 @@ func TestEncryptionKeyRolloutKeepsEveryReplicaReading(t *testing.T) {
 	for i, step := range steps {
 		if i == 2 {
 			var out syncBuffer
-			if err := run(t.Context(), []string{"reseal"}, func(k string) string { return with(newKey + "," + oldKey)[k] }, &out); err != nil {
+			if err := run(t.Context(), []string{"reseal"}, func(k string) string { return with(newKey + "," + oldKey)[k] }, nil, &out); err != nil {
 				t.Fatalf("reseal: %v\n%s", err, &out)
 			}
 		}

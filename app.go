@@ -17,6 +17,7 @@ import (
 
 	"thanksio-proxy/admin"
 	"thanksio-proxy/auth"
+	"thanksio-proxy/events"
 	"thanksio-proxy/metrics"
 	"thanksio-proxy/proxy"
 	"thanksio-proxy/ratelimit"
@@ -33,6 +34,9 @@ type Main struct {
 	// callers checks caller keys; nil when caller authentication is off.
 	callers *proxy.Callers
 	tokens  *auth.Tokens
+	// events sends tenant state changes to EVENTS_WEBHOOK_URL; nil
+	// without one.
+	events *events.Dispatcher
 	// static serves THANKSIO_TOKEN's tenant; nil without one.
 	static     *auth.StaticTenant
 	storeCheck *storeCheck
@@ -77,7 +81,26 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 		metrics.NewTenantStates(reg, tenantsByState(c, met, m.log))
 	}
 
-	m.tokens = auth.New(m.tokensConfig(st, met))
+	var notifier auth.Notifier
+	if cfg.EventsWebhookURL != "" {
+		var outbox events.Outbox
+		if r, ok := st.(*store.Redis); ok {
+			outbox = r.Outbox()
+		}
+		m.events, err = events.New(events.Config{URL: cfg.EventsWebhookURL, Secret: cfg.EventsWebhookSecret,
+			Outbox: outbox, Observer: met, Logger: m.log.With("component", "events")})
+		if err != nil {
+			return nil, err
+		}
+		// Registered before the token lifecycle's Close, so it runs
+		// after it: the last state changes are sent, or left in the
+		// outbox for another replica.
+		m.onClose(m.events.Close)
+		notifier = m.events
+	}
+	tokens := m.tokensConfig(st, met)
+	tokens.Notifier = notifier
+	m.tokens = auth.New(tokens)
 	m.onClose(m.tokens.Close)
 	metrics.NewCacheEntries(reg, m.tokens.CachedTenants)
 	startCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -140,6 +163,9 @@ func (m *Main) onClose(f func()) { m.closers = append(m.closers, f) }
 // lifecycle. The servers close the listeners.
 func (m *Main) Run(ctx context.Context, data, ops net.Listener) error {
 	go m.storeCheck.run(ctx)
+	if m.events != nil {
+		go m.events.Run(ctx)
+	}
 	servers := []*http.Server{
 		newServer(m.cfg, m.data, m.log),
 		newServer(m.cfg, m.ops, m.log),

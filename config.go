@@ -81,6 +81,13 @@ type Config struct {
 	// AdminToken is the bearer token of /admin/; empty disables the admin API.
 	AdminToken string `env:"ADMIN_TOKEN"`
 
+	// EventsWebhookURL receives a signed POST on every tenant state change;
+	// empty sends none.
+	EventsWebhookURL string `env:"EVENTS_WEBHOOK_URL"`
+	// EventsWebhookSecret signs those POSTs (HMAC-SHA256); required with
+	// EventsWebhookURL.
+	EventsWebhookSecret string `env:"EVENTS_WEBHOOK_SECRET"`
+
 	// MaxReplayBody is the largest request body kept so that a request can be
 	// replayed after a 401.
 	MaxReplayBody int64 `env:"MAX_REPLAY_BODY"`
@@ -302,6 +309,17 @@ func (c *Config) check() error {
 	}
 	if err := c.StoreConfig.check(); err != nil {
 		return err
+	}
+	if c.EventsWebhookURL != "" {
+		if _, err := absoluteURL(c.EventsWebhookURL); err != nil {
+			// The URL itself is not repeated: it may hold a credential.
+			return bad("EVENTS_WEBHOOK_URL", "must be an absolute http or https URL")
+		}
+		if len(c.EventsWebhookSecret) < 16 {
+			return bad("EVENTS_WEBHOOK_SECRET", "must be at least 16 characters when EVENTS_WEBHOOK_URL is set (openssl rand -hex 32)")
+		}
+	} else if c.EventsWebhookSecret != "" {
+		return bad("EVENTS_WEBHOOK_URL", "required when EVENTS_WEBHOOK_SECRET is set")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return bad("ADMIN_TOKEN", "must be at least 16 characters (openssl rand -hex 32)")

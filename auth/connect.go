@@ -236,9 +236,10 @@ func (t *Tokens) exchange(ctx context.Context, st store.OAuthState, code, errPar
 		t.log.Warn("oauth code exchange failed", "tenant", st.Tenant, "reason", describeTokenError(err))
 		return OutcomeTokenEndpoint
 	}
-	if _, err := t.Import(ctx, st.Tenant, Grant{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, Expiry: tok.Expiry}); err != nil {
+	if _, err := t.storeGrant(ctx, st.Tenant, Grant{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, Expiry: tok.Expiry}); err != nil {
 		t.log.Error("oauth callback could not store the token", "tenant", st.Tenant, "err", err)
 		return OutcomeStore
 	}
+	t.notify(st.Tenant, ChangeConnected, "account connected through OAuth")
 	return ""
 }

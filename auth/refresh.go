@@ -169,6 +169,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	next.LastError = ""
 	next.LastErrorAt = time.Time{}
 	next.RestoredAt = time.Time{}
+	next.Failures = 0
 	v, err := t.write(ctx, tenant, next, rec.Version, sent)
 
 	if errors.Is(err, errSuperseded) {
@@ -188,7 +189,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 		// write retried, under the lock, until it lands.
 		t.obs.StoreError("put")
 		next.Version = rec.Version
-		t.keepPending(tenant, next, sent, lock)
+		t.keepPending(tenant, next, sent, lock, rec.Failures >= RefreshFailingAfter)
 		t.log.Warn("refreshed token kept in memory until the store accepts it", "tenant", tenant, "err", err)
 		s := snapshotOf(next)
 		s.redeemed = true
@@ -196,6 +197,9 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	}
 	next.Version = v
 	t.log.Info("token refreshed", "tenant", tenant, "expires_in", tok.Expiry.Sub(now).Round(time.Second).String())
+	if rec.Failures >= RefreshFailingAfter {
+		t.notify(tenant, ChangeRecovered, "token refreshed")
+	}
 	s = snapshotOf(next)
 	s.redeemed = true
 	return s, false, nil
@@ -288,6 +292,9 @@ func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start t
 		t.log.Error("could not record revocation", "tenant", tenant, "err", perr)
 	} else {
 		cur.Version = v
+		// Only the replica whose write landed tells: the others' writes
+		// conflict, or they find the state already stored.
+		t.notify(tenant, ChangeReauthorizationRequired, cur.LastError)
 	}
 	if e != nil {
 		t.cache.fill(tenant, e, snapshotOf(cur))
@@ -297,18 +304,33 @@ func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start t
 }
 
 // noteError records a failed refresh in the tenant's status, if the record is
-// still the one that was refreshed. It is best effort: the status is only
-// informative.
+// still the one that was refreshed, and counts it in the record's Failures.
+// The write is conditional, so that of the replicas failing in turn exactly
+// one sees the count reach RefreshFailingAfter, and tells. It is best
+// effort: the status is only informative.
 func (t *Tokens) noteError(ctx context.Context, tenant, sent, reason string) {
-	cur, err := t.store.Get(ctx, tenant)
-	if err != nil || cur.RefreshToken != sent {
-		return
-	}
-	now := t.now()
-	cur.LastError = reason
-	cur.LastErrorAt = now
-	if _, err := t.store.Put(ctx, tenant, cur, cur.Version); err != nil && !errors.Is(err, store.ErrConflict) {
-		t.obs.StoreError("put")
+	for range 3 {
+		cur, err := t.store.Get(ctx, tenant)
+		if err != nil || cur.RefreshToken != sent || cur.State == store.StateReauthorizationRequired {
+			return
+		}
+		now := t.now()
+		cur.LastError = reason
+		cur.LastErrorAt = now
+		cur.Failures++
+		_, err = t.store.Put(ctx, tenant, cur, cur.Version)
+		switch {
+		case err == nil:
+			if cur.Failures == RefreshFailingAfter {
+				t.notify(tenant, ChangeRefreshFailing, reason)
+			}
+			return
+		case !errors.Is(err, store.ErrConflict):
+			t.obs.StoreError("put")
+			return
+		}
+		// Another write (a status, a replica's count) came first: count
+		// on top of it.
 	}
 }
 
@@ -366,6 +388,9 @@ type pendingWrite struct {
 	rec      store.TokenRecord // Version: the stored version it replaces
 	redeemed string            // the refresh token it was rotated from
 	lock     *heldLock         // held until the write lands or is superseded
+	// recovers reports that the record it replaces was refresh_failing:
+	// its landing is the tenant's recovery.
+	recovers bool
 }
 
 // pendingRetryMax is the longest pause between two attempts of a pending
@@ -423,8 +448,8 @@ func (t *Tokens) finishPending(tenant string, p *pendingWrite) {
 
 // keepPending holds rec in memory, with lock, and retries its write until it
 // lands or is superseded. After Close it goes on for pendingCloseGrace.
-func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed string, lock *heldLock) {
-	p := &pendingWrite{rec: rec, redeemed: redeemed, lock: lock}
+func (t *Tokens) keepPending(tenant string, rec store.TokenRecord, redeemed string, lock *heldLock, recovers bool) {
+	p := &pendingWrite{rec: rec, redeemed: redeemed, lock: lock, recovers: recovers}
 	t.pendingMu.Lock()
 	t.pending[tenant] = p
 	t.pendingMu.Unlock()
@@ -465,6 +490,9 @@ func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 			}
 			p.lock.Release()
 			t.log.Info("refreshed token stored after retrying", "tenant", tenant)
+			if p.recovers {
+				t.notify(tenant, ChangeRecovered, "token refreshed")
+			}
 			return
 		case errors.Is(err, errSuperseded):
 			t.finishPending(tenant, p)

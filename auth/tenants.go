@@ -54,6 +54,16 @@ type TenantStatus struct {
 // makes the tenant active (this is how a tenant that needs reauthorization
 // recovers without the connect flow).
 func (t *Tokens) Import(ctx context.Context, tenant string, g Grant) (TenantStatus, error) {
+	st, err := t.storeGrant(ctx, tenant, g)
+	if err == nil {
+		t.notify(tenant, ChangeConnected, "token imported")
+	}
+	return st, err
+}
+
+// storeGrant is Import without telling the Notifier: the caller tells, with
+// its own reason.
+func (t *Tokens) storeGrant(ctx context.Context, tenant string, g Grant) (TenantStatus, error) {
 	if g.AccessToken == "" {
 		return TenantStatus{}, errors.New("auth: an access token is required")
 	}
@@ -169,12 +179,18 @@ func (t *Tokens) ListByState(ctx context.Context, state State, after string, lim
 // that tells other replicas failed), and an *UnavailableError then says that
 // the deletion should be repeated.
 func (t *Tokens) Forget(ctx context.Context, tenant string) error {
+	// Read first, to tell a deletion from a no-op: only a tenant that had
+	// a record (sealed or not) is reported deleted.
+	_, gerr := t.store.Get(ctx, tenant)
 	err := t.store.Delete(ctx, tenant)
 	t.clearPending(tenant)
 	t.cache.deleted(tenant)
 	if err != nil {
 		t.obs.StoreError("delete")
 		return unavailable("the token store did not confirm the deletion to every replica", 5*time.Second, err)
+	}
+	if !errors.Is(gerr, store.ErrNotFound) {
+		t.notify(tenant, ChangeDeleted, "tenant deleted")
 	}
 	return nil
 }

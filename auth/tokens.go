@@ -113,6 +113,10 @@ type Config struct {
 	Now func() time.Time
 	// Observer is told about lookups and refreshes; nil observes nothing.
 	Observer Observer
+	// Notifier is told of tenants' state changes (connected,
+	// reauthorization required, refresh failing, recovered, deleted) by
+	// the replica that stored each; nil tells nobody.
+	Notifier Notifier
 	// Logger logs refreshes and failures, never a token; nil discards.
 	Logger *slog.Logger
 }

@@ -49,6 +49,7 @@ type Metrics struct {
 	ratePauses       prometheus.Counter
 	rateShared       prometheus.Gauge
 	upstreamLimited  *prometheus.CounterVec
+	eventDeliveries  *prometheus.CounterVec
 
 	memoryHit prometheus.Counter
 
@@ -163,6 +164,12 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			"429 answers of thanks.io, by outcome: replayed (after the pause, within the caller's wait) or relayed (the caller got thanks.io's 429).",
 			"outcome"),
 	}
+	m.eventDeliveries = counterVec("event_deliveries_total",
+		"Attempts to deliver tenant state change events to EVENTS_WEBHOOK_URL, by result: delivered, failed (retried later), dropped (given up after 24 h).",
+		"result")
+	for _, r := range []string{"delivered", "failed", "dropped"} {
+		m.eventDeliveries.WithLabelValues(r)
+	}
 	for _, o := range []string{"replayed", "relayed"} {
 		m.upstreamLimited.WithLabelValues(o)
 	}
@@ -197,6 +204,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks,
 		m.proxyErrors, m.inFlight, m.adminRefused, buildInfo,
 		m.rateAdmitted, m.rateRejected, m.rateWait, m.ratePauses, m.rateShared, m.upstreamLimited,
+		m.eventDeliveries,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -386,6 +394,9 @@ func (m *Metrics) UpstreamLimited(relayed bool) {
 	}
 	m.upstreamLimited.WithLabelValues(outcome).Inc()
 }
+
+// Delivered counts an attempt to deliver an event, by result.
+func (m *Metrics) Delivered(result string) { m.eventDeliveries.WithLabelValues(result).Inc() }
 
 // Handler serves the registry's metrics.
 func Handler(g prometheus.Gatherer) http.Handler {

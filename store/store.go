@@ -85,6 +85,9 @@ type TokenRecord struct {
 	// empty after a success.
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Failures counts the tenant's consecutive failed refreshes (not
+	// revocations); a successful refresh, or a new grant, resets it.
+	Failures int `json:"failures,omitempty"`
 }
 
 // Refreshable reports whether the record can be refreshed with the

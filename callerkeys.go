@@ -19,9 +19,7 @@ import (
 func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	last := fileDigest(path)
-	reload := func(why string) {
+	stopWatch := watchFile(path, callerKeysCheck, hup, func(why string) {
 		keys, err := proxy.LoadCallerKeys(path)
 		if err != nil {
 			log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "trigger", why, "err", err)
@@ -29,15 +27,26 @@ func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (st
 		}
 		callers.Set(keys)
 		log.Info("caller keys reloaded", "file", path, "trigger", why, "callers", keys.Len())
-	}
+	})
+	return func() { signal.Stop(hup); stopWatch() }
+}
+
+// watchFile calls reload, on a goroutine of its own, whenever the content
+// of the file at path changes (checked every interval: a Kubernetes
+// Secret's update swaps the file through a symlink, and a distroless
+// container has no shell to send a signal from), and whenever poke (nil
+// for none) receives. why is "file changed" or "SIGHUP".
+func watchFile(path string, interval time.Duration, poke <-chan os.Signal, reload func(why string)) (stop func()) {
+	done := make(chan struct{})
+	last := fileDigest(path)
 	go func() {
-		tick := time.NewTicker(callerKeysCheck)
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
 			case <-done:
 				return
-			case <-hup:
+			case <-poke:
 				last = fileDigest(path)
 				reload("SIGHUP")
 			case <-tick.C:
@@ -48,7 +57,7 @@ func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (st
 			}
 		}
 	}()
-	return func() { signal.Stop(hup); close(done) }
+	return func() { close(done) }
 }
 
 // callerKeysCheck is how often the caller keys file is checked for changes.

@@ -695,18 +695,22 @@ func TestAdminGuessingIsRateLimited(t *testing.T) {
 	}
 }
 
-// TestCallerKeysReloadWhenTheSecretChanges swaps the file as the kubelet
-// updates a mounted Secret: a new directory, and the ..data symlink pointed
-// at it.
-func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+// mountedSecret returns the path of a file key as the kubelet mounts a
+// Secret's key (a symlink through ..data into a versioned directory), and
+// a function that publishes a new version of its content the way the
+// kubelet updates it: a new directory, and ..data pointed at it at once.
+// The first call of version creates the file.
+func mountedSecret(t *testing.T, key string) (file string, version func(name, content string)) {
+	t.Helper()
 	dir := t.TempDir()
-	version := func(name, content string) {
+	file = filepath.Join(dir, key)
+	version = func(name, content string) {
+		t.Helper()
 		d := filepath.Join(dir, name)
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(d, "callers"), []byte(content), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(d, key), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		tmp := filepath.Join(dir, "..data_tmp")
@@ -716,12 +720,22 @@ func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
 		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := os.Lstat(file); err != nil {
+			if err := os.Symlink(filepath.Join("..data", key), file); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
+	return file, version
+}
+
+// TestCallerKeysReloadWhenTheSecretChanges swaps the file as the kubelet
+// updates a mounted Secret: a new directory, and the ..data symlink pointed
+// at it.
+func TestCallerKeysReloadWhenTheSecretChanges(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	file, version := mountedSecret(t, "callers")
 	version("..v1", "billing "+proxy.HashCallerKey("key-one")+" acme\n")
-	file := filepath.Join(dir, "callers")
-	if err := os.Symlink(filepath.Join("..data", "callers"), file); err != nil {
-		t.Fatal(err)
-	}
 	p, call := startWithCallerKeys(t, double, file)
 	if c := call("key-two"); c != 401 {
 		t.Fatalf("with key-two before the update: %d; want 401", c)

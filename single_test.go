@@ -79,31 +79,10 @@ func TestSingleAccountToken(t *testing.T) {
 func TestSingleAccountTokenFile(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	first, second := double.NewPersonalAccessToken(), double.NewPersonalAccessToken()
-	dir := t.TempDir()
 	// As a Kubernetes Secret mounts it: the file is a symlink into a
 	// directory that an update replaces.
-	writeSecret := func(version, content string) {
-		t.Helper()
-		data := filepath.Join(dir, version)
-		if err := os.Mkdir(data, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(data, "token"), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		link := filepath.Join(dir, "..data.tmp")
-		if err := os.Symlink(version, link); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(link, filepath.Join(dir, "..data")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	file, writeSecret := mountedSecret(t, "token")
 	writeSecret("v1", "  "+first+"\n")
-	file := filepath.Join(dir, "token")
-	if err := os.Symlink(filepath.Join("..data", "token"), file); err != nil {
-		t.Fatal(err)
-	}
 	// The test polls with calls: more than its turns in a minute.
 	p := start(t, double, map[string]string{"THANKSIO_TOKEN_FILE": file, "DEFAULT_TENANT": "main", "RATE_LIMIT": "off"})
 

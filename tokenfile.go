@@ -65,30 +65,13 @@ const tokenFileCheck = 2 * time.Second
 // file through a symlink) and hands the new token to static. A file that
 // no longer holds a token leaves the previous one in force.
 func watchTokenFile(path string, static *auth.StaticTenant, log *slog.Logger) (stop func()) {
-	done := make(chan struct{})
-	last := fileDigest(path)
-	go func() {
-		tick := time.NewTicker(tokenFileCheck)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-			d := fileDigest(path)
-			if d == last {
-				continue
-			}
-			last = d
-			token, err := readTokenFile(path)
-			if err != nil {
-				log.Error("THANKSIO_TOKEN_FILE changed but holds no token; the previous token stays in force", "err", err)
-				continue
-			}
-			static.Set(token)
-			log.Info("THANKSIO_TOKEN_FILE changed: its new token is in use", "file", path)
+	return watchFile(path, tokenFileCheck, nil, func(string) {
+		token, err := readTokenFile(path)
+		if err != nil {
+			log.Error("THANKSIO_TOKEN_FILE changed but holds no token; the previous token stays in force", "err", err)
+			return
 		}
-	}()
-	return func() { close(done) }
+		static.Set(token)
+		log.Info("THANKSIO_TOKEN_FILE changed: its new token is in use", "file", path)
+	})
 }

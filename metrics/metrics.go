@@ -233,6 +233,15 @@ func histogramVec(name, help string, buckets []float64, labels ...string) *prome
 	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
 }
 
+// setBool sets g to 1 for true and 0 for false.
+func setBool(g prometheus.Gauge, b bool) {
+	v := 0.0
+	if b {
+		v = 1
+	}
+	g.Set(v)
+}
+
 // Served records a finished request.
 func (m *Metrics) Served(method string, status int, d time.Duration) {
 	i := methodIndex(method)
@@ -310,11 +319,7 @@ func (m *Metrics) PendingWrite(delta int) { m.pendingWrites.Add(float64(delta)) 
 
 // Invalidations records whether invalidations reach this replica.
 func (m *Metrics) Invalidations(subscribed bool, lastHeard time.Time) {
-	v := 0.0
-	if subscribed {
-		v = 1
-	}
-	m.invalidationsUp.Set(v)
+	setBool(m.invalidationsUp, subscribed)
 	if !lastHeard.IsZero() {
 		m.invalidationsAt.Set(float64(lastHeard.UnixNano()) / 1e9)
 	}
@@ -378,11 +383,7 @@ func (m *Metrics) Paused() { m.ratePauses.Inc() }
 
 // Shared records whether the rate limit's schedule is shared.
 func (m *Metrics) Shared(ok bool) {
-	v := 0.0
-	if ok {
-		v = 1
-	}
-	m.rateShared.Set(v)
+	setBool(m.rateShared, ok)
 }
 
 // UpstreamLimited counts a 429 of thanks.io: replayed after its pause, or

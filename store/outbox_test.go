@@ -20,14 +20,9 @@ var (
 	_ events.Outbox = (*store.MemoryOutbox)(nil)
 )
 
-// outbox is the contract the suite checks.
-type outbox interface {
-	Add(ctx context.Context, id string, data []byte, lease time.Duration) error
-	Claim(ctx context.Context, n int, lease time.Duration) ([]store.OutboxItem, error)
-	Retry(ctx context.Context, id string, after time.Duration) error
-	Release(ctx context.Context, id string) error
-	Done(ctx context.Context, id string) error
-}
+// outbox is the contract the suite checks: what the events dispatcher
+// needs.
+type outbox = events.Outbox
 
 func TestMemoryOutbox(t *testing.T) {
 	runOutbox(t, func(t *testing.T) func() outbox {

@@ -69,6 +69,10 @@ func (s *RedisSchedule) rateKey(tenant string) string  { return s.prefix + "{" +
 func (s *RedisSchedule) dropKey(tenant string) string  { return s.prefix + "{" + tenant + "}:dropped" }
 func (s *RedisSchedule) pauseKey(tenant string) string { return s.prefix + "{" + tenant + "}:pause" }
 
+// Calls are kept for two periods and a guard: the placing needs one, and
+// a pause for others' calls counts the period before a call whose answer
+// may come late.
+//
 // The scripts read the time from Redis: every replica places calls on one
 // clock. Redis 5 and later replicate a script's effects, not the script,
 // so TIME is allowed. place returns where the schedule KEYS[1] would put
@@ -100,13 +104,13 @@ var (
 	// wait or the id was dropped (nothing is reserved then).
 	reserveScript = redis.NewScript(schedulePrelude + `
 local limit, period, guard, maxWait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - period - guard))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - 2 * period - guard))
 local at = place(math.max(now + tonumber(ARGV[6]), tonumber(redis.call('GET', KEYS[2]) or '0')), limit, period, guard)
 if at - now > maxWait or redis.call('SISMEMBER', KEYS[3], ARGV[5]) == 1 then
   return {0, at - now}
 end
 redis.call('ZADD', KEYS[1], at, ARGV[5])
-redis.call('PEXPIRE', KEYS[1], at - now + period + guard + 1000)
+redis.call('PEXPIRE', KEYS[1], at - now + 2 * period + guard + 1000)
 return {1, at - now}
 `)
 
@@ -145,7 +149,7 @@ for _, id in ipairs(ahead) do
   at = place(till, limit, period, guard)
   redis.call('ZADD', KEYS[1], at, id)
 end
-redis.call('PEXPIRE', KEYS[1], at - now + period + guard + 1000)
+redis.call('PEXPIRE', KEYS[1], at - now + 2 * period + guard + 1000)
 return 1
 `)
 )

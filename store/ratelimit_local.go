@@ -55,13 +55,7 @@ func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	s.sweepLocked(now)
-	t := s.tenants[tenant]
-	if t == nil {
-		t = new(localTenantSchedule)
-		s.tenants[tenant] = t
-	}
-	t.trim(now, rule)
+	t := s.tenantLocked(tenant, now, rule)
 	at := t.place(later(now.Add(max(0, floor)), t.pause), rule)
 	if wait := at.Sub(now); wait > maxWait {
 		return Slot{Wait: wait}, nil
@@ -69,7 +63,7 @@ func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 	id := s.ids.next()
 	t.at = append(t.at, at)
 	t.ids = append(t.ids, id)
-	t.expiry = later(t.expiry, t.at[len(t.at)-1].Add(rule.Period+rule.Guard))
+	t.expiry = later(t.expiry, t.at[len(t.at)-1].Add(2*rule.Period+rule.Guard))
 	return Slot{ID: id, Wait: at.Sub(now)}, nil
 }
 
@@ -109,11 +103,7 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	t := s.tenants[tenant]
-	if t == nil {
-		t = new(localTenantSchedule)
-		s.tenants[tenant] = t
-	}
+	t := s.tenantLocked(tenant, now, rule)
 	if others {
 		sent := now.Add(-max(0, took))
 		recent := 0
@@ -146,7 +136,7 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 	}
 	t.expiry = later(t.expiry, till)
 	if n := len(t.at); n > 0 {
-		t.expiry = later(t.expiry, t.at[n-1].Add(rule.Period+rule.Guard))
+		t.expiry = later(t.expiry, t.at[n-1].Add(2*rule.Period+rule.Guard))
 	}
 	return true, nil
 }
@@ -157,13 +147,7 @@ func (s *LocalSchedule) Record(tenant string, rule RateRule) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	s.sweepLocked(now)
-	t := s.tenants[tenant]
-	if t == nil {
-		t = new(localTenantSchedule)
-		s.tenants[tenant] = t
-	}
-	t.trim(now, rule)
+	t := s.tenantLocked(tenant, now, rule)
 	// Calls recorded now come after every call recorded before; a
 	// reservation of this schedule may lie ahead, so keep the order.
 	i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
@@ -174,7 +158,7 @@ func (s *LocalSchedule) Record(tenant string, rule RateRule) {
 	})
 	t.at = slices.Insert(t.at, i, now)
 	t.ids = slices.Insert(t.ids, i, "")
-	t.expiry = later(t.expiry, now.Add(rule.Period+rule.Guard))
+	t.expiry = later(t.expiry, now.Add(2*rule.Period+rule.Guard))
 }
 
 // Floor returns how long from now tenant's calls known here keep its next
@@ -194,15 +178,28 @@ func (s *LocalSchedule) Floor(tenant string, rule RateRule) time.Duration {
 	return 0
 }
 
-// trim forgets the calls older than a period and a guard: they no longer
-// count.
+// trim forgets the calls older than two periods and a guard (see
+// RedisSchedule): they no longer count.
 func (t *localTenantSchedule) trim(now time.Time, rule RateRule) {
-	old := now.Add(-rule.Period - rule.Guard)
+	old := now.Add(-2*rule.Period - rule.Guard)
 	i := 0
 	for i < len(t.at) && t.at[i].Before(old) {
 		i++
 	}
 	t.at, t.ids = t.at[i:], t.ids[i:]
+}
+
+// tenantLocked returns tenant's schedule, made if there is none, without
+// the calls that no longer count. s.mu must be held.
+func (s *LocalSchedule) tenantLocked(tenant string, now time.Time, rule RateRule) *localTenantSchedule {
+	s.sweepLocked(now)
+	t := s.tenants[tenant]
+	if t == nil {
+		t = new(localTenantSchedule)
+		s.tenants[tenant] = t
+	}
+	t.trim(now, rule)
+	return t
 }
 
 // place returns where the schedule would put a call, not before floor.

@@ -148,6 +148,9 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 		}
 		a.OnRefused = met.AdminRefused
 		a.Checker = handler
+		if m.static != nil {
+			a.StaticTenant = cfg.DefaultTenant
+		}
 		adminAPI = a
 	}
 	m.ops = opsRoutes(reg, readiness(m.storeCheck, m.tokens, &m.shuttingDown, cfg.ReadyRequiresStore), adminAPI)

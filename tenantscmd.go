@@ -161,7 +161,9 @@ func tenantsCommand(ctx context.Context, args []string, getenv func(string) stri
 	case len(operands) > 1:
 		return usageError("%s takes one tenant", cmd)
 	case !proxy.ValidTenant(operands[0]):
-		return usageError("%q is not a tenant id: 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..'", operands[0])
+		// The argument is not repeated: it may be a token given by
+		// mistake, which must not be printed.
+		return usageError("the argument is not a tenant id: 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not '.' or '..' (tokens are read from standard input, never from arguments)")
 	}
 	c, err := newAdminClient(getenv)
 	if err != nil {

@@ -21,10 +21,16 @@ const maxTokenFile = 16 << 10
 func readTokenFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("%s does not exist", path)
+		// A path without a slash may be the token itself, set here by
+		// mistake for THANKSIO_TOKEN: it is not repeated.
+		name := path
+		if !strings.Contains(path, "/") {
+			name = "the file it names"
 		}
-		return "", fmt.Errorf("cannot read %s: %w", path, errors.Unwrap(err))
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("%s does not exist", name)
+		}
+		return "", fmt.Errorf("cannot read %s: %w", name, errors.Unwrap(err))
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))

@@ -56,6 +56,11 @@ type Admin struct {
 	// Checker serves POST /admin/tenants/{tenant}/check; nil answers it
 	// 404. Set it before serving.
 	Checker Checker
+	// StaticTenant, when set, is the tenant served from THANKSIO_TOKEN:
+	// importing, refreshing, connecting or deleting it is refused (409
+	// static_tenant), since the process serves its static token whatever
+	// the store holds. Set it before serving.
+	StaticTenant string
 
 	tenants TenantAdmin
 	// tokenSum is the SHA-256 of the admin token: comparing digests keeps
@@ -121,6 +126,9 @@ func (a *Admin) route(w http.ResponseWriter, r *http.Request) error {
 		return &httperr.Error{Status: http.StatusUnauthorized, Code: httperr.CodeUnauthorized,
 			Message: "A valid admin token is required in the Authorization header."}
 	}
+	if e := a.refuseStatic(r); e != nil {
+		return e
+	}
 	// The mux answers a method it has no route for with a plain-text 405;
 	// answer it in the proxy's shape instead.
 	if _, pattern := a.mux.Handler(r); pattern == "" || pattern == "/admin/" {
@@ -131,6 +139,19 @@ func (a *Admin) route(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.mux.ServeHTTP(w, r)
 	return nil
+}
+
+// refuseStatic refuses a call that would change StaticTenant.
+func (a *Admin) refuseStatic(r *http.Request) error {
+	if a.StaticTenant == "" || r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return nil
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/admin/tenants/"+a.StaticTenant)
+	if !ok || (rest != "" && rest[0] != '/') || rest == "/check" {
+		return nil
+	}
+	return &httperr.Error{Status: http.StatusConflict, Code: httperr.CodeStaticTenant,
+		Message: "This tenant is served from THANKSIO_TOKEN or THANKSIO_TOKEN_FILE; change that variable or file instead."}
 }
 
 // methodMismatch reports whether r's path has a route under another method.

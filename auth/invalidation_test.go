@@ -120,11 +120,12 @@ func TestDeletedDuringRefreshIsNeverServed(t *testing.T) {
 // publishFailingStore deletes, then reports that the invalidation failed.
 type publishFailingStore struct{ auth.Store }
 
-func (s publishFailingStore) Delete(ctx context.Context, tenant string) error {
-	if err := s.Store.Delete(ctx, tenant); err != nil {
-		return err
+func (s publishFailingStore) Delete(ctx context.Context, tenant string) (bool, error) {
+	removed, err := s.Store.Delete(ctx, tenant)
+	if err != nil {
+		return removed, err
 	}
-	return errors.New("store: delete: publish: NOPERM this user has no permissions to access one of the channels")
+	return removed, errors.New("store: delete: publish: NOPERM this user has no permissions to access one of the channels")
 }
 
 func TestForgetDropsItsCacheWhenTheInvalidationFails(t *testing.T) {

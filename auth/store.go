@@ -60,9 +60,11 @@ type Records interface {
 	// Delete forgets the tenant (record, lock, index entries), leaving a
 	// tombstone that keeps its version, and publishes an Invalidation with
 	// Deleted set and the tombstone's version. Deleting an unknown tenant is
-	// not an error. An error may come after the record was deleted (the
-	// index update or the invalidation failed); Delete can be repeated.
-	Delete(ctx context.Context, tenant string) error
+	// not an error. It reports whether it removed a live record (only one
+	// of racing Deletes does), also with an error that came after the
+	// record was deleted (the index update or the invalidation failed);
+	// Delete can be repeated.
+	Delete(ctx context.Context, tenant string) (bool, error)
 	// Restore writes rec back under its own Version (at least 1) where the
 	// tenant has no record at all (the store lost it) or another
 	// write-back of a lower version; never over a deletion's tombstone nor

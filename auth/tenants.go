@@ -179,18 +179,17 @@ func (t *Tokens) ListByState(ctx context.Context, state State, after string, lim
 // that tells other replicas failed), and an *UnavailableError then says that
 // the deletion should be repeated.
 func (t *Tokens) Forget(ctx context.Context, tenant string) error {
-	// Read first, to tell a deletion from a no-op: only a tenant that had
-	// a record (sealed or not) is reported deleted.
-	_, gerr := t.store.Get(ctx, tenant)
-	err := t.store.Delete(ctx, tenant)
+	removed, err := t.store.Delete(ctx, tenant)
 	t.clearPending(tenant)
 	t.cache.deleted(tenant)
+	// Only the Delete that removed the record tells, even when what
+	// followed it failed: a repeated DELETE finds nothing to remove.
+	if removed {
+		t.notify(tenant, ChangeDeleted, "tenant deleted")
+	}
 	if err != nil {
 		t.obs.StoreError("delete")
 		return unavailable("the token store did not confirm the deletion to every replica", 5*time.Second, err)
-	}
-	if !errors.Is(gerr, store.ErrNotFound) {
-		t.notify(tenant, ChangeDeleted, "tenant deleted")
 	}
 	return nil
 }

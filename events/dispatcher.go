@@ -411,8 +411,12 @@ func (d *Dispatcher) attempt(j *job) {
 		return
 	}
 	after := backoff(n)
-	d.obs.Delivered("failed")
-	d.log.Warn("event delivery failed; retrying", "event", j.id, "attempt", n, "retry_in", after.Round(time.Millisecond).String(), "reason", reason)
+	// The retry is recorded before the failure is reported: whoever
+	// watches the count finds the event scheduled again.
+	defer func() {
+		d.obs.Delivered("failed")
+		d.log.Warn("event delivery failed; retrying", "event", j.id, "attempt", n, "retry_in", after.Round(time.Millisecond).String(), "reason", reason)
+	}()
 	if !j.stored {
 		j.attempts, j.next = n, time.Now().Add(after)
 		d.mu.Lock()
@@ -493,6 +497,12 @@ func (d *Dispatcher) giveBack(j *job) {
 	ctx, cancel := context.WithTimeout(context.Background(), outboxTimeout)
 	defer cancel()
 	if j.stored {
+		if time.Since(j.claimed) > Lease-leaseMargin {
+			// The claim may have run out and another replica taken the
+			// event: releasing it would end that replica's claim. It
+			// comes back to Claim when the lease ends.
+			return
+		}
 		if err := d.outbox.Release(ctx, j.id); err != nil && !errors.Is(err, store.ErrNotFound) {
 			d.log.Warn("event claim could not be given back; another replica takes it when the lease ends", "event", j.id, "err", err)
 		}

@@ -140,18 +140,19 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 // Delete forgets the tenant's record, leaving a tombstone that keeps its
 // version (an unknown tenant too), and its lock, and tells every subscriber
 // (Deleted, with the tombstone's version). Deleting an unknown tenant is not
-// an error.
-func (m *Memory) Delete(ctx context.Context, tenant string) error {
+// an error. It reports whether it removed a record.
+func (m *Memory) Delete(ctx context.Context, tenant string) (bool, error) {
 	if err := checkCall(ctx, tenant); err != nil {
-		return fmt.Errorf("store: delete %q: %w", tenant, err)
+		return false, fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	cur, had := m.records[tenant]
 	// A tombstone even for an unknown tenant, as in Redis.
-	m.records[tenant] = memoryRecord{version: m.records[tenant].version, deleted: true}
+	m.records[tenant] = memoryRecord{version: cur.version, deleted: true}
 	delete(m.locks, tenant)
-	m.publishLocked(Invalidation{Tenant: tenant, Version: m.records[tenant].version, Deleted: true})
-	return nil
+	m.publishLocked(Invalidation{Tenant: tenant, Version: cur.version, Deleted: true})
+	return had && !cur.deleted, nil
 }
 
 // Restore writes rec back under its own Version where the tenant has no

@@ -154,13 +154,15 @@ return cur
 		// KEYS[1] is the tenant's token hash, KEYS[2] its lock. It leaves a
 		// tombstone, even for a tenant that had no hash (version 0), so that
 		// a replica that held the tenant before Redis lost its data cannot
-		// write it back; it returns the version the tombstone keeps.
+		// write it back; it returns twice the version the tombstone
+		// keeps, plus 1 when it removed a live record.
 		del: redis.NewScript(`
 local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local live = redis.call('HEXISTS', KEYS[1], 'd')
 redis.call('HDEL', KEYS[1], 'd', 'r')
 redis.call('HSET', KEYS[1], 'v', tostring(v))
 redis.call('DEL', KEYS[2])
-return v
+return v * 2 + live
 `),
 		// KEYS[1] is the tenant's token hash; ARGV[1] the version to
 		// restore, ARGV[2] the sealed record. It writes only where there
@@ -400,17 +402,18 @@ func (r *Redis) Epoch(ctx context.Context) (string, error) {
 // this invalidation would go on sending the cached token of a tenant that
 // was forgotten, and thanks.io would not refuse it. Delete is idempotent, so
 // the caller can repeat it; the record is deleted either way.
-func (r *Redis) Delete(ctx context.Context, tenant string) error {
+func (r *Redis) Delete(ctx context.Context, tenant string) (bool, error) {
 	if err := checkTenant(tenant); err != nil {
-		return fmt.Errorf("store: delete %q: %w", tenant, err)
+		return false, fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
 	// The record goes first, on its own, so that no replica re-reads it
 	// after hearing of the deletion.
 	key := r.tokenKey(tenant)
-	version, err := r.runDurable(ctx, r.del, key, []string{key, r.lockKey(tenant)}, func(int64) bool { return true })
+	n, err := r.runDurable(ctx, r.del, key, []string{key, r.lockKey(tenant)}, func(int64) bool { return true })
 	if err != nil && !errors.Is(err, ErrUnconfirmed) {
-		return fmt.Errorf("store: delete %q: %w", tenant, err)
+		return false, fmt.Errorf("store: delete %q: %w", tenant, err)
 	}
+	version, removed := n/2, n%2 == 1
 	unconfirmed := err
 	if unconfirmed != nil {
 		unconfirmed = fmt.Errorf("store: delete %q: %w", tenant, unconfirmed)
@@ -422,7 +425,7 @@ func (r *Redis) Delete(ctx context.Context, tenant string) error {
 	if publishErr != nil {
 		publishErr = fmt.Errorf("store: delete %q: publish: %w", tenant, publishErr)
 	}
-	return errors.Join(unconfirmed, indexErr, publishErr)
+	return removed, errors.Join(unconfirmed, indexErr, publishErr)
 }
 
 // written is the state of a tenant's token hash that a write left.

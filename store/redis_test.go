@@ -259,7 +259,7 @@ func TestRedisTombstone(t *testing.T) {
 			if ok, err := s.TryLock(ctx, "acme", "owner", time.Minute); !ok || err != nil {
 				t.Fatalf("TryLock = %v, %v; want true", ok, err)
 			}
-			if err := s.Delete(ctx, "acme"); err != nil {
+			if _, err := s.Delete(ctx, "acme"); err != nil {
 				t.Fatalf("Delete: %v", err)
 			}
 			// The tombstone is the token hash without its data: nothing
@@ -316,7 +316,7 @@ func TestRedisIndexFailure(t *testing.T) {
 			// Delete's follow-up failure is returned: a missed deletion is
 			// not covered by the 401 replay.
 			reports = nil
-			if err := s.Delete(ctx, "acme"); err == nil || !strings.Contains(err.Error(), "index") {
+			if _, err := s.Delete(ctx, "acme"); err == nil || !strings.Contains(err.Error(), "index") {
 				t.Errorf("Delete with a broken index = %v; want an index error", err)
 			}
 			if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
@@ -373,7 +373,7 @@ func testRedisReseal(t *testing.T, b backend) {
 	storetest.MustPut(t, onlyB, "already-b", storetest.SampleRecord("b"), 0)
 	storetest.MustPut(t, stranger, "lost", storetest.SampleRecord("lost"), 0)
 	storetest.MustPut(t, onlyA, "gone", storetest.SampleRecord("gone"), 0)
-	if err := onlyA.Delete(ctx, "gone"); err != nil {
+	if _, err := onlyA.Delete(ctx, "gone"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	countsBefore, err := onlyA.CountByState(ctx)
@@ -441,7 +441,7 @@ func testRedisReseal(t *testing.T, b backend) {
 	}
 
 	// Without records that fail, Reseal succeeds; a nil callback is fine.
-	if err := rotated.Delete(ctx, "lost"); err != nil {
+	if _, err := rotated.Delete(ctx, "lost"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if n, err := rotated.Reseal(ctx, nil); n != 0 || err != nil {
@@ -560,7 +560,7 @@ func TestRedisWaitsForReplica(t *testing.T) {
 	}
 
 	replica.Pause()
-	if err := s.Delete(ctx, "acme"); !errors.Is(err, store.ErrUnconfirmed) {
+	if _, err := s.Delete(ctx, "acme"); !errors.Is(err, store.ErrUnconfirmed) {
 		t.Errorf("Delete with the replica paused = %v; want ErrUnconfirmed", err)
 	}
 	if rec, err := s.Get(ctx, "acme"); !errors.Is(err, store.ErrNotFound) {
@@ -673,7 +673,7 @@ func TestRedisAppendOnlyWithoutWaitAOF(t *testing.T) {
 			t.Fatalf("Put(prev %d) with AOF on = %d, %v; want %d, nil", want-1, v, err, want)
 		}
 	}
-	if err := s.Delete(ctx, "acme"); err != nil {
+	if _, err := s.Delete(ctx, "acme"); err != nil {
 		t.Errorf("Delete with AOF on: %v", err)
 	}
 

@@ -45,6 +45,7 @@ const (
 	CodeRateLimited             = "rate_limited"
 	CodeNotConfigured           = "not_configured"
 	CodeNotRefreshable          = "not_refreshable"
+	CodeStaticTenant            = "static_tenant"
 	// CodeClientClosedRequest is logged and counted, never sent: the caller
 	// went away.
 	CodeClientClosedRequest = "client_closed_request"

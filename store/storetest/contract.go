@@ -164,7 +164,9 @@ func testDelete(t *testing.T, newFixture newFixtureFunc) {
 	NextInvalidation(t, invs)
 	NextInvalidation(t, invs)
 
-	mustDelete(t, s, "acme")
+	if removed, err := s.Delete(ctx, "acme"); !removed || err != nil {
+		t.Fatalf("Delete of a live record = %v, %v; want true (removed), nil", removed, err)
+	}
 	if inv := NextInvalidation(t, invs); inv != (store.Invalidation{Tenant: "acme", Version: 1, Deleted: true}) {
 		t.Errorf("invalidation = %+v; want acme deleted, its tombstone at version 1", inv)
 	}
@@ -180,11 +182,11 @@ func testDelete(t *testing.T, newFixture newFixtureFunc) {
 	if ok, err := s.TryLock(ctx, "acme", "someone else", time.Minute); !ok || err != nil {
 		t.Errorf("TryLock after Delete = %v, %v; want true (the lock is gone)", ok, err)
 	}
-	if err := s.Delete(ctx, "acme"); err != nil {
-		t.Errorf("Delete of a deleted tenant: %v", err)
+	if removed, err := s.Delete(ctx, "acme"); removed || err != nil {
+		t.Errorf("Delete of a deleted tenant = %v, %v; want false (nothing removed), nil", removed, err)
 	}
-	if err := s.Delete(ctx, "never-put"); err != nil {
-		t.Errorf("Delete of an unknown tenant: %v", err)
+	if removed, err := s.Delete(ctx, "never-put"); removed || err != nil {
+		t.Errorf("Delete of an unknown tenant = %v, %v; want false, nil", removed, err)
 	}
 	// A deleted tenant's versions go on from where they were.
 	if v := MustPut(t, s, "acme", SampleRecord("again"), 0); v != 2 {
@@ -573,7 +575,7 @@ func testIndexesFollowLastWrite(t *testing.T, newFixture newFixtureFunc) {
 			wg.Go(func() {
 				<-start
 				if (w+burst)%writers == 0 {
-					if err := s.Delete(ctx, "acme"); err != nil {
+					if _, err := s.Delete(ctx, "acme"); err != nil {
 						t.Errorf("Delete: %v", err)
 					}
 					return
@@ -924,7 +926,7 @@ func testBadArguments(t *testing.T, newFixture newFixtureFunc) {
 		{"Put empty tenant", func() error { _, err := s.Put(ctx, "", SampleRecord("x"), 0); return err }},
 		{"Put tenant with a brace", func() error { _, err := s.Put(ctx, "a}b", SampleRecord("x"), 0); return err }},
 		{"Put tenant with a blank", func() error { _, err := s.Put(ctx, "a b", SampleRecord("x"), 0); return err }},
-		{"Delete empty tenant", func() error { return s.Delete(ctx, "") }},
+		{"Delete empty tenant", func() error { _, err := s.Delete(ctx, ""); return err }},
 		{"List limit 0", func() error { _, _, err := s.List(ctx, "", 0); return err }},
 		{"DueBefore limit -1", func() error { _, err := s.DueBefore(ctx, time.Now(), -1); return err }},
 		{"TryLock ttl 0", func() error { _, err := s.TryLock(ctx, "acme", "o", 0); return err }},
@@ -1029,7 +1031,7 @@ func mustLock(t *testing.T, s Store, tenant, owner string, ttl time.Duration) {
 // mustDelete deletes the tenant, failing the test if it cannot.
 func mustDelete(t *testing.T, s Store, tenant string) {
 	t.Helper()
-	if err := s.Delete(t.Context(), tenant); err != nil {
+	if _, err := s.Delete(t.Context(), tenant); err != nil {
 		t.Fatalf("Delete(%q): %v", tenant, err)
 	}
 }

@@ -152,14 +152,22 @@ func TestConnectCompletedTellsConnected(t *testing.T) {
 	got.expect(t, auth.ChangeConnected, "acme", 1)
 }
 
-func TestRevokedRefreshTellsOnceAcrossThreeReplicas(t *testing.T) {
-	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+// threeReplicas returns three token lifecycles on one Redis, telling got,
+// and the opener of that Redis's stores.
+func threeReplicas(t *testing.T, double *thanksiotest.Server) ([]*auth.Tokens, *changes, func() *store.Redis) {
+	t.Helper()
 	open := testutil.RedisStores(t, "")
 	got := newChanges()
 	var replicas []*auth.Tokens
 	for range 3 {
 		replicas = append(replicas, replica(t, open(), double, notifyTo(got)))
 	}
+	return replicas, got, open
+}
+
+func TestRevokedRefreshTellsOnceAcrossThreeReplicas(t *testing.T) {
+	double := thanksiotest.NewServer(t, thanksiotest.Options{})
+	replicas, got, _ := threeReplicas(t, double)
 	g := importExpired(t, double, replicas[0], "acme")
 	double.Revoke(g.RefreshToken)
 	double.SetTokenFault(thanksiotest.TokenFault{Delay: 50 * time.Millisecond})
@@ -185,12 +193,7 @@ func TestRevokedRefreshTellsOnceAcrossThreeReplicas(t *testing.T) {
 
 func TestRefreshFailingAndRecoveredTellOnceAcrossReplicas(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
-	open := testutil.RedisStores(t, "")
-	got := newChanges()
-	var replicas []*auth.Tokens
-	for range 3 {
-		replicas = append(replicas, replica(t, open(), double, notifyTo(got)))
-	}
+	replicas, got, open := threeReplicas(t, double)
 	g := double.NewGrant()
 	importGrant(t, replicas[0], "acme", g, g.Expiry)
 

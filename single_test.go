@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -118,12 +119,18 @@ func TestSingleAccountRefusedAtStart(t *testing.T) {
 	if err := os.WriteFile(spaced, []byte("secret-one secret-two"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		env  map[string]string
 		want string
 	}{
 		{"missing file", map[string]string{"THANKSIO_TOKEN_FILE": filepath.Join(dir, "nope")}, "THANKSIO_TOKEN_FILE"},
+		{"a FIFO, which would block the start", map[string]string{"THANKSIO_TOKEN_FILE": fifo}, "THANKSIO_TOKEN_FILE"},
+		{"a directory", map[string]string{"THANKSIO_TOKEN_FILE": dir}, "THANKSIO_TOKEN_FILE"},
 		{"empty file", map[string]string{"THANKSIO_TOKEN_FILE": empty}, "THANKSIO_TOKEN_FILE"},
 		{"two tokens", map[string]string{"THANKSIO_TOKEN_FILE": spaced}, "THANKSIO_TOKEN_FILE"},
 		{"both set", map[string]string{"THANKSIO_TOKEN": "secret-one", "THANKSIO_TOKEN_FILE": empty}, "THANKSIO_TOKEN_FILE"},

@@ -19,6 +19,12 @@ const maxTokenFile = 16 << 10
 // surrounding white space (a Secret's file may end with a newline). Its
 // errors never hold the file's content.
 func readTokenFile(path string) (string, error) {
+	// A FIFO or a device would block the open or the read: only a
+	// regular file (or a symlink to one, as a mounted Secret is) is read.
+	fi, err := os.Stat(path)
+	if err == nil && !fi.Mode().IsRegular() {
+		return "", errors.New("it must name a regular file (or a symlink to one)")
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		// A path without a slash may be the token itself, set here by

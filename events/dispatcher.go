@@ -293,9 +293,25 @@ func (d *Dispatcher) hand(j *job) {
 		d.busy.Add(-1)
 		if !j.stored {
 			j.next = time.Now()
-			d.local[j.id] = j
+			d.keepLocalLocked(j)
 		}
 	}
+}
+
+// maxLocal bounds the events kept in memory while the outbox refuses them:
+// past it, new ones are dropped (logged and counted), so that a long
+// outage of Redis and of the receiver cannot exhaust memory.
+const maxLocal = 10000
+
+// keepLocalLocked keeps j in memory for a later attempt, unless maxLocal
+// are kept already. d.mu must be held.
+func (d *Dispatcher) keepLocalLocked(j *job) {
+	if _, ok := d.local[j.id]; !ok && len(d.local) >= maxLocal {
+		d.obs.Delivered("dropped")
+		d.log.Error("event dropped: too many events kept in memory while the outbox refuses them", "event", j.id, "kept", len(d.local))
+		return
+	}
+	d.local[j.id] = j
 }
 
 // Run claims due events every PollInterval (and once at once) and hands
@@ -420,7 +436,7 @@ func (d *Dispatcher) attempt(j *job) {
 	if !j.stored {
 		j.attempts, j.next = n, time.Now().Add(after)
 		d.mu.Lock()
-		d.local[j.id] = j
+		d.keepLocalLocked(j)
 		d.mu.Unlock()
 		return
 	}

@@ -41,6 +41,16 @@ func newLinks(upstream, public string) *links {
 	return l
 }
 
+// rewriteURL returns u with the upstream's base URL at its start replaced
+// by the public one (u as it is otherwise).
+func (l *links) rewriteURL(u string) string {
+	p := l.patterns[0]
+	if rest, ok := strings.CutPrefix(u, string(p.from)); ok && (rest == "" || endsURLPrefix(rest[0])) {
+		return string(p.to) + rest
+	}
+	return u
+}
+
 // rewrites reports whether res's body is JSON that the proxy can read: a
 // JSON media type, without a content encoding (the proxy asks the upstream
 // for none it cannot read itself).

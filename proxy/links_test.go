@@ -35,6 +35,19 @@ func TestLinksRewriteBothSpellings(t *testing.T) {
 	}
 }
 
+func TestLinksRewriteLocation(t *testing.T) {
+	l := newLinks("https://api.thanks.io/api/v2", "http://127.0.0.1:8080")
+	for in, want := range map[string]string{
+		"https://api.thanks.io/api/v2/orders/list?page=2": "http://127.0.0.1:8080/orders/list?page=2",
+		"https://api.thanks.io/api/v20/x":                 "https://api.thanks.io/api/v20/x",
+		"https://dashboard.thanks.io/login":               "https://dashboard.thanks.io/login",
+	} {
+		if got := l.rewriteURL(in); got != want {
+			t.Errorf("rewriteURL(%q) = %q; want %q", in, got, want)
+		}
+	}
+}
+
 func TestLinksOnlyJSON(t *testing.T) {
 	l := newLinks("https://api.thanks.io/api/v2", "http://127.0.0.1:8080")
 	for _, tc := range []struct {

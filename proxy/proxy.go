@@ -561,6 +561,12 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 	if h.links.rewrites(res) {
 		h.links.wrap(res)
 	}
+	if h.links != nil {
+		// A redirect to the upstream's own URLs stays on the proxy too.
+		if loc := res.Header["Location"]; len(loc) == 1 {
+			res.Header["Location"] = []string{h.links.rewriteURL(loc[0])}
+		}
+	}
 	return nil
 }
 

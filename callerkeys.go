@@ -19,14 +19,15 @@ import (
 func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	stopWatch := watchFile(path, callerKeysCheck, hup, func(why string) {
+	stopWatch := watchFile(path, callerKeysCheck, hup, func(why string) bool {
 		keys, err := proxy.LoadCallerKeys(path)
 		if err != nil {
 			log.Error("caller keys not reloaded; the previous keys stay in force", "file", path, "trigger", why, "err", err)
-			return
+			return false
 		}
 		callers.Set(keys)
 		log.Info("caller keys reloaded", "file", path, "trigger", why, "callers", keys.Len())
+		return true
 	})
 	return func() { signal.Stop(hup); stopWatch() }
 }
@@ -35,10 +36,14 @@ func reloadCallerKeys(path string, callers *proxy.Callers, log *slog.Logger) (st
 // of the file at path changes (checked every interval: a Kubernetes
 // Secret's update swaps the file through a symlink, and a distroless
 // container has no shell to send a signal from), and whenever poke (nil
-// for none) receives. why is "file changed" or "SIGHUP".
-func watchFile(path string, interval time.Duration, poke <-chan os.Signal, reload func(why string)) (stop func()) {
+// for none) receives. why is "file changed" or "SIGHUP". A reload that
+// fails (it reports false) is tried once more at the next check: the file
+// may have been caught half written, between the check's read and the
+// reload's.
+func watchFile(path string, interval time.Duration, poke <-chan os.Signal, reload func(why string) bool) (stop func()) {
 	done := make(chan struct{})
 	last := fileDigest(path)
+	retry := false // the last reload failed: try once more
 	go func() {
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
@@ -48,11 +53,11 @@ func watchFile(path string, interval time.Duration, poke <-chan os.Signal, reloa
 				return
 			case <-poke:
 				last = fileDigest(path)
-				reload("SIGHUP")
+				retry = !reload("SIGHUP")
 			case <-tick.C:
-				if d := fileDigest(path); d != last {
+				if d := fileDigest(path); d != last || retry {
 					last = d
-					reload("file changed")
+					retry = !reload("file changed") && !retry
 				}
 			}
 		}

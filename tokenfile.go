@@ -77,13 +77,14 @@ const tokenFileCheck = 2 * time.Second
 // file through a symlink) and hands the new token to static. A file that
 // no longer holds a token leaves the previous one in force.
 func watchTokenFile(path string, static *auth.StaticTenant, log *slog.Logger) (stop func()) {
-	return watchFile(path, tokenFileCheck, nil, func(string) {
+	return watchFile(path, tokenFileCheck, nil, func(string) bool {
 		token, err := readTokenFile(path)
 		if err != nil {
 			log.Error("THANKSIO_TOKEN_FILE changed but holds no token; the previous token stays in force", "err", err)
-			return
+			return false
 		}
 		static.Set(token)
 		log.Info("THANKSIO_TOKEN_FILE changed: its new token is in use", "file", path)
+		return true
 	})
 }

@@ -81,25 +81,17 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 		metrics.NewTenantStates(reg, tenantsByState(c, met, m.log))
 	}
 
-	var notifier auth.Notifier
+	tokens := m.tokensConfig(st, met)
 	if cfg.EventsWebhookURL != "" {
-		var outbox events.Outbox
-		if r, ok := st.(*store.Redis); ok {
-			outbox = r.Outbox()
-		}
-		m.events, err = events.New(events.Config{URL: cfg.EventsWebhookURL, Secret: cfg.EventsWebhookSecret,
-			Outbox: outbox, Observer: met, Logger: m.log.With("component", "events")})
-		if err != nil {
+		if m.events, err = newEvents(cfg, st, met, m.log); err != nil {
 			return nil, err
 		}
 		// Registered before the token lifecycle's Close, so it runs
 		// after it: the last state changes are sent, or left in the
 		// outbox for another replica.
 		m.onClose(m.events.Close)
-		notifier = m.events
+		tokens.Notifier = m.events
 	}
-	tokens := m.tokensConfig(st, met)
-	tokens.Notifier = notifier
 	m.tokens = auth.New(tokens)
 	m.onClose(m.tokens.Close)
 	metrics.NewCacheEntries(reg, m.tokens.CachedTenants)
@@ -119,13 +111,7 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 
 	var limiter *ratelimit.Limiter
 	if cfg.rateLimit > 0 {
-		var shared ratelimit.Schedule
-		if r, ok := st.(*store.Redis); ok {
-			shared = r.Schedule()
-		}
-		limiter, err = ratelimit.New(ratelimit.Config{Limit: cfg.rateLimit, Period: cfg.ratePeriod, MaxWait: cfg.RateLimitMaxWait,
-			Shared: shared, Observer: met, Logger: m.log.With("component", "ratelimit")})
-		if err != nil {
+		if limiter, err = newLimiter(cfg, st, met, m.log); err != nil {
 			return nil, err
 		}
 	}
@@ -343,6 +329,29 @@ func openStore(ctx context.Context, cfg *StoreConfig, m *metrics.Metrics, log *s
 		}
 	}
 	return st, func() { client.Close() }, nil
+}
+
+// newEvents returns the sender of tenant state changes to
+// EVENTS_WEBHOOK_URL, over the store's outbox when the store is Redis (in
+// memory otherwise).
+func newEvents(cfg *Config, st auth.Store, met *metrics.Metrics, log *slog.Logger) (*events.Dispatcher, error) {
+	var outbox events.Outbox
+	if r, ok := st.(*store.Redis); ok {
+		outbox = r.Outbox()
+	}
+	return events.New(events.Config{URL: cfg.EventsWebhookURL, Secret: cfg.EventsWebhookSecret,
+		Outbox: outbox, Observer: met, Logger: log.With("component", "events")})
+}
+
+// newLimiter returns the limiter of RATE_LIMIT, its schedule shared
+// through the store when the store is Redis (in this process otherwise).
+func newLimiter(cfg *Config, st auth.Store, met *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
+	var shared ratelimit.Schedule
+	if r, ok := st.(*store.Redis); ok {
+		shared = r.Schedule()
+	}
+	return ratelimit.New(ratelimit.Config{Limit: cfg.rateLimit, Period: cfg.ratePeriod, MaxWait: cfg.RateLimitMaxWait,
+		Shared: shared, Observer: met, Logger: log.With("component", "ratelimit")})
 }
 
 // tokensConfig returns the configuration of the token lifecycle over st.

@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"thanksio-proxy/auth"
 	"thanksio-proxy/proxy"
 )
 
@@ -329,17 +330,6 @@ func printJSON(stdout io.Writer, v any) error {
 	return err
 }
 
-// tenantStatus is the part of the admin API's status that the table shows.
-type tenantStatus struct {
-	State           string     `json:"state"`
-	Expiry          *time.Time `json:"expiry"`
-	Expired         bool       `json:"expired"`
-	HasRefreshToken bool       `json:"has_refresh_token"`
-	LastRefresh     *time.Time `json:"last_refresh"`
-	LastError       string     `json:"last_error"`
-	LastErrorAt     *time.Time `json:"last_error_at"`
-}
-
 // list prints every tenant (in state, when not empty), reading all pages
 // and then each tenant's status. A tenant deleted meanwhile is left out.
 func (c *adminClient) list(ctx context.Context, stdout io.Writer, state string, asJSON bool) error {
@@ -394,7 +384,7 @@ func (c *adminClient) list(ctx context.Context, stdout io.Writer, state string, 
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "TENANT\tSTATE\tEXPIRY\tLAST REFRESH\tLAST ERROR")
 	for i, raw := range statuses {
-		var st tenantStatus
+		var st auth.TenantStatus
 		if err := json.Unmarshal(raw, &st); err != nil {
 			return failed(fmt.Errorf("the status of %s is not the admin API's JSON", listed[i]))
 		}
@@ -412,7 +402,7 @@ func (c *adminClient) list(ctx context.Context, stdout io.Writer, state string, 
 				lastError = formatTime(st.LastErrorAt) + " " + lastError
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", listed[i], orDash(printableText(st.State)), expiry, formatTime(st.LastRefresh), lastError)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", listed[i], orDash(printableText(string(st.State))), expiry, formatTime(st.LastRefresh), lastError)
 	}
 	return tw.Flush()
 }

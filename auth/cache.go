@@ -1,14 +1,16 @@
 package auth
 
 import (
+	"hash/maphash"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"thanksio-proxy/store"
 )
 
-// snapshot is an immutable view of a tenant's token, as the hot path needs it.
+// snapshot is a view of a tenant's token, as the hot path needs it: made
+// from a record (snapshotOf), or copied out of the cache's slot.
 type snapshot struct {
 	access string
 	// bearer is "Bearer " + access, the Authorization header value, built
@@ -27,13 +29,17 @@ type snapshot struct {
 	// re-reads the store under the lock, as a cached one may be stale.
 	refresh     string
 	lastRefresh time.Time
+	// shared reports that bearer and refresh are the store's own strings
+	// (an in-memory store keeps them so), which the cache keeps rather than
+	// copies: the process then holds each token once.
+	shared bool
+	// stamp identifies what the cache stored; zero for a snapshot that was
+	// not copied out of the cache.
+	stamp uint64
 }
 
 func snapshotOf(rec store.TokenRecord) *snapshot {
-	bearer := bearerPrefix + rec.AccessToken
-	return &snapshot{
-		access:      bearer[len(bearerPrefix):],
-		bearer:      bearer,
+	s := &snapshot{
 		expiry:      rec.Expiry,
 		refreshable: rec.Refreshable(),
 		state:       rec.State,
@@ -41,6 +47,16 @@ func snapshotOf(rec store.TokenRecord) *snapshot {
 		refresh:     rec.RefreshToken,
 		lastRefresh: rec.LastRefresh,
 	}
+	if rec.Authorization != "" {
+		// The record's holder (an in-memory store, the writer of a new
+		// token) keeps these strings: share them.
+		rec = rec.WithAuthorization()
+		s.bearer, s.shared = rec.Authorization, true
+	} else {
+		s.bearer = bearerPrefix + rec.AccessToken
+	}
+	s.access = s.bearer[len(bearerPrefix):]
+	return s
 }
 
 // record is the token record s was made from, as far as s knows it, for a
@@ -71,116 +87,307 @@ func (s *snapshot) due(now time.Time, ahead time.Duration) bool {
 	return s.refreshable && !s.expiry.IsZero() && !now.Before(s.expiry.Add(-ahead))
 }
 
-// entry is one tenant's place in the cache. The snapshot is swapped whole, so
-// the hot path reads it without a lock.
+// entry is a handle on one tenant's place in the cache. It stays the
+// tenant's until the tenant is deleted or evicted: the place may then be
+// reused, for this tenant or another, under a new generation, and the
+// handle no longer reaches it.
 //
 // A fill (a store read, a refresh) takes the tenant's entry before it starts
-// and puts its result into that entry only if it is still the tenant's entry
-// (a deletion removes it) and the result is not older than the newest version
-// an invalidation announced meanwhile (floor): a fill that started before an
-// invalidation cannot undo it.
+// and puts its result into that entry only if it is still the tenant's
+// (a deletion ends it) and the result is not older than the newest version
+// an invalidation announced meanwhile (the floor): a fill that started
+// before an invalidation cannot undo it.
 type entry struct {
-	snap atomic.Pointer[snapshot]
-	// floor is the lowest version a fill may bring: the newest version an
-	// invalidation announced. Written under cache.mu.
-	floor atomic.Int64
-	// filledAt (unix nanoseconds) is when the snapshot was last read from,
-	// or checked against, the store.
-	filledAt atomic.Int64
-	// refreshing is set while a background refresh for the tenant runs in
-	// this process.
-	refreshing atomic.Bool
-	// retryAt (unix nanoseconds) holds back the next refresh attempt after a
-	// failure; failures counts them, for the backoff.
-	retryAt  atomic.Int64
-	failures atomic.Int32
+	i   int32
+	gen uint64 // zero: no entry
 }
 
-// cache is the bounded in-process map from tenant to entry. When full, adding
-// a tenant evicts an arbitrary other one (Go's map order): cheap, and fair
-// enough for a cache whose misses cost one store read.
+// found reports whether e names an entry at all.
+func (e entry) found() bool { return e.gen != 0 }
+
+// slot is one tenant's place in the cache. It holds no pointer of its own
+// but its strings, and those point into one allocation per token (the
+// tenant id, the Authorization value and the refresh token laid end to end),
+// so that the garbage collector marks one object per cached tenant and
+// scans the slots as the few large pages they live in.
+type slot struct {
+	id string
+	// The snapshot, when stamp is not zero.
+	bearer, refresh     string
+	state               store.State
+	expiry, lastRefresh int64 // Unix nanoseconds; zero: the zero time
+	version             int64
+	refreshable         bool
+	redeemed            bool
+	stamp               uint64
+
+	gen  uint64 // zero: the slot is free
+	hash uint64
+	next int32 // the next slot whose id has the same hash; -1 ends the chain
+
+	// floor is the lowest version a fill may bring: the newest version an
+	// invalidation announced.
+	floor int64
+	// filledAt (Unix nanoseconds) is when the snapshot was last read from,
+	// or checked against, the store.
+	filledAt int64
+	// refreshing is set while a background refresh for the tenant runs in
+	// this process.
+	refreshing bool
+	// retryAt (Unix nanoseconds) holds back the next refresh attempt after
+	// a failure; failures counts them, for the backoff.
+	retryAt  int64
+	failures int
+}
+
+// slotsPerPage is the slots allocated together. Pages never move, and a
+// page is one object for the garbage collector.
+const slotsPerPage = 512
+
+// cache is the bounded in-process map from tenant to its token. Its index
+// maps a hash of the tenant id to a slot and holds no pointer, and its slots
+// live in pages: the collector's work per cycle does not grow with pointers
+// per tenant, only with the one allocation that holds each tenant's strings.
+// When full, adding a tenant evicts an arbitrary other one (Go's map order):
+// cheap, and fair enough for a cache whose misses cost one store read.
+//
+// Every method takes the cache's lock; the hot path (lookup) takes it to
+// read.
 type cache struct {
-	mu      sync.RWMutex
-	m       map[string]*entry
+	mu     sync.RWMutex
+	hash   func(tenant string) uint64
+	index  map[uint64]int32 // hash of the id → the first slot of its chain
+	pages  []*[slotsPerPage]slot
+	free   []int32 // slots given back, reused first
+	used   int
+	gens   uint64 // the last generation handed out
+	stamps uint64 // the last stamp handed out
+
 	max     int
 	now     func() time.Time
 	evicted func() // called, under mu, for each eviction
 }
 
 func newCache(max int, now func() time.Time, evicted func()) *cache {
-	return &cache{m: make(map[string]*entry), max: max, now: now, evicted: evicted}
+	seed := maphash.MakeSeed()
+	return &cache{
+		hash:  func(tenant string) uint64 { return maphash.String(seed, tenant) },
+		index: make(map[uint64]int32), max: max, now: now, evicted: evicted,
+	}
 }
 
-func (c *cache) get(tenant string) *entry {
+func (c *cache) slot(i int32) *slot {
+	return &c.pages[i/slotsPerPage][i%slotsPerPage]
+}
+
+// findLocked returns the tenant's slot, or -1.
+func (c *cache) findLocked(tenant string) int32 {
+	i, ok := c.index[c.hash(tenant)]
+	if !ok {
+		return -1
+	}
+	for ; i >= 0; i = c.slot(i).next {
+		if c.slot(i).id == tenant {
+			return i
+		}
+	}
+	return -1
+}
+
+// valid returns e's slot if e is still its tenant's entry, else nil.
+func (c *cache) valid(e entry) *slot {
+	if e.gen == 0 {
+		return nil
+	}
+	if s := c.slot(e.i); s.gen == e.gen {
+		return s
+	}
+	return nil
+}
+
+// view is what the hot path reads of a tenant: its entry, a copy of the
+// snapshot (held reports whether there is one) and when it was filled.
+type view struct {
+	entry      entry
+	snap       snapshot
+	held       bool
+	filledAt   int64
+	retryAt    int64
+	refreshing bool
+}
+
+// lookup reads the tenant's entry (v.entry is not found without one).
+func (c *cache) lookup(tenant string) (v view) {
 	c.mu.RLock()
-	e := c.m[tenant]
-	c.mu.RUnlock()
-	return e
+	defer c.mu.RUnlock()
+	i := c.findLocked(tenant)
+	if i < 0 {
+		return v
+	}
+	s := c.slot(i)
+	v = view{entry: entry{i, s.gen}, filledAt: s.filledAt, retryAt: s.retryAt, refreshing: s.refreshing}
+	if s.stamp != 0 {
+		v.snap, v.held = s.snapshot(), true
+	}
+	return v
+}
+
+// snapshot copies out the slot's snapshot.
+func (s *slot) snapshot() snapshot {
+	return snapshot{
+		access:      s.bearer[len(bearerPrefix):],
+		bearer:      s.bearer,
+		expiry:      timeOf(s.expiry),
+		refreshable: s.refreshable,
+		state:       s.state,
+		version:     s.version,
+		redeemed:    s.redeemed,
+		refresh:     s.refresh,
+		lastRefresh: timeOf(s.lastRefresh),
+		stamp:       s.stamp,
+	}
+}
+
+// get returns the tenant's entry, if it has one.
+func (c *cache) get(tenant string) entry {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if i := c.findLocked(tenant); i >= 0 {
+		return entry{i, c.slot(i).gen}
+	}
+	return entry{}
+}
+
+// entryFor returns the tenant's entry, adding an empty one if needed: the
+// entry a fill starts with, and where failures are remembered even before
+// any token was cached.
+func (c *cache) entryFor(tenant string) entry {
+	if e := c.get(tenant); e.found() {
+		return e
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i := c.findLocked(tenant); i >= 0 {
+		return entry{i, c.slot(i).gen}
+	}
+	return c.addLocked(tenant)
+}
+
+// addLocked adds an empty entry for tenant, evicting another when full.
+func (c *cache) addLocked(tenant string) entry {
+	if c.used >= c.max {
+		for _, i := range c.index {
+			c.removeLocked(i)
+			c.evicted()
+			break
+		}
+	}
+	var i int32
+	if n := len(c.free); n > 0 {
+		i, c.free = c.free[n-1], c.free[:n-1]
+	} else {
+		i = int32(len(c.pages) * slotsPerPage)
+		c.pages = append(c.pages, new([slotsPerPage]slot))
+		for j := slotsPerPage - 1; j > 0; j-- {
+			c.free = append(c.free, i+int32(j))
+		}
+	}
+	c.gens++
+	h := c.hash(tenant)
+	next, ok := c.index[h]
+	if !ok {
+		next = -1
+	}
+	*c.slot(i) = slot{id: strings.Clone(tenant), gen: c.gens, hash: h, next: next}
+	c.index[h] = i
+	c.used++
+	return entry{i, c.gens}
+}
+
+// removeLocked frees slot i, ending its entry.
+func (c *cache) removeLocked(i int32) {
+	s := c.slot(i)
+	if head := c.index[s.hash]; head == i {
+		if s.next >= 0 {
+			c.index[s.hash] = s.next
+		} else {
+			delete(c.index, s.hash)
+		}
+	} else {
+		p := c.slot(head)
+		for p.next != i {
+			p = c.slot(p.next)
+		}
+		p.next = s.next
+	}
+	*s = slot{}
+	c.free = append(c.free, i)
+	c.used--
 }
 
 // put stores s, the tenant's newest record as its writer (an import) wrote
 // it, in e, the entry taken before the write, if e is still the tenant's
 // entry: a deletion that removed it came after the write, and wins. It
 // reports whether it stored s.
-func (c *cache) put(tenant string, e *entry, s *snapshot) bool {
+func (c *cache) put(e entry, s *snapshot) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m[tenant] != e {
+	sl := c.valid(e)
+	if sl == nil {
 		return false
 	}
-	e.floor.Store(max(e.floor.Load(), s.version))
-	c.storeLocked(e, s)
+	sl.floor = max(sl.floor, s.version)
+	c.storeLocked(sl, s)
 	return true
 }
 
 // fill stores s in e, the entry the fill started with, if e is still the
 // tenant's entry, s is not older than what an invalidation announced since,
 // nor than what e holds. It reports whether it did.
-func (c *cache) fill(tenant string, e *entry, s *snapshot) bool {
+func (c *cache) fill(e entry, s *snapshot) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m[tenant] != e || s.version < e.floor.Load() {
+	sl := c.valid(e)
+	if sl == nil || s.version < sl.floor || (sl.stamp != 0 && sl.version > s.version) {
 		return false
 	}
-	if cur := e.snap.Load(); cur != nil && cur.version > s.version {
-		return false
-	}
-	c.storeLocked(e, s)
+	c.storeLocked(sl, s)
 	return true
 }
 
-func (c *cache) storeLocked(e *entry, s *snapshot) {
-	e.snap.Store(s)
-	e.filledAt.Store(c.now().UnixNano())
+// storeLocked puts s into the slot, with the tenant id and s's strings laid
+// end to end in one new allocation (unless they are the store's own).
+func (c *cache) storeLocked(sl *slot, s *snapshot) {
+	if s.shared {
+		sl.bearer, sl.refresh = s.bearer, s.refresh
+		sl.id = strings.Clone(sl.id) // not kept alive by an older token
+	} else {
+		var b strings.Builder
+		b.Grow(len(sl.id) + len(s.bearer) + len(s.refresh))
+		b.WriteString(sl.id)
+		b.WriteString(s.bearer)
+		b.WriteString(s.refresh)
+		all := b.String()
+		n, m := len(sl.id), len(sl.id)+len(s.bearer)
+		sl.id, sl.bearer, sl.refresh = all[:n], all[n:m], all[m:]
+	}
+	switch s.state {
+	case store.StateActive, store.StateReauthorizationRequired, "":
+		sl.state = s.state // constants: nothing to hold
+	default:
+		sl.state = store.State(strings.Clone(string(s.state)))
+	}
+	sl.expiry, sl.lastRefresh = unixNanoOf(s.expiry), unixNanoOf(s.lastRefresh)
+	sl.version, sl.refreshable, sl.redeemed = s.version, s.refreshable, s.redeemed
+	c.stamps++
+	sl.stamp = c.stamps
+	sl.filledAt = c.now().UnixNano()
 }
 
-// addLocked adds an empty entry for tenant, evicting another when full.
-func (c *cache) addLocked(tenant string) *entry {
-	if len(c.m) >= c.max {
-		for k := range c.m {
-			delete(c.m, k)
-			c.evicted()
-			break
-		}
-	}
-	e := &entry{}
-	c.m[tenant] = e
-	return e
-}
-
-// entryFor returns the tenant's entry, adding an empty one if needed: the
-// entry a fill starts with, and where failures are remembered even before
-// any token was cached.
-func (c *cache) entryFor(tenant string) *entry {
-	if e := c.get(tenant); e != nil {
-		return e
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.m[tenant]; ok {
-		return e
-	}
-	return c.addLocked(tenant)
+// dropLocked forgets the slot's snapshot, keeping the entry.
+func (c *cache) dropLocked(sl *slot) {
+	sl.id = strings.Clone(sl.id) // the token's allocation can go
+	sl.bearer, sl.refresh, sl.state, sl.stamp = "", "", "", 0
 }
 
 // written handles the invalidation of a write of version: fills of older
@@ -190,17 +397,18 @@ func (c *cache) entryFor(tenant string) *entry {
 func (c *cache) written(tenant string, version int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[tenant]
-	if !ok {
+	i := c.findLocked(tenant)
+	if i < 0 {
 		return
 	}
-	e.floor.Store(max(e.floor.Load(), version))
-	if s := e.snap.Load(); s != nil && s.version < version {
-		e.snap.Store(nil)
+	sl := c.slot(i)
+	sl.floor = max(sl.floor, version)
+	if sl.stamp != 0 && sl.version < version {
+		c.dropLocked(sl)
 	}
 }
 
-// deleted handles the deletion of the tenant: the entry goes, so that every
+// deleted handles the deletion of the tenant: the entry ends, so that every
 // fill that started with it is refused. It goes whatever version it holds:
 // versions restart when the store loses its data, so a cached version
 // above the tombstone's may be older than the deletion (a record from
@@ -209,16 +417,18 @@ func (c *cache) written(tenant string, version int64) {
 func (c *cache) deleted(tenant string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.m, tenant)
+	if i := c.findLocked(tenant); i >= 0 {
+		c.removeLocked(i)
+	}
 }
 
-// checked records that the tenant's snapshot s was found current in the
-// store just now.
-func (c *cache) checked(tenant string, s *snapshot) {
+// checked records that the tenant's snapshot stamped stamp was found
+// current in the store just now.
+func (c *cache) checked(e entry, stamp uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[tenant]; ok && e.snap.Load() == s {
-		e.filledAt.Store(c.now().UnixNano())
+	if sl := c.valid(e); sl != nil && sl.stamp == stamp {
+		sl.filledAt = c.now().UnixNano()
 	}
 }
 
@@ -226,18 +436,86 @@ func (c *cache) checked(tenant string, s *snapshot) {
 func (c *cache) dropToken(tenant, access string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[tenant]; ok {
-		if s := e.snap.Load(); s != nil && s.access == access {
-			e.snap.Store(nil)
+	if i := c.findLocked(tenant); i >= 0 {
+		if sl := c.slot(i); sl.stamp != 0 && sl.bearer[len(bearerPrefix):] == access {
+			c.dropLocked(sl)
 		}
+	}
+}
+
+// heldVersion is the version of the snapshot e holds; zero without one.
+func (c *cache) heldVersion(e entry) int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if sl := c.valid(e); sl != nil && sl.stamp != 0 {
+		return sl.version
+	}
+	return 0
+}
+
+// retryAt is when e's tenant may be refreshed again after failures (Unix
+// nanoseconds; zero: at once).
+func (c *cache) retryAt(e entry) int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if sl := c.valid(e); sl != nil {
+		return sl.retryAt
+	}
+	return 0
+}
+
+// failed counts a failed refresh of e's tenant and holds the next one back
+// by what backoff gives for the failures in a row; it returns when the next
+// may start (Unix nanoseconds).
+func (c *cache) failed(e entry, backoff func(failures int) time.Duration) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sl := c.valid(e)
+	if sl == nil {
+		return 0
+	}
+	sl.failures++
+	sl.retryAt = c.now().Add(backoff(sl.failures)).UnixNano()
+	return sl.retryAt
+}
+
+// succeeded resets e's backoff after a successful refresh or a new grant.
+func (c *cache) succeeded(e entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sl := c.valid(e); sl != nil {
+		sl.failures, sl.retryAt = 0, 0
+	}
+}
+
+// startRefresh marks a background refresh of e's tenant as running, unless
+// one is, or a failure holds it back until after now. It reports whether it
+// did.
+func (c *cache) startRefresh(e entry, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sl := c.valid(e)
+	if sl == nil || sl.refreshing || now.UnixNano() < sl.retryAt {
+		return false
+	}
+	sl.refreshing = true
+	return true
+}
+
+// endRefresh marks the background refresh of e's tenant as ended.
+func (c *cache) endRefresh(e entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sl := c.valid(e); sl != nil {
+		sl.refreshing = false
 	}
 }
 
 // cached is one tenant's snapshot, as cache.snapshots lists it.
 type cached struct {
 	tenant   string
-	entry    *entry
-	snap     *snapshot
+	entry    entry
+	snap     snapshot
 	filledAt time.Time
 }
 
@@ -245,10 +523,13 @@ type cached struct {
 func (c *cache) snapshots() []cached {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := make([]cached, 0, len(c.m))
-	for tenant, e := range c.m {
-		if s := e.snap.Load(); s != nil {
-			out = append(out, cached{tenant, e, s, time.Unix(0, e.filledAt.Load())})
+	out := make([]cached, 0, c.used)
+	for n, p := range c.pages {
+		for i := range p {
+			if s := &p[i]; s.gen != 0 && s.stamp != 0 {
+				e := entry{int32(n*slotsPerPage + i), s.gen}
+				out = append(out, cached{s.id, e, s.snapshot(), time.Unix(0, s.filledAt)})
+			}
 		}
 	}
 	return out
@@ -257,5 +538,19 @@ func (c *cache) snapshots() []cached {
 func (c *cache) len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.m)
+	return c.used
+}
+
+func unixNanoOf(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func timeOf(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }

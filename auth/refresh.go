@@ -170,6 +170,7 @@ func (t *Tokens) redeem(ctx context.Context, tenant string, rec store.TokenRecor
 	next.LastErrorAt = time.Time{}
 	next.RestoredAt = time.Time{}
 	next.Failures = 0
+	next = next.WithAuthorization() // one copy of the token, for the store and the cache
 	v, err := t.write(ctx, tenant, next, rec.Version, sent)
 
 	if errors.Is(err, errSuperseded) {
@@ -296,9 +297,7 @@ func (t *Tokens) refreshFailed(ctx context.Context, tenant, sent string, start t
 		// conflict, or they find the state already stored.
 		t.notify(tenant, ChangeReauthorizationRequired, cur.LastError)
 	}
-	if e != nil {
-		t.cache.fill(tenant, e, snapshotOf(cur))
-	}
+	t.cache.fill(e, snapshotOf(cur))
 	t.log.Warn("refresh token revoked; tenant needs reauthorization", "tenant", tenant)
 	return nil, ErrReauthorizationRequired
 }
@@ -485,9 +484,7 @@ func (t *Tokens) retryPending(tenant string, p *pendingWrite) {
 			t.finishPending(tenant, p)
 			rec := p.rec
 			rec.Version = v
-			if e != nil {
-				t.cache.fill(tenant, e, snapshotOf(rec))
-			}
+			t.cache.fill(e, snapshotOf(rec))
 			p.lock.Release()
 			t.log.Info("refreshed token stored after retrying", "tenant", tenant)
 			if p.recovers {

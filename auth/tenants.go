@@ -74,7 +74,7 @@ func (t *Tokens) storeGrant(ctx context.Context, tenant string, g Grant) (Tenant
 		Expiry:       g.Expiry,
 		State:        store.StateActive,
 		UpdatedAt:    now,
-	}
+	}.WithAuthorization() // one copy of the token, for the store and the cache
 	// The entry is taken before the write: a deletion that lands after
 	// the write removes it, and the imported token is then not cached.
 	e := t.cache.entryFor(tenant)
@@ -85,9 +85,8 @@ func (t *Tokens) storeGrant(ctx context.Context, tenant string, g Grant) (Tenant
 	}
 	t.clearPending(tenant)
 	rec.Version = v
-	t.cache.put(tenant, e, snapshotOf(rec))
-	e.failures.Store(0)
-	e.retryAt.Store(0)
+	t.cache.put(e, snapshotOf(rec))
+	t.cache.succeeded(e)
 	return t.statusOf(tenant, rec), nil
 }
 
@@ -218,7 +217,7 @@ func (t *Tokens) RefreshNow(ctx context.Context, tenant string) (TenantStatus, e
 	if err != nil {
 		return TenantStatus{}, err
 	}
-	t.cache.fill(tenant, e, s)
+	t.cache.fill(e, s)
 	return t.Status(ctx, tenant)
 }
 
@@ -251,7 +250,7 @@ func (t *Tokens) refreshDue() {
 	}
 	forEach(ctx, t.cfg.BackgroundConcurrency, due, func(tenant string) {
 		e := t.cache.entryFor(tenant)
-		if t.now().UnixNano() < e.retryAt.Load() {
+		if t.now().UnixNano() < t.cache.retryAt(e) {
 			return
 		}
 		// An unknown version (-1): if another replica holds the lock, its
@@ -259,6 +258,6 @@ func (t *Tokens) refreshDue() {
 		s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
 			return t.refresh(ctx, tenant, -1, causeDue)
 		}))
-		t.settle(tenant, e, s, err)
+		t.settle(e, s, err)
 	})
 }

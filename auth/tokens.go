@@ -334,50 +334,46 @@ func (t *Tokens) Authorization(ctx context.Context, tenant string) (string, erro
 }
 
 // current returns the snapshot whose token Token hands out.
-func (t *Tokens) current(ctx context.Context, tenant string) (*snapshot, error) {
+func (t *Tokens) current(ctx context.Context, tenant string) (snapshot, error) {
 	now := t.now()
-	var s *snapshot
-	if e := t.cache.get(tenant); e != nil {
-		s = e.snap.Load()
-		switch {
-		case s == nil:
-			t.obs.CacheLookup("memory", "miss")
-		case s.state == store.StateReauthorizationRequired:
-			if now.UnixNano()-e.filledAt.Load() < int64(negativeTTL) {
-				t.obs.CacheLookup("memory", "hit")
-				return nil, ErrReauthorizationRequired
-			}
-			// Held long enough: the owner may have connected again and
-			// the invalidation been missed. Read the store again.
-			t.obs.CacheLookup("memory", "stale")
-		case s.usable(now):
-			t.obs.CacheLookup("memory", "hit")
-			if s.due(now, t.cfg.RefreshAhead) {
-				t.refreshInBackground(tenant, e, s, now)
-			}
-			t.injected(s, now)
-			return s, nil
-		default:
-			t.obs.CacheLookup("memory", "stale")
-		}
-	} else {
+	v := t.cache.lookup(tenant)
+	s := &v.snap
+	switch {
+	case !v.held:
 		t.obs.CacheLookup("memory", "miss")
+	case s.state == store.StateReauthorizationRequired:
+		if now.UnixNano()-v.filledAt < int64(negativeTTL) {
+			t.obs.CacheLookup("memory", "hit")
+			return snapshot{}, ErrReauthorizationRequired
+		}
+		// Held long enough: the owner may have connected again and
+		// the invalidation been missed. Read the store again.
+		t.obs.CacheLookup("memory", "stale")
+	case s.usable(now):
+		t.obs.CacheLookup("memory", "hit")
+		if s.due(now, t.cfg.RefreshAhead) && !v.refreshing && now.UnixNano() >= v.retryAt {
+			t.refreshInBackground(tenant, v.entry, s.version, now)
+		}
+		t.injected(s, now)
+		return *s, nil
+	default:
+		t.obs.CacheLookup("memory", "stale")
 	}
 
 	s, err := t.wait(ctx, t.flight(tenant, func(ctx context.Context) (*snapshot, error) {
 		return t.load(ctx, tenant)
 	}))
 	if err != nil {
-		return nil, err
+		return snapshot{}, err
 	}
 	now = t.now()
 	if s.due(now, t.cfg.RefreshAhead) {
-		if e := t.cache.get(tenant); e != nil {
-			t.refreshInBackground(tenant, e, s, now)
+		if e := t.cache.get(tenant); e.found() {
+			t.refreshInBackground(tenant, e, s.version, now)
 		}
 	}
 	t.injected(s, now)
-	return s, nil
+	return *s, nil
 }
 
 // negativeTTL is how long a tenant that cannot serve
@@ -422,11 +418,11 @@ func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot
 	}
 	s := snapshotOf(rec)
 	if rec.State == store.StateReauthorizationRequired {
-		t.cache.fill(tenant, e, s)
+		t.cache.fill(e, s)
 		return nil, ErrReauthorizationRequired
 	}
 	if rec.AccessToken != refused && s.usable(t.now()) {
-		t.cache.fill(tenant, e, s)
+		t.cache.fill(e, s)
 		return s, nil
 	}
 	if !rec.Refreshable() || t.cfg.OAuth == nil {
@@ -443,7 +439,7 @@ func (t *Tokens) replace(ctx context.Context, tenant, refused string) (*snapshot
 	if err != nil {
 		return nil, err
 	}
-	t.cache.fill(tenant, e, s)
+	t.cache.fill(e, s)
 	return s, nil
 }
 
@@ -481,7 +477,7 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 				// The store is unreachable and holds an outdated record
 				// at best: the rotated token awaiting its write is the
 				// current one.
-				return ps, t.cache.fill(tenant, e, ps), nil
+				return ps, t.cache.fill(e, ps), nil
 			case errors.Is(err, ErrUnknownTenant):
 				// The tenant was deleted (a tombstone), or the store lost
 				// its data: the pending writer's next attempt tells which
@@ -493,7 +489,7 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 			}
 		}
 		if errors.Is(err, ErrUnknownTenant) {
-			if s := e.snap.Load(); s != nil && s.version > 0 {
+			if t.cache.heldVersion(e) > 0 {
 				// The store forgot a tenant this replica holds: it was
 				// deleted (an invalidation missed) or the store lost its
 				// data. The entry (never served: its token is not usable,
@@ -511,15 +507,15 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 	now := t.now()
 	switch {
 	case rec.State == store.StateReauthorizationRequired:
-		return nil, t.cache.fill(tenant, e, s), ErrReauthorizationRequired
+		return nil, t.cache.fill(e, s), ErrReauthorizationRequired
 	case s.usable(now):
-		return s, t.cache.fill(tenant, e, s), nil
+		return s, t.cache.fill(e, s), nil
 	case !rec.Refreshable():
 		return nil, true, ErrReauthorizationRequired
 	case t.cfg.OAuth == nil:
 		return nil, true, unavailable("the token has expired and no OAuth client is configured to refresh it", time.Minute, nil)
 	}
-	if wait := time.Duration(e.retryAt.Load() - now.UnixNano()); wait > 0 {
+	if wait := time.Duration(t.cache.retryAt(e) - now.UnixNano()); wait > 0 {
 		return nil, true, unavailable("the token has expired and refreshing it failed; retrying", wait, nil)
 	}
 	s, err = t.refresh(ctx, tenant, rec.Version, causeDue)
@@ -528,14 +524,13 @@ func (t *Tokens) loadOnce(ctx context.Context, tenant string) (s *snapshot, fill
 			t.backoff(e)
 			var ue *UnavailableError
 			if errors.As(err, &ue) {
-				ue.RetryAfter = max(ue.RetryAfter, time.Duration(e.retryAt.Load()-t.now().UnixNano()))
+				ue.RetryAfter = max(ue.RetryAfter, time.Duration(t.cache.retryAt(e)-t.now().UnixNano()))
 			}
 		}
 		return nil, true, err
 	}
-	e.failures.Store(0)
-	e.retryAt.Store(0)
-	return s, t.cache.fill(tenant, e, s), nil
+	t.cache.succeeded(e)
+	return s, t.cache.fill(e, s), nil
 }
 
 // get reads a record, turning store errors into the lifecycle's own.
@@ -565,47 +560,44 @@ func (t *Tokens) get(ctx context.Context, tenant string) (store.TokenRecord, err
 	}
 }
 
-// refreshInBackground starts a refresh of a token that is still valid,
-// unless one is running or a failure holds it back.
-func (t *Tokens) refreshInBackground(tenant string, e *entry, s *snapshot, now time.Time) {
-	if t.cfg.OAuth == nil || now.UnixNano() < e.retryAt.Load() {
-		return
-	}
-	if !e.refreshing.CompareAndSwap(false, true) {
+// refreshInBackground starts a refresh of the token of version, which is
+// still valid, unless one is running or a failure holds it back.
+func (t *Tokens) refreshInBackground(tenant string, e entry, version int64, now time.Time) {
+	if t.cfg.OAuth == nil || !t.cache.startRefresh(e, now) {
 		return
 	}
 	// A flight of its own: a caller who finds no cached token loads the
 	// stored one and does not wait for this refresh.
 	f := t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-		return t.refresh(ctx, tenant, s.version, causeDue)
+		return t.refresh(ctx, tenant, version, causeDue)
 	})
 	t.wg.Go(func() {
-		defer e.refreshing.Store(false)
+		defer t.cache.endRefresh(e)
 		<-f.done
-		t.settle(tenant, e, f.snap, f.err)
+		t.settle(e, f.snap, f.err)
 	})
 }
 
 // settle records the outcome of a background refresh in the tenant's entry:
 // a backoff after a failure; after a success, a reset backoff and the new
 // token, unless a newer one is cached already.
-func (t *Tokens) settle(tenant string, e *entry, s *snapshot, err error) {
+func (t *Tokens) settle(e entry, s *snapshot, err error) {
 	if err != nil {
 		t.backoff(e)
 		return
 	}
-	e.failures.Store(0)
-	e.retryAt.Store(0)
-	t.cache.fill(tenant, e, s)
+	t.cache.succeeded(e)
+	t.cache.fill(e, s)
 }
 
 // backoff holds the next attempt back exponentially after consecutive
 // failures: 1 s, 2 s, 4 s, ... up to 256 s, each with jitter down to half of
 // it (so from the ninth failure on, 128 to 256 s).
-func (t *Tokens) backoff(e *entry) {
-	d := exponential(time.Second, 256*time.Second, int(e.failures.Add(1)))
-	d = d/2 + rand.N(d/2+1)
-	e.retryAt.Store(t.now().Add(d).UnixNano())
+func (t *Tokens) backoff(e entry) {
+	t.cache.failed(e, func(failures int) time.Duration {
+		d := exponential(time.Second, 256*time.Second, failures)
+		return d/2 + rand.N(d/2+1)
+	})
 }
 
 // flight is one load or refresh for a key, shared by every caller who asks

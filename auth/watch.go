@@ -117,9 +117,9 @@ func (t *Tokens) revalidateBefore(ctx context.Context, cutoff time.Time) {
 		case errors.Is(err, store.ErrNotFound):
 			t.cache.deleted(c.tenant)
 		case err == nil && rec.Version == c.snap.version:
-			t.cache.checked(c.tenant, c.snap)
+			t.cache.checked(c.entry, c.snap.stamp)
 		case err == nil:
-			t.cache.fill(c.tenant, c.entry, snapshotOf(rec))
+			t.cache.fill(c.entry, snapshotOf(rec))
 		}
 	})
 }

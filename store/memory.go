@@ -19,9 +19,9 @@ const subscriberQueue = 1024
 // Memory is the store for a single process: the same contract as Redis
 // (versions that never restart, conditional writes, locks with a TTL, the
 // expiry index, the per-state counts, one-time OAuth states, invalidations),
-// kept in maps. Records are kept as their JSON, so that what a caller reads
-// back is exactly what Redis would give it, and never shares memory with what
-// the caller wrote. Its indexes are computed from the records, so they never
+// kept in maps. Records are kept as Redis would give them back (see kept),
+// each token once: a Memory is the store of one process, and the token cache
+// shares its strings rather than copying them. Its indexes are computed from the records, so they never
 // lag behind a write. A deleted tenant leaves a tombstone that keeps its
 // version, as in Redis.
 //
@@ -46,7 +46,7 @@ type memoryRecord struct {
 	// deleted reports whether this is a tombstone: the tenant was deleted,
 	// and only its version is kept.
 	deleted bool
-	data    []byte // the TokenRecord's JSON
+	rec     TokenRecord // see kept
 	// due reports whether the record is in the expiry index, under the
 	// score expiryMilli, as Redis would index it.
 	due         bool
@@ -78,6 +78,20 @@ func NewMemory() *Memory {
 	}
 }
 
+// kept is rec as a Memory keeps it: with times as Redis would give them back
+// (no monotonic clock reading, the zone an RFC 3339 text keeps), and the
+// access token held once, inside its Authorization value, which Get hands
+// out so that a cache of it shares this copy. A record that comes with its
+// Authorization keeps it: the writer's copy is the one copy.
+func kept(rec TokenRecord) TokenRecord {
+	rec = rec.WithAuthorization()
+	rec.Version = 0
+	for _, t := range []*time.Time{&rec.Expiry, &rec.UpdatedAt, &rec.LastRefresh, &rec.RestoredAt, &rec.LastErrorAt} {
+		*t = t.Round(0)
+	}
+	return rec
+}
+
 func (m *Memory) now() time.Time {
 	if m.Now != nil {
 		return m.Now()
@@ -97,10 +111,7 @@ func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 	if !ok || r.deleted {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, ErrNotFound)
 	}
-	var rec TokenRecord
-	if err := json.Unmarshal(r.data, &rec); err != nil {
-		return TokenRecord{}, fmt.Errorf("store: get %q: decode: %w", tenant, err)
-	}
+	rec := r.rec
 	rec.Version = r.version
 	return rec, nil
 }
@@ -115,10 +126,6 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	if err := checkCall(ctx, tenant); err != nil {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, err)
 	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return 0, fmt.Errorf("store: put %q: encode: %w", tenant, err)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, ok := m.records[tenant]
@@ -126,7 +133,7 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	if prevVersion != AnyVersion && ((live && prevVersion != cur.version) || (!live && prevVersion != 0)) {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
 	}
-	r := memoryRecord{version: cur.version + 1, data: data, due: dueIndexed(rec), state: indexedState(rec)}
+	r := memoryRecord{version: cur.version + 1, rec: kept(rec), due: dueIndexed(rec), state: indexedState(rec)}
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}
@@ -164,8 +171,7 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	if err := checkCall(ctx, tenant); err != nil {
 		return false, fmt.Errorf("store: restore %q: %w", tenant, err)
 	}
-	data, err := restoreData(tenant, rec)
-	if err != nil {
+	if err := checkRestore(tenant, rec); err != nil {
 		return false, err
 	}
 	m.mu.Lock()
@@ -173,7 +179,7 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	if cur, ok := m.records[tenant]; ok && (cur.deleted || !cur.restored || cur.version >= rec.Version) {
 		return false, nil
 	}
-	r := memoryRecord{version: rec.Version, data: data, due: dueIndexed(rec), state: indexedState(rec), restored: true}
+	r := memoryRecord{version: rec.Version, rec: kept(rec), due: dueIndexed(rec), state: indexedState(rec), restored: true}
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}

@@ -86,11 +86,19 @@ func checkLockCall(ctx context.Context, tenant string, ttl time.Duration) error 
 	return checkTTL(ttl)
 }
 
-// restoreData checks that rec can be written back (a stored version, 1 or
-// more) and returns its JSON.
-func restoreData(tenant string, rec TokenRecord) ([]byte, error) {
+// checkRestore checks that rec can be written back: a stored version, 1 or
+// more.
+func checkRestore(tenant string, rec TokenRecord) error {
 	if rec.Version < 1 {
-		return nil, fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
+		return fmt.Errorf("store: restore %q: version %d is not a stored version", tenant, rec.Version)
+	}
+	return nil
+}
+
+// restoreData checks that rec can be written back and returns its JSON.
+func restoreData(tenant string, rec TokenRecord) ([]byte, error) {
+	if err := checkRestore(tenant, rec); err != nil {
+		return nil, err
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {

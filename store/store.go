@@ -56,6 +56,11 @@ const (
 type TokenRecord struct {
 	AccessToken  string `json:"access_token"`
 	RefreshToken string `json:"refresh_token,omitempty"`
+	// Authorization, when a store sets it, is "Bearer " + AccessToken: a
+	// store that keeps records in memory hands out the one copy it holds,
+	// so that a cache of the header value need not make a second. It is
+	// never stored nor sealed; Put ignores it.
+	Authorization string `json:"-"`
 	// Expiry is when the access token stops working; zero means never (a
 	// personal access token).
 	Expiry time.Time `json:"expiry,omitzero"`
@@ -93,6 +98,19 @@ type TokenRecord struct {
 // Refreshable reports whether the record can be refreshed with the
 // refresh-token grant.
 func (r TokenRecord) Refreshable() bool { return r.RefreshToken != "" }
+
+// WithAuthorization returns r with Authorization set to "Bearer " and the
+// access token, and AccessToken a part of it: the token held once, in the
+// form a request carries it.
+func (r TokenRecord) WithAuthorization() TokenRecord {
+	const prefix = "Bearer "
+	if len(r.Authorization) != len(prefix)+len(r.AccessToken) || r.Authorization[len(prefix):] != r.AccessToken ||
+		r.Authorization[:len(prefix)] != prefix {
+		r.Authorization = prefix + r.AccessToken
+	}
+	r.AccessToken = r.Authorization[len(prefix):]
+	return r
+}
 
 // OAuthState is the server side of one connect flow, kept until the
 // callback consumes it or it expires.

@@ -150,6 +150,18 @@ func MustGet(t *testing.T, s Store, tenant string) store.TokenRecord {
 	if err != nil {
 		t.Fatalf("Get(%q): %v", tenant, err)
 	}
+	return withoutAuthorization(t, rec)
+}
+
+// withoutAuthorization checks the record's Authorization, which a store may
+// leave empty or set to the header value of its access token, and returns
+// the record without it, as it was written.
+func withoutAuthorization(t *testing.T, rec store.TokenRecord) store.TokenRecord {
+	t.Helper()
+	if rec.Authorization != "" && rec.Authorization != "Bearer "+rec.AccessToken {
+		t.Errorf("Authorization of a record whose access token is %d bytes is %d bytes, not \"Bearer \" and the token", len(rec.AccessToken), len(rec.Authorization))
+	}
+	rec.Authorization = ""
 	return rec
 }
 

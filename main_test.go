@@ -374,6 +374,56 @@ func importAndStop(t *testing.T, double *thanksiotest.Server, env map[string]str
 	}
 }
 
+// TestServeLogsTheAddressesItListensOn checks what the benchmark (bench/)
+// relies on to run proxies on ports the kernel picks, with no port handed
+// from one process to another: with LISTEN_ADDR and OPS_ADDR on port 0 and
+// no listeners given, serve binds them and its startup line names the
+// ports it got, at the default LOG_LEVEL.
+func TestServeLogsTheAddressesItListensOn(t *testing.T) {
+	env := map[string]string{"LISTEN_ADDR": "127.0.0.1:0", "OPS_ADDR": "127.0.0.1:0"}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	returned := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(returned)
+		runErr = serve(ctx, func(k string) string { return env[k] }, logs, nil, nil)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-returned:
+			if runErr != nil {
+				t.Errorf("serve: %v", runErr)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not return within 30s of the shutdown")
+		}
+	})
+	line, ok := logs.waitLine(t, "the proxy logs that it started", returned, func(line string) bool {
+		d, o := startedAddrs(line)
+		return d != "" && o != ""
+	})
+	if !ok {
+		t.Fatalf("the proxy stopped at start: %v\n%s", runErr, logs)
+	}
+	data, ops := startedAddrs(line)
+	for _, addr := range []string{data, ops} {
+		if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || port == "0" {
+			t.Fatalf("the startup line names %q; want 127.0.0.1 and the port bound: %s", addr, line)
+		}
+	}
+	if data == ops {
+		t.Fatalf("the startup line names %s for both listeners", data)
+	}
+	if code, _, body := do(t, http.MethodGet, "http://"+ops+"/healthz", nil, ""); code != http.StatusOK {
+		t.Errorf("ops listener /healthz: %d %s; want 200", code, body)
+	}
+	if code, h, _ := do(t, http.MethodGet, "http://"+data+"/orders", nil, ""); h.Get("X-Thanksio-Proxy-Error") != "missing_tenant" {
+		t.Errorf("data listener, no tenant: %d, error %q; want the proxy's missing_tenant", code, h.Get("X-Thanksio-Proxy-Error"))
+	}
+}
+
 func TestRestartServesImportedTenants(t *testing.T) {
 	double := thanksiotest.NewServer(t, thanksiotest.Options{})
 	env := redisEnv(t)

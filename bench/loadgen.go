@@ -245,6 +245,7 @@ func (p *pool) close() {
 type sample struct {
 	requests int64
 	failures int64 // transport errors and answers other than 200
+	limited  int64 // of the failures, answers 429 (the rate limit's rate_limited)
 	elapsed  time.Duration
 	// latencies in nanoseconds, one per request, in no order.
 	latencies []int64
@@ -258,6 +259,7 @@ func (s *sample) rps() float64 { return float64(s.requests) / s.elapsed.Seconds(
 func (s *sample) merge(o *sample) {
 	s.requests += o.requests
 	s.failures += o.failures
+	s.limited += o.limited
 	s.elapsed += o.elapsed
 	s.latencies = append(s.latencies, o.latencies...)
 	if s.firstFailure == "" {
@@ -349,6 +351,9 @@ func record(out *sample, t0 time.Time, status int, err error) {
 	out.requests++
 	if err != nil || status != 200 {
 		out.failures++
+		if status == 429 {
+			out.limited++
+		}
 		if out.firstFailure == "" {
 			if err != nil {
 				out.firstFailure = err.Error()

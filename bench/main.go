@@ -12,15 +12,19 @@
 // upstream and, unless -redis-url names one, its own redis-server on the load
 // generator's core, and the proxies on the other core (taskset); imports the
 // tenants' tokens through the proxy's admin API; warms the caches with one
-// request per tenant; and then runs the floor and the proxy (in-memory store,
-// Redis store) in interleaved rounds (floor, memory, redis, floor, ...), so
-// that drift of the machine falls on all of them alike. Then it runs the
-// in-process benchmarks of this package (allocations per request, refresh
-// herd) with go test -bench. See bench/README.md.
+// request per tenant; and then runs the floor and the proxies (in-memory
+// store, Redis store, and a few variants: the rate limit on, ACCESS_LOG off,
+// a small cache) in interleaved rounds (floor, memory, redis, ..., floor,
+// ...), so that drift of the machine falls on all of them alike. Every
+// process it starts binds port 0 and says which port it got, but
+// redis-server (see startOwnRedis). Then it runs the in-process benchmarks of
+// this package (allocations per request, refresh herd) with go test -bench.
+// See bench/README.md.
 package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/base64"
@@ -30,6 +34,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -42,6 +48,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"thanksio-proxy/ratelimit"
 )
 
 type options struct {
@@ -59,7 +67,9 @@ type options struct {
 	loadCore    string
 	memTenants  int
 	goBench     bool
-	accessLog   bool
+	noLogRow    bool
+	limiterRows bool
+	limit       string
 	profileDir  string
 	perfDir     string
 	quietWait   time.Duration
@@ -76,7 +86,7 @@ func main() {
 	var o options
 	var tenants string
 	flag.BoolVar(&o.quick, "quick", false, "a short run: tenants 1 and 10000, 2 rounds of 2s, short go test benchmarks")
-	flag.StringVar(&tenants, "tenants", "1,1000,10000,100000", "tenant counts, comma-separated")
+	flag.StringVar(&tenants, "tenants", "1,10000,100000", "tenant counts, comma-separated (issue #17's targets are for 1, 10000 and 100000)")
 	flag.IntVar(&o.rounds, "rounds", 6, "interleaved saturated rounds per target and tenant count (paced: half as many)")
 	flag.DurationVar(&o.duration, "duration", 2*time.Second, "length of one round")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load on each target before its first round")
@@ -90,7 +100,9 @@ func main() {
 	flag.IntVar(&o.memTenants, "mem-tenants", 0, "tenant count at which resident memory per cached tenant is measured (default: the largest of -tenants)")
 	flag.BoolVar(&o.goBench, "gobench", true, "also run the in-process go test benchmarks (allocations per request, refresh herd)")
 	flag.BoolVar(&o.evictRow, "evict-row", true, "also measure, at the largest tenant count, a Redis proxy whose CACHE_SIZE holds half the tenants (eviction, and what a cache miss costs)")
-	flag.BoolVar(&o.accessLog, "access-log-row", true, "also measure the Redis proxy with ACCESS_LOG=true (its default) at the smallest tenant count")
+	flag.BoolVar(&o.noLogRow, "access-log-off-row", true, "also measure, at the smallest tenant count, the Redis proxy with ACCESS_LOG=false (every other proxy runs the default, true)")
+	flag.BoolVar(&o.limiterRows, "limiter-rows", true, "also measure, at 1 and at 10000 tenants (when -tenants has them), the Redis proxy with the rate limit on (-limit), and its price against the same proxy without it")
+	flag.StringVar(&o.limit, "limit", "1000000/1s", "RATE_LIMIT of the limiter rows: far above what the load sends to one tenant, so that every call is admitted at once (at most 1000000 calls; a period of at least 100ms)")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU profiles of the in-process benchmarks (and pprof -top of them) to this directory")
 	flag.StringVar(&o.perfDir, "perf", "", "after the measured rounds at the largest tenant count, profile the floor and the Redis proxy processes under load with perf record (linux-perf) and write perf reports to this directory")
 	flag.DurationVar(&o.quietWait, "quiet-wait", 3*time.Minute, "in all, how long to wait for other processes of the machine to go quiet before rounds")
@@ -128,6 +140,9 @@ func main() {
 	}
 	if o.rounds < 1 || o.duration <= 0 || o.conns < 1 || o.tokenBytes < 16 {
 		fatalf("bad -rounds, -duration, -c or -token-bytes")
+	}
+	if limit, _, err := ratelimit.ParseRule(o.limit); err != nil || limit == 0 {
+		fatalf("-limit %q: not a rate limit the proxy takes (RATE_LIMIT): %v", o.limit, err)
 	}
 
 	// The load generator runs in this process: pin it (and so every thread
@@ -195,12 +210,15 @@ type bench struct {
 
 // target is one server under test.
 type target struct {
-	name  string
-	proc  *proc
-	addr  string // data plane
-	ops   string // metrics listener
-	pool  *pool
-	redis bool // its rounds count Redis commands
+	name    string // of its process and log file
+	label   string // its rows' name in the report
+	proc    *proc
+	addr    string // data plane
+	ops     string // metrics listener
+	pool    *pool
+	redis   bool   // its rounds count Redis commands
+	limiter string // its RATE_LIMIT; empty when off
+	checked bool   // issue #17's targets are checked on its rows
 }
 
 func run(ctx context.Context, o *options) error {
@@ -252,15 +270,12 @@ func run(ctx context.Context, o *options) error {
 	}
 
 	// The upstream, on the load generator's core.
-	upAddr, err := freeAddr()
+	up, err := startProc(b.dir, "upstream", o.loadCore, baseEnv(), b.bins["upstream"], "-listen", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	up, err := startProc(b.dir, "upstream", o.loadCore, baseEnv(), b.bins["upstream"], "-listen", upAddr)
+	upAddr, _, err := waitListening(up)
 	if err != nil {
-		return err
-	}
-	if err := waitTCP(up, upAddr, 10*time.Second); err != nil {
 		return err
 	}
 	b.upstreamURL = "http://" + upAddr + "/api/v2"
@@ -271,32 +286,25 @@ func run(ctx context.Context, o *options) error {
 	defer b.cleanRedis()
 
 	// The floor, on the proxy's core, for the whole run.
-	floorAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	floorOps, err := freeAddr()
-	if err != nil {
-		return err
-	}
 	fp, err := startProc(b.dir, "floor", o.proxyCore, baseEnv(), b.bins["floor"],
-		"-listen", floorAddr, "-ops", floorOps, "-upstream", b.upstreamURL, "-token", b.accessToken(-1))
+		"-listen", "127.0.0.1:0", "-ops", "127.0.0.1:0", "-upstream", b.upstreamURL, "-token", b.accessToken(-1))
 	if err != nil {
 		return err
 	}
-	if err := waitTCP(fp, floorAddr, 10*time.Second); err != nil {
+	floorAddr, floorOps, err := waitListening(fp)
+	if err != nil {
 		return err
 	}
-	if err := waitTCP(fp, floorOps, 10*time.Second); err != nil {
-		return err
+	if floorOps == "" {
+		return fmt.Errorf("floor: its listening line names no ops address: %s", fp.tail())
 	}
-	b.floor = &target{name: "floor", proc: fp, addr: floorAddr, ops: floorOps, pool: newPool(floorAddr, o.conns)}
+	b.floor = &target{name: "floor", label: "floor", proc: fp, addr: floorAddr, ops: floorOps, pool: newPool(floorAddr, o.conns)}
 	defer b.floor.pool.close()
 
 	// Every tenant's token goes into Redis once, through the admin API of a
 	// proxy that is stopped afterwards, so that each measured Redis proxy
 	// starts with an empty cache and reads its tenants from Redis.
-	imp, err := b.startProxy(ctx, "redis-importer", true, false)
+	imp, err := b.startProxy(ctx, proxySpec{name: "redis-importer", redis: true})
 	if err != nil {
 		return err
 	}
@@ -309,7 +317,7 @@ func run(ctx context.Context, o *options) error {
 	imp.proc.stop()
 
 	for i, n := range o.tenants {
-		if err := b.measure(ctx, n, i == 0 && o.accessLog); err != nil {
+		if err := b.measure(ctx, n, i == 0); err != nil {
 			return err
 		}
 	}
@@ -394,23 +402,9 @@ func (b *bench) startRedis(ctx context.Context) error {
 		if err != nil {
 			return errors.New("redis-server not found: install it (apt-get install redis-server) or pass -redis-url")
 		}
-		addr, err := freeAddr()
-		if err != nil {
+		if err := b.startOwnRedis(server); err != nil {
 			return err
 		}
-		port := addr[strings.LastIndexByte(addr, ':')+1:]
-		p, err := startProc(b.dir, "redis", b.o.loadCore, baseEnv(), server,
-			"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--daemonize", "no", "--dir", b.dir, "--logfile", "")
-		if err != nil {
-			return err
-		}
-		if err := waitTCP(p, addr, 10*time.Second); err != nil {
-			return err
-		}
-		b.ownRedis = true
-		b.redisAddr = addr
-		b.redisURL = "redis://" + addr
 	}
 	rc, err := dialRedis(b.redisAddr)
 	if err != nil {
@@ -421,6 +415,94 @@ func (b *bench) startRedis(ctx context.Context) error {
 		return fmt.Errorf("redis at %s: %w", b.redisAddr, err)
 	}
 	return nil
+}
+
+// startOwnRedis starts redis-server on a loopback port of its own. Redis
+// cannot be handed a listener, nor asked for a port the kernel picked
+// (--port 0 turns TCP off), and the proxy's REDIS_URL takes no unix socket
+// (store.OpenRedisURL: redis, rediss and their +cluster and +sentinel
+// forms). So a port is drawn below the kernel's range of ephemeral ports,
+// where no outgoing connection takes one, and another is drawn when
+// redis-server cannot bind it. The server that answers on the port must be
+// this process (INFO's process_id), not one that held the port already.
+func (b *bench) startOwnRedis(server string) error {
+	lo, hi := redisPortRange()
+	var lastErr error
+	for range 20 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+mrand.IntN(hi-lo)))
+		p, err := startProc(b.dir, "redis", b.o.loadCore, baseEnv(), server,
+			"--port", addr[strings.LastIndexByte(addr, ':')+1:], "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--daemonize", "no", "--dir", b.dir, "--logfile", "")
+		if err != nil {
+			return err
+		}
+		err = waitRedis(p, addr, 10*time.Second)
+		if err == nil {
+			b.ownRedis = true
+			b.redisAddr = addr
+			b.redisURL = "redis://" + addr
+			return nil
+		}
+		p.stop()
+		if !errors.Is(err, errPortTaken) {
+			return err
+		}
+		lastErr = err
+	}
+	return fmt.Errorf("redis-server: no port it could bind in 20 tries: %w", lastErr)
+}
+
+// redisPortRange returns the ports [lo, hi) that startOwnRedis draws from:
+// below the first ephemeral port (/proc/sys/net/ipv4/ip_local_port_range).
+func redisPortRange() (lo, hi int) {
+	lo, hi = 20000, 32768 // Linux's default ephemeral range starts at 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if first, err := strconv.Atoi(f[0]); err == nil && first > 2024 {
+				hi = first
+				lo = min(lo, hi-1000)
+			}
+		}
+	}
+	return lo, hi
+}
+
+// errPortTaken is waitRedis's error when redis-server could not bind its port.
+var errPortTaken = errors.New("the port is taken")
+
+// waitRedis waits until the redis-server process p answers on addr.
+func waitRedis(p *proc, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		exited := p.exited()
+		if pid, err := redisPID(addr); err == nil && pid == p.pid() {
+			return nil
+		}
+		if exited {
+			if strings.Contains(p.tail(), "Address already in use") {
+				return fmt.Errorf("redis-server on %s: %w", addr, errPortTaken)
+			}
+			return fmt.Errorf("%s exited: %s", p.name, p.tail())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis-server: not answering on %s after %s: %s", addr, timeout, p.tail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitListening waits for the line in which bench/upstream or bench/floor
+// names the addresses it listens on, and returns them.
+func waitListening(p *proc) (addr, ops string, err error) {
+	line, err := p.waitLine("its listening line", 10*time.Second, func(l string) bool {
+		_, _, ok := listeningOn(l)
+		return ok
+	})
+	if err != nil {
+		return "", "", err
+	}
+	addr, ops, _ = listeningOn(line)
+	return addr, ops, nil
 }
 
 // cleanRedis deletes this run's keys from a Redis the benchmark did not
@@ -442,59 +524,68 @@ func (b *bench) cleanRedis() {
 	logf("deleted %d benchmark keys (%s*)", n, b.prefix)
 }
 
-// startProxy starts the proxy binary with the in-memory or the Redis store,
-// on the proxy core, and waits until it is ready.
-func (b *bench) startProxy(ctx context.Context, name string, redis, accessLog bool) (*target, error) {
-	return b.startProxySized(ctx, name, redis, accessLog, b.o.cacheSize)
+// proxySpec is a proxy process to start: how it differs from the proxy's
+// defaults, which it otherwise runs (ACCESS_LOG=true and LOG_LEVEL=info
+// among them: what users run is what is measured), but RATE_LIMIT=off
+// unless rateLimit says otherwise (the load sends thousands of calls a
+// second to one tenant: the default, 60/1m, would refuse nearly all).
+type proxySpec struct {
+	name        string // of the process and its log file
+	label       string // its rows' name in the report
+	redis       bool   // the Redis store; else the in-memory one
+	noAccessLog bool   // ACCESS_LOG=false
+	cacheSize   int    // CACHE_SIZE; 0: -cache-size
+	rateLimit   string // RATE_LIMIT; empty: off
+	candidate   bool   // the -candidate build
+	checked     bool   // issue #17's targets are checked on its rows
 }
 
-// startProxySized is startProxy with CACHE_SIZE=cacheSize (0: the default).
-func (b *bench) startProxySized(ctx context.Context, name string, redis, accessLog bool, cacheSize int) (*target, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	ops, err := freeAddr()
-	if err != nil {
-		return nil, err
+// startProxy starts a proxy on the proxy core, its data plane and ops
+// listeners on ports the kernel picks, learns them from its startup line,
+// and waits until it is ready.
+func (b *bench) startProxy(ctx context.Context, spec proxySpec) (*target, error) {
+	rateLimit := spec.rateLimit
+	if rateLimit == "" {
+		rateLimit = "off"
 	}
 	env := append(baseEnv(),
-		"LISTEN_ADDR="+addr,
-		"OPS_ADDR="+ops,
+		"LISTEN_ADDR=127.0.0.1:0",
+		"OPS_ADDR=127.0.0.1:0",
 		"UPSTREAM_URL="+b.upstreamURL,
 		"ADMIN_TOKEN="+b.adminToken,
-		"ACCESS_LOG="+strconv.FormatBool(accessLog),
-		// The load sends thousands of calls a second to each tenant: the
-		// rate limit would refuse nearly all of them.
-		"RATE_LIMIT=off",
-		"LOG_LEVEL=warn",
+		"RATE_LIMIT="+rateLimit,
 	)
-	if accessLog {
-		// The access lines go to the log file; at warn they would be
-		// filtered out, which would measure nothing.
-		env[len(env)-1] = "LOG_LEVEL=info"
+	if spec.noAccessLog {
+		env = append(env, "ACCESS_LOG=false")
 	}
-	if cacheSize > 0 {
+	if cacheSize := cmp.Or(spec.cacheSize, b.o.cacheSize); cacheSize > 0 {
 		env = append(env, "CACHE_SIZE="+strconv.Itoa(cacheSize))
 	}
-	if redis {
+	if spec.redis {
 		env = append(env, "REDIS_URL="+b.redisURL, "TOKEN_ENCRYPTION_KEY="+b.encKey, "REDIS_KEY_PREFIX="+b.prefix)
 	}
 	bin := b.bins["thanksio-proxy"]
-	if strings.HasPrefix(name, "candidate") {
+	if spec.candidate {
 		bin = b.bins["candidate"]
 	}
-	p, err := startProc(b.dir, name, b.o.proxyCore, env, bin)
+	p, err := startProc(b.dir, spec.name, b.o.proxyCore, env, bin)
 	if err != nil {
 		return nil, err
 	}
+	line, err := p.waitLine(`its startup line ("thanksio-proxy started", naming its listeners)`, 20*time.Second,
+		func(l string) bool {
+			data, ops := startedAddrs(l)
+			return data != "" && ops != ""
+		})
+	if err != nil {
+		return nil, err
+	}
+	addr, ops := startedAddrs(line)
 	if err := waitHTTP(ctx, p, "http://"+ops+"/healthz", 15*time.Second); err != nil {
 		return nil, err
 	}
-	if err := waitTCP(p, addr, 5*time.Second); err != nil {
-		return nil, err
-	}
-	return &target{name: name, proc: p, addr: addr, ops: ops, pool: newPool(addr, b.o.conns), redis: redis}, nil
+	return &target{name: spec.name, label: spec.label, proc: p, addr: addr, ops: ops, pool: newPool(addr, b.o.conns),
+		redis: spec.redis, limiter: spec.rateLimit, checked: spec.checked}, nil
 }
 
 // importTenants imports the tokens of tenants [from, to) through the
@@ -563,46 +654,46 @@ func readMem(ctx context.Context, t *target) (memPoint, error) {
 	return memPoint{rss: r, heapInuse: h[0]}, nil
 }
 
-// measure runs the interleaved rounds at n tenants.
-func (b *bench) measure(ctx context.Context, n int, withAccessLog bool) error {
+// measure runs the interleaved rounds at n tenants; smallest says n is the
+// smallest count of the run.
+func (b *bench) measure(ctx context.Context, n int, smallest bool) error {
 	o := b.o
 	names := b.names[:n]
 	logf("%d tenants: starting the proxies", n)
-	mem, err := b.startProxy(ctx, fmt.Sprintf("memory-%d", n), false, false)
-	if err != nil {
-		return err
+	// The in-memory and the Redis proxy come first (measure's memory
+	// readings and the limiter's ratios use them by position).
+	specs := []proxySpec{
+		{name: fmt.Sprintf("memory-%d", n), label: "proxy, in-memory store"},
+		{name: fmt.Sprintf("redis-%d", n), label: "proxy, Redis store", redis: true, checked: true},
 	}
-	defer mem.pool.close()
-	red, err := b.startProxy(ctx, fmt.Sprintf("redis-%d", n), true, false)
-	if err != nil {
-		return err
-	}
-	defer red.pool.close()
-	targets := []*target{b.floor, mem, red}
 	if o.candidate != "" {
-		cand, err := b.startProxy(ctx, fmt.Sprintf("candidate-redis-%d", n), true, false)
-		if err != nil {
-			return err
-		}
-		defer cand.pool.close()
-		targets = append(targets, cand)
+		specs = append(specs, proxySpec{name: fmt.Sprintf("candidate-redis-%d", n), label: "candidate (-candidate), Redis store",
+			redis: true, candidate: true, checked: true})
 	}
 	if o.evictRow && n == o.tenants[len(o.tenants)-1] && n >= 2 {
-		small, err := b.startProxySized(ctx, fmt.Sprintf("redis-halfcache-%d", n), true, false, n/2)
+		specs = append(specs, proxySpec{name: fmt.Sprintf("redis-halfcache-%d", n), label: "proxy, Redis, CACHE_SIZE=tenants/2",
+			redis: true, cacheSize: n / 2})
+	}
+	if o.noLogRow && smallest {
+		specs = append(specs, proxySpec{name: fmt.Sprintf("redis-noaccesslog-%d", n), label: "proxy, Redis, ACCESS_LOG=false",
+			redis: true, noAccessLog: true})
+	}
+	// Issue #17 prices the limiter at 1 and 10,000 tenants.
+	if o.limiterRows && (n == 1 || n == 10000) {
+		specs = append(specs, proxySpec{name: fmt.Sprintf("redis-limiter-%d", n), label: "proxy, Redis, RATE_LIMIT=" + o.limit,
+			redis: true, rateLimit: o.limit})
+	}
+	targets := []*target{b.floor}
+	for _, spec := range specs {
+		t, err := b.startProxy(ctx, spec)
 		if err != nil {
 			return err
 		}
-		defer small.pool.close()
-		targets = append(targets, small)
+		defer t.pool.close()
+		targets = append(targets, t)
 	}
-	if withAccessLog {
-		logged, err := b.startProxy(ctx, fmt.Sprintf("redis-accesslog-%d", n), true, true)
-		if err != nil {
-			return err
-		}
-		defer logged.pool.close()
-		targets = append(targets, logged)
-	}
+	mem, red := targets[1], targets[2]
+	var err error
 
 	// Memory per cached tenant: each proxy is read after a short load on one
 	// tenant, and again after n tenants were imported, cached and loaded.
@@ -655,7 +746,7 @@ func (b *bench) measure(ctx context.Context, n int, withAccessLog bool) error {
 
 	results := make([]*result, len(targets))
 	for i, t := range targets {
-		results[i] = &result{tenants: n, name: displayName(t.name), redis: t.redis}
+		results[i] = &result{tenants: n, name: t.label, redis: t.redis, limiter: t.limiter, checked: t.checked}
 	}
 	closed := func(t *target) *sample { return closedLoop(t.pool, tenants, o.duration) }
 	if err := b.rounds(ctx, rc, n, "saturated", targets, o.rounds, closed, func(i int, m *measurement) {
@@ -679,6 +770,12 @@ func (b *bench) measure(ctx context.Context, n int, withAccessLog bool) error {
 	for _, r := range results {
 		r.closed.pair(&results[0].closed)
 		r.paced.pair(&results[0].paced)
+		if r.limiter != "" {
+			// Its price: against the same proxy without the limiter.
+			r.base = results[2].name
+			r.closed.pairBase(&results[2].closed)
+			r.paced.pairBase(&results[2].paced)
+		}
 	}
 	if o.perfDir != "" && n == o.tenants[len(o.tenants)-1] {
 		profiled := []*target{b.floor, red}
@@ -724,6 +821,20 @@ type measurement struct {
 	gcCycles   float64
 	allocBytes float64
 	redisBy    map[string]int64 // commands by name; nil when not counted
+	// redisReads is the read events of the Redis server (INFO stats
+	// total_reads_processed), less the benchmark's own: at least one per
+	// command, or pipeline, a client sent and waited for, so a bound on
+	// the round trips (commandstats counts the commands a script runs
+	// too). -1 when the server does not count them.
+	redisReads int64
+	limiter    limiterCounts // of a target with the rate limit on
+}
+
+// limiterCounts are a rate-limited proxy's counters (its own metrics).
+type limiterCounts struct {
+	admitted, rejected float64
+	waited             float64 // admitted after waiting for their turn
+	shared             float64 // the ratelimit_shared gauge: 0 when Redis failed and the limiter paced alone
 }
 
 // maxForeign is the CPU (in cores) that processes other than the
@@ -752,9 +863,9 @@ func (b *bench) rounds(ctx context.Context, rc *redisConn, n int, kind string, t
 			}
 			ms[i] = m
 			disturbed = max(disturbed, m.foreign)
-			logf("%d tenants, %s: %-22s %8.0f req/s  p99 %-9s cpu %5.1f µs/req  other load %.2f cores  failures %d",
+			logf("%d tenants, %s: %-22s %8.0f req/s  p99 %-9s cpu %5.1f µs/req  other load %.2f cores  failures %d (429: %d)",
 				n, kind, t.name, m.s.rps(), m.s.percentile(0.99).Round(time.Microsecond),
-				float64(m.cpu.Nanoseconds())/1e3/float64(max(m.s.requests, 1)), m.foreign, m.s.failures)
+				float64(m.cpu.Nanoseconds())/1e3/float64(max(m.s.requests, 1)), m.foreign, m.s.failures, m.s.limited)
 		}
 		if disturbed > maxForeign && retries > 0 {
 			retries--
@@ -797,14 +908,28 @@ func (b *bench) waitQuiet(ctx context.Context) {
 
 // measureOnce loads one target with run and reads its counters around it.
 func (b *bench) measureOnce(ctx context.Context, rc *redisConn, t *target, run func(*target) *sample) (*measurement, error) {
-	m := &measurement{}
+	m := &measurement{redisReads: -1}
+	t.proc.truncateLog()
 	gc0, alloc0, err := runtimeCounters(ctx, t)
 	if err != nil {
 		return nil, err
 	}
+	var lim0 limiterCounts
+	if t.limiter != "" {
+		if lim0, err = readLimiter(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	// The INFO commandstats before INFO stats, and after it at the end:
+	// of the benchmark's reads, only the second INFO stats falls between
+	// the two readings of total_reads_processed.
 	var calls0 map[string]int64
+	var reads0 int64
 	if t.redis {
 		if calls0, err = rc.commandCalls(); err != nil {
+			return nil, err
+		}
+		if reads0, err = rc.readsProcessed(); err != nil {
 			return nil, err
 		}
 	}
@@ -832,11 +957,26 @@ func (b *bench) measureOnce(ctx context.Context, rc *redisConn, t *target, run f
 	m.cpu = cpu1 - cpu0
 	m.foreign = max(0, float64((busy1-busy0)-(ours1-ours0))/float64(wall))
 	if t.redis {
+		reads1, err := rc.readsProcessed()
+		if err != nil {
+			return nil, err
+		}
 		calls1, err := rc.commandCalls()
 		if err != nil {
 			return nil, err
 		}
 		m.redisBy = callsDelta(calls0, calls1)
+		if reads0 >= 0 && reads1 >= 0 {
+			m.redisReads = max(0, reads1-reads0-1)
+		}
+	}
+	if t.limiter != "" {
+		lim1, err := readLimiter(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		m.limiter = limiterCounts{admitted: lim1.admitted - lim0.admitted, rejected: lim1.rejected - lim0.rejected,
+			waited: lim1.waited - lim0.waited, shared: min(lim0.shared, lim1.shared)}
 	}
 	gc1, alloc1, err := runtimeCounters(ctx, t)
 	if err != nil {
@@ -856,29 +996,25 @@ func runtimeCounters(ctx context.Context, t *target) (gc, alloc float64, err err
 	return vals[0], vals[1], nil
 }
 
+// readLimiter reads a rate-limited target's counters. The calls admitted
+// without waiting are the wait histogram's bucket le="0".
+func readLimiter(ctx context.Context, t *target) (limiterCounts, error) {
+	v, err := metricValues(ctx, "http://"+t.ops+"/metrics",
+		"thanksio_proxy_ratelimit_admitted_total", "thanksio_proxy_ratelimit_rejected_total",
+		"thanksio_proxy_ratelimit_wait_seconds_count", `thanksio_proxy_ratelimit_wait_seconds_bucket{le="0"}`,
+		"thanksio_proxy_ratelimit_shared")
+	if err != nil {
+		return limiterCounts{}, fmt.Errorf("%s: %w", t.name, err)
+	}
+	return limiterCounts{admitted: v[0], rejected: v[1], waited: v[2] - v[3], shared: v[4]}, nil
+}
+
 // pacedLoop is paced with a guard against a rate of zero.
 func pacedLoop(p *pool, tenants *tenantSet, rate float64, d time.Duration) *sample {
 	if rate <= 0 {
 		rate = 1
 	}
 	return paced(p, tenants, rate, d)
-}
-
-func displayName(name string) string {
-	switch {
-	case name == "floor":
-		return "floor"
-	case strings.HasPrefix(name, "memory-"):
-		return "proxy, in-memory store"
-	case strings.HasPrefix(name, "candidate-"):
-		return "candidate (-candidate), Redis store"
-	case strings.HasPrefix(name, "redis-halfcache-"):
-		return "proxy, Redis, CACHE_SIZE=tenants/2"
-	case strings.HasPrefix(name, "redis-accesslog-"):
-		return "proxy, Redis, ACCESS_LOG=true"
-	default:
-		return "proxy, Redis store"
-	}
 }
 
 // goBenchmarks runs this package's go test benchmarks on the proxy core.

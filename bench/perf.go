@@ -84,7 +84,7 @@ func (b *bench) perfProfiles(ctx context.Context, n int, targets []*target, tena
 			return err
 		}
 		areas := perfAreas(string(report))
-		b.report.perf = append(b.report.perf, perfResult{name: displayName(t.name), tenants: n, areas: areas, rps: s.rps(),
+		b.report.perf = append(b.report.perf, perfResult{name: t.label, tenants: n, areas: areas, rps: s.rps(),
 			syscalls: per("raw_syscalls:sys_enter"), switches: per("context-switches"), faults: per("page-faults")})
 		logf("perf: %s (%d tenants) profiled at %.0f req/s: %s", t.name, n, s.rps(), data)
 	}

@@ -7,7 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,11 +34,14 @@ var (
 )
 
 // startProc starts bin pinned to cores (taskset -c cores) with exactly env
-// (nothing of the benchmark's own environment leaks in), output to a log file
-// in dir. taskset execs bin, so the PID is bin's.
+// (nothing of the benchmark's own environment leaks in), its standard output
+// and error to a log file in dir: a proxy's access lines cost what writing
+// them to a file costs, as a container's go to its log. The file is opened
+// for appending, so that truncateLog can empty it while the process writes
+// on. taskset execs bin, so the PID is bin's.
 func startProc(dir, name, cores string, env []string, bin string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -99,12 +102,20 @@ func stopAll() {
 	}
 }
 
-// tail returns the last lines of the process's log, for error messages.
+// tail returns the last lines of the process's log, for error messages. It
+// reads only the end of the file: a proxy's log holds an access line per
+// request.
 func (p *proc) tail() string {
-	b, err := os.ReadFile(p.log)
+	f, err := os.Open(p.log)
 	if err != nil {
 		return ""
 	}
+	defer f.Close()
+	const most = 16 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size() > most {
+		_, _ = f.Seek(-most, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if len(lines) > 8 {
 		lines = lines[len(lines)-8:]
@@ -112,32 +123,87 @@ func (p *proc) tail() string {
 	return strings.Join(lines, "\n")
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+// truncateLog empties the process's log (it appends, so it writes on at
+// the start of the file): the proxies' access lines would otherwise fill
+// the disk with hundreds of megabytes a run, and the kernel's writeback of
+// them would count as other work on the machine.
+func (p *proc) truncateLog() { _ = os.Truncate(p.log, 0) }
 
-// waitTCP waits until addr accepts connections or p exits.
-func waitTCP(p *proc, addr string, timeout time.Duration) error {
+// waitLine waits until a complete line of the process's log satisfies
+// match and returns it. It fails when the process exits first, naming
+// what it waited for, or when timeout passes.
+func (p *proc) waitLine(what string, timeout time.Duration, match func(line string) bool) (string, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
+		// Checked before the read: a line written just before the exit
+		// is still found.
+		exited := p.exited()
+		b, _ := os.ReadFile(p.log)
+		for line := range strings.Lines(string(b)) {
+			if l, complete := strings.CutSuffix(line, "\n"); complete && match(l) {
+				return l, nil
+			}
 		}
-		if p.exited() {
-			return fmt.Errorf("%s exited: %s", p.name, p.tail())
+		if exited {
+			return "", fmt.Errorf("%s exited before %s: %s", p.name, what, p.tail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %s not reachable after %s", p.name, addr, timeout)
+			return "", fmt.Errorf("%s: no %s after %s: %s", p.name, what, timeout, p.tail())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// listeningOn reads the line with which bench/upstream and bench/floor say
+// where they listen, "listening on ADDR" (the floor adds " ops ADDR" when
+// it serves metrics): they bind port 0, and the kernel's choice is known
+// only to them.
+func listeningOn(line string) (addr, ops string, ok bool) {
+	f := strings.Fields(line)
+	if len(f) < 3 || f[0] != "listening" || f[1] != "on" {
+		return "", "", false
+	}
+	if len(f) >= 5 && f[3] == "ops" {
+		ops = f[4]
+	}
+	return f[2], ops, true
+}
+
+// startedAddrs returns the data plane and ops addresses that the proxy's
+// startup line ("thanksio-proxy started", logged by Main.Run once it
+// serves, LOG_FORMAT=text) names, or empty strings for another line. The
+// proxy listens on port 0 of LISTEN_ADDR and OPS_ADDR; this line is how the
+// benchmark learns the ports.
+func startedAddrs(line string) (data, ops string) {
+	attrs := textAttrs(line)
+	if attrs["msg"] != "thanksio-proxy started" {
+		return "", ""
+	}
+	return attrs["listen"], attrs["ops"]
+}
+
+// textAttrs returns the attributes of a line of slog's text handler:
+// key=value pairs separated by spaces, a value with a space, a quote or an
+// equals sign Go-quoted.
+func textAttrs(line string) map[string]string {
+	attrs := map[string]string{}
+	rest := line
+	for {
+		key, value, ok := strings.Cut(strings.TrimLeft(rest, " "), "=")
+		if !ok {
+			return attrs
+		}
+		if strings.HasPrefix(value, `"`) {
+			quoted, err := strconv.QuotedPrefix(value)
+			if err != nil {
+				return attrs
+			}
+			rest = value[len(quoted):]
+			value, _ = strconv.Unquote(quoted)
+		} else {
+			value, rest, _ = strings.Cut(value, " ")
+		}
+		attrs[key] = value
 	}
 }
 

@@ -20,6 +20,9 @@ type result struct {
 	tenants   int
 	name      string
 	redis     bool
+	limiter   string // RATE_LIMIT; empty when off
+	checked   bool   // issue #17's targets are checked on it
+	base      string // a limiter row's: the name of the row without the limiter
 	closed    series // saturated, closed loop
 	paced     series // open loop at pacedRate
 	pacedRate float64
@@ -34,11 +37,27 @@ type series struct {
 	gcCycles   float64
 	allocBytes float64
 	redisBy    map[string]int64
+	redisReads int64 // -1 when a round's are unknown
+	limiter    limiterCounts
 	// Paired with the floor's measurement of the same round.
 	rps, cpuPer, p50, p99 []float64
+	// A limiter row's, paired with the same proxy without the limiter in
+	// the same round; CPU is per admitted call.
+	vsBase struct{ rps, cpuPer, p99 []float64 }
 }
 
 func (s *series) add(m *measurement) {
+	if m.redisReads < 0 || s.redisReads < 0 {
+		s.redisReads = -1
+	} else {
+		s.redisReads += m.redisReads
+	}
+	s.limiter.admitted += m.limiter.admitted
+	s.limiter.rejected += m.limiter.rejected
+	s.limiter.waited += m.limiter.waited
+	if len(s.rounds) == 0 || m.limiter.shared < s.limiter.shared {
+		s.limiter.shared = m.limiter.shared // the lowest of the rounds
+	}
 	s.rounds = append(s.rounds, m)
 	s.sample.merge(m.s)
 	s.cpu += m.cpu
@@ -68,6 +87,21 @@ func (s *series) pair(floor *series) {
 	}
 }
 
+// pairBase computes a limiter row's ratios to the same proxy without the
+// limiter (base) in each round: CPU per admitted call against CPU per
+// request.
+func (s *series) pairBase(base *series) {
+	for i, m := range s.rounds {
+		if i >= len(base.rounds) {
+			break
+		}
+		b := base.rounds[i]
+		s.vsBase.rps = append(s.vsBase.rps, m.s.rps()/b.s.rps())
+		s.vsBase.cpuPer = append(s.vsBase.cpuPer, perRequest(m.cpu, int64(m.limiter.admitted))/perRequest(b.cpu, b.s.requests))
+		s.vsBase.p99 = append(s.vsBase.p99, float64(m.s.percentile(0.99))/float64(b.s.percentile(0.99)))
+	}
+}
+
 func perRequest(d time.Duration, n int64) float64 {
 	return float64(d.Nanoseconds()) / 1e3 / float64(max(n, 1))
 }
@@ -75,19 +109,32 @@ func perRequest(d time.Duration, n int64) float64 {
 // cpuPerRequest is in microseconds.
 func (s *series) cpuPerRequest() float64 { return perRequest(s.cpu, s.sample.requests) }
 
-// periodic reports whether a Redis command is one the proxy sends on a
-// clock, whatever the load: PING keeps the pub/sub subscription alive
-// (go-redis, every few seconds) and ZRANGEBYSCORE is the background
-// refresher's look at the expiry index (BACKGROUND_REFRESH_INTERVAL, 30s).
-// Neither is on a request's path.
-func periodic(cmd string) bool { return cmd == "ping" || cmd == "zrangebyscore" }
+// periodic reports whether a Redis command is one the proxies send on a
+// clock, whatever the load (every Redis proxy alive, the idle ones too):
+// PING keeps the pub/sub subscription alive (go-redis, every few seconds),
+// ZRANGEBYSCORE is the background refresher's look at the expiry index
+// (BACKGROUND_REFRESH_INTERVAL, 30s), and every 5 s each replica reads the
+// store's epoch (GET) and publishes a heartbeat on the invalidation
+// channel (PUBLISH). None is on a request's path. But GET is also what the
+// rate limit's reservation script runs, once per call: with the limiter
+// on, GET is counted as the calls'.
+func periodic(cmd string, limiter bool) bool {
+	switch cmd {
+	case "ping", "zrangebyscore", "publish":
+		return true
+	case "get":
+		return !limiter
+	}
+	return false
+}
 
 // redisPerRequest returns the Redis commands per request, leaving out the
-// periodic ones, and the counts of both.
-func (s *series) redisPerRequest() (float64, int64, int64) {
+// periodic ones, and the counts of both; limiter says the rate limit was
+// on.
+func (s *series) redisPerRequest(limiter bool) (float64, int64, int64) {
 	var calls, timed int64
 	for k, v := range s.redisBy {
-		if periodic(k) {
+		if periodic(k, limiter) {
 			timed += v
 		} else {
 			calls += v
@@ -203,7 +250,8 @@ func describeMachine(o *options) []string {
 		fmt.Sprintf("load generator (this program), the upstream and the benchmark's redis-server: taskset -c %s", o.loadCore),
 		fmt.Sprintf("load: %d keep-alive connections, closed loop, GET %s, requests spread round robin over the tenants; access tokens of %d bytes",
 			o.conns, requestPath, o.tokenBytes),
-		fmt.Sprintf("rounds of %s, interleaved (floor, memory, Redis, floor, memory, Redis, ...): %d saturated and %d paced per tenant count, after %s of unmeasured load on each target",
+		"proxies: the proxy's defaults (among them ACCESS_LOG=true and LOG_LEVEL=info: an access line per request, on standard output, which goes to a file, as a container's goes to its log) but RATE_LIMIT=off; a row's name says what else differs",
+		fmt.Sprintf("rounds of %s, interleaved (the floor, then each proxy in turn, then the floor again, ...): %d saturated and %d paced per tenant count, after %s of unmeasured load on each target",
 			o.duration, o.rounds, max(1, (o.rounds+1)/2), o.warmup),
 	}
 }
@@ -248,8 +296,13 @@ func (rep *report) write(w io.Writer, o *options) {
 		fmt.Fprintf(w, "### At %.0f%% of the floor's saturated throughput (open loop; latency counted from when each request was due)\n\n", 100*o.pacedFrac)
 		rep.writeThroughput(w, func(r *result) *series { return &r.paced }, true)
 	}
-	writeLines(w, "### Targets (Redis store, saturated; medians of per-round ratios)", "")
+	writeLines(w, "### Targets of issue #17 (Redis store, the proxy's defaults but RATE_LIMIT=off, saturated; medians of per-round ratios to the floor)", "")
 	rep.writeTargets(w)
+	if rep.hasLimiter() {
+		writeLines(w, "### The rate limit's price (saturated; every call under the limit; medians of per-round ratios to the Redis proxy with RATE_LIMIT=off in the same round)", "",
+			"Round trips are the Redis server's read events (INFO stats total_reads_processed) less the benchmark's own and the periodic commands: at least one per command, or pipeline, that a client sends and waits for, so a bound from above. Commands are INFO commandstats, which also counts those a script runs.", "")
+		rep.writeLimiter(w)
+	}
 	if len(rep.memory) > 0 {
 		writeLines(w, "### Resident memory per cached tenant", "",
 			"Read after a load on one tenant, and again after all tenants were imported, cached and loaded (VmRSS from /proc; heap in use from the proxy's go_memstats_heap_inuse_bytes).", "")
@@ -327,11 +380,11 @@ func redisCommands(r *result, s *series) string {
 	if !r.redis {
 		return "–"
 	}
-	per, _, _ := s.redisPerRequest()
+	per, _, _ := s.redisPerRequest(r.limiter != "")
 	cmds := fmt.Sprintf("%.4f", per)
 	var parts, timed []string
 	for _, k := range slices.Sorted(maps.Keys(s.redisBy)) {
-		if periodic(k) {
+		if periodic(k, r.limiter != "") {
 			timed = append(timed, fmt.Sprintf("%s %d", strings.ToUpper(k), s.redisBy[k]))
 		} else {
 			parts = append(parts, fmt.Sprintf("%s %d", strings.ToUpper(k), s.redisBy[k]))
@@ -346,21 +399,121 @@ func redisCommands(r *result, s *series) string {
 	return cmds
 }
 
-// writeTargets writes the table that checks the saturated Redis-store results against the targets.
+// issueTarget is what issue #17 asks of the proxy (Redis store, its
+// defaults but RATE_LIMIT=off) against the floor, saturated, at a tenant
+// count: CPU per request and p99 at most, throughput at least, these
+// multiples of the floor's.
+type issueTarget struct {
+	tenants       int
+	cpu, rps, p99 float64
+}
+
+var issueTargets = []issueTarget{
+	{tenants: 1, cpu: 1.05, rps: 0.95, p99: 1.15},
+	{tenants: 10000, cpu: 1.05, rps: 0.95, p99: 1.2},
+	{tenants: 100000, cpu: 1.08, rps: 0.92, p99: 1.3},
+}
+
+// targetFor returns the targets that apply at n tenants: those of the
+// smallest of the issue's counts at or above n, or of its largest.
+func targetFor(n int) issueTarget {
+	for _, t := range issueTargets {
+		if n <= t.tenants {
+			return t
+		}
+	}
+	return issueTargets[len(issueTargets)-1]
+}
+
+// writeTargets writes the table that checks the proxy's saturated
+// Redis-store rows against issue #17's targets.
 func (rep *report) writeTargets(w io.Writer) {
-	writeLines(w, "| tenants | server | CPU/req ≤ 1.05× floor | req/s ≥ 0.95× floor | p99 ≤ 1.1× floor | 0 Redis cmds/req (periodic PING and ZRANGEBYSCORE aside) |", "| ---: | --- | --- | --- | --- | --- |")
+	writeLines(w, "| tenants | server | CPU/req ×floor | req/s ×floor | p99 ×floor | 0 Redis cmds/req (periodic PING, ZRANGEBYSCORE, GET and PUBLISH aside) |", "| ---: | --- | --- | --- | --- | --- |")
 	byTenants, counts := rep.byTenants()
 	for _, n := range counts {
+		goal := targetFor(n)
+		tenants := strconv.Itoa(n)
+		if goal.tenants != n {
+			tenants += fmt.Sprintf(" (the targets of %d)", goal.tenants)
+		}
 		for _, r := range byTenants[n] {
-			if r.name != "proxy, Redis store" && !strings.HasPrefix(r.name, "candidate") {
+			if !r.checked {
 				continue
 			}
 			s := &r.closed
 			c, t, p := median(s.cpuPer), median(s.rps), median(s.p99)
-			_, calls, timed := s.redisPerRequest()
-			fmt.Fprintf(w, "| %d | %s | %s %.3f | %s %.3f | %s %.3f | %s %d in %d requests (and %d periodic) |\n", n, r.name,
-				check(c <= 1.05), c, check(t >= 0.95), t, check(p <= 1.1), p,
+			_, calls, timed := s.redisPerRequest(false)
+			fmt.Fprintf(w, "| %s | %s | %s %.3f (≤ %.2f) | %s %.3f (≥ %.2f) | %s %.3f (≤ %.2f) | %s %d in %d requests (and %d periodic) |\n",
+				tenants, r.name, check(c <= goal.cpu), c, goal.cpu, check(t >= goal.rps), t, goal.rps, check(p <= goal.p99), p, goal.p99,
 				check(calls == 0), calls, s.sample.requests, timed)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+func (rep *report) hasLimiter() bool {
+	return slices.ContainsFunc(rep.results, func(r *result) bool { return r.limiter != "" })
+}
+
+// The goals of issue #17 for the rate limit, every call under it: per
+// admitted call, at most this many Redis round trips, and CPU at most this
+// multiple of the same proxy's without the limiter.
+const (
+	limiterRoundTrips = 1
+	limiterCPU        = 1.15
+)
+
+// writeLimiter writes the table of what the rate limit costs: the limiter
+// rows against the Redis proxy without it, saturated.
+func (rep *report) writeLimiter(w io.Writer) {
+	writeLines(w,
+		fmt.Sprintf("| tenants | server | CPU/admitted call | ×RATE_LIMIT=off (goal ≤ %.2f) | Redis round trips/admitted call (goal ≤ %d) | Redis commands/admitted call (by name: calls in all) | p99 ×RATE_LIMIT=off | req/s ×RATE_LIMIT=off | admitted | of them waited | rejected, 429 (must be 0) |", limiterCPU, limiterRoundTrips),
+		"| ---: | --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | --- |")
+	byTenants, counts := rep.byTenants()
+	for _, n := range counts {
+		var base *result
+		for _, r := range byTenants[n] {
+			if r.limiter == "" || r.base == "" {
+				continue
+			}
+			for _, b := range byTenants[n] {
+				if b.name == r.base {
+					base = b
+				}
+			}
+			s := &r.closed
+			admitted := max(s.limiter.admitted, 1)
+			c := median(s.vsBase.cpuPer)
+			baseCPU := "–"
+			if base != nil {
+				baseCPU = fmt.Sprintf("%.1f µs", base.closed.cpuPerRequest())
+			}
+			_, calls, timed := s.redisPerRequest(true)
+			trips := "– (the server does not count its reads)"
+			if s.redisReads >= 0 {
+				// The periodic commands are sent and waited for one at a
+				// time: a read each. The check is at the precision shown.
+				t := float64(s.redisReads-timed) / admitted
+				trips = fmt.Sprintf("%s %.3f", check(t < limiterRoundTrips+0.0005), t)
+			}
+			var byName []string
+			for _, k := range slices.Sorted(maps.Keys(s.redisBy)) {
+				if !periodic(k, true) {
+					byName = append(byName, fmt.Sprintf("%s %d", strings.ToUpper(k), s.redisBy[k]))
+				}
+			}
+			cmds := fmt.Sprintf("%.2f", float64(calls)/admitted)
+			if len(byName) > 0 {
+				cmds += " (" + strings.Join(byName, ", ") + ")"
+			}
+			refused := int64(s.limiter.rejected) + s.sample.limited
+			rejected := fmt.Sprintf("%s %.0f rejected; %d answers 429", check(refused == 0), s.limiter.rejected, s.sample.limited)
+			if s.limiter.shared < 1 {
+				rejected += "; the schedule was not shared through Redis in some round (Redis failed: the limiter paced alone)"
+			}
+			fmt.Fprintf(w, "| %d | %s | %.1f µs (without: %s) | %s %.3f | %s | %s | %s | %s | %.0f | %.0f | %s |\n",
+				n, r.name, perRequest(s.cpu, int64(admitted)), baseCPU, check(c <= limiterCPU), c, trips, cmds,
+				spread(s.vsBase.p99), spread(s.vsBase.rps), s.limiter.admitted, s.limiter.waited, rejected)
 		}
 	}
 	fmt.Fprintln(w)

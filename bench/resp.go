@@ -64,6 +64,48 @@ func (rc *redisConn) commandCalls() (map[string]int64, error) {
 	return calls, nil
 }
 
+// readsProcessed returns the read events the server has handled since it
+// started (INFO stats total_reads_processed, Redis 6 and later): at least
+// one per command, or pipeline, that a client sends and waits for, so a
+// bound on the round trips, which INFO commandstats cannot give (it counts
+// the commands that scripts run too). It returns -1 when the server does
+// not count them.
+func (rc *redisConn) readsProcessed() (int64, error) {
+	s, err := rc.c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		return 0, err
+	}
+	return infoField(s, "total_reads_processed"), nil
+}
+
+// infoField returns the integer field name of an INFO answer, or -1.
+func infoField(info, name string) int64 {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// redisPID returns the process id of the Redis server at addr (INFO
+// server), to tell the benchmark's own redis-server from one that holds
+// its port.
+func redisPID(addr string) (int, error) {
+	rc, err := dialRedis(addr)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	s, err := rc.c.Info(context.Background(), "server").Result()
+	if err != nil {
+		return 0, err
+	}
+	return int(infoField(s, "process_id")), nil
+}
+
 // deletePrefix deletes every key that starts with prefix (SCAN and UNLINK).
 func (rc *redisConn) deletePrefix(prefix string) (int, error) {
 	ctx := context.Background()

@@ -113,9 +113,11 @@ func (e entry) found() bool { return e.gen != 0 }
 type slot struct {
 	id string
 	// The snapshot, when stamp is not zero.
-	bearer, refresh     string
-	state               store.State
-	expiry, lastRefresh int64 // Unix nanoseconds; zero: the zero time
+	bearer, refresh string
+	state           store.State
+	// In UTC, whose location is no pointer; any time a record can hold,
+	// the zero time (no expiry) included.
+	expiry, lastRefresh time.Time
 	version             int64
 	refreshable         bool
 	redeemed            bool
@@ -237,13 +239,13 @@ func (s *slot) snapshot() snapshot {
 	return snapshot{
 		access:      s.bearer[len(bearerPrefix):],
 		bearer:      s.bearer,
-		expiry:      timeOf(s.expiry),
+		expiry:      s.expiry,
 		refreshable: s.refreshable,
 		state:       s.state,
 		version:     s.version,
 		redeemed:    s.redeemed,
 		refresh:     s.refresh,
-		lastRefresh: timeOf(s.lastRefresh),
+		lastRefresh: s.lastRefresh,
 		stamp:       s.stamp,
 	}
 }
@@ -325,15 +327,16 @@ func (c *cache) removeLocked(i int32) {
 	c.used--
 }
 
-// put stores s, the tenant's newest record as its writer (an import) wrote
-// it, in e, the entry taken before the write, if e is still the tenant's
-// entry: a deletion that removed it came after the write, and wins. It
-// reports whether it stored s.
+// put stores s, a record as its writer (an import) wrote it, in e, the
+// entry taken before the write, if e is still the tenant's entry (a
+// deletion that removed it came after the write, and wins) and no newer
+// write was announced or cached meanwhile (another import that landed after
+// this one). It reports whether it stored s.
 func (c *cache) put(e entry, s *snapshot) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	sl := c.valid(e)
-	if sl == nil {
+	if sl == nil || s.version < sl.floor || (sl.stamp != 0 && sl.version > s.version) {
 		return false
 	}
 	sl.floor = max(sl.floor, s.version)
@@ -377,7 +380,7 @@ func (c *cache) storeLocked(sl *slot, s *snapshot) {
 	default:
 		sl.state = store.State(strings.Clone(string(s.state)))
 	}
-	sl.expiry, sl.lastRefresh = unixNanoOf(s.expiry), unixNanoOf(s.lastRefresh)
+	sl.expiry, sl.lastRefresh = s.expiry.UTC(), s.lastRefresh.UTC()
 	sl.version, sl.refreshable, sl.redeemed = s.version, s.refreshable, s.redeemed
 	c.stamps++
 	sl.stamp = c.stamps
@@ -419,6 +422,15 @@ func (c *cache) deleted(tenant string) {
 	defer c.mu.Unlock()
 	if i := c.findLocked(tenant); i >= 0 {
 		c.removeLocked(i)
+	}
+}
+
+// end ends e, if it is still its tenant's entry.
+func (c *cache) end(e entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.valid(e) != nil {
+		c.removeLocked(e.i)
 	}
 }
 
@@ -511,6 +523,21 @@ func (c *cache) endRefresh(e entry) {
 	}
 }
 
+// dropUnheld ends the entries that hold no snapshot. After the store lost
+// its data, versions restart: the floors those entries keep would refuse
+// every fill of the records written since.
+func (c *cache) dropUnheld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n, p := range c.pages {
+		for i := range p {
+			if s := &p[i]; s.gen != 0 && s.stamp == 0 {
+				c.removeLocked(int32(n*slotsPerPage + i))
+			}
+		}
+	}
+}
+
 // cached is one tenant's snapshot, as cache.snapshots lists it.
 type cached struct {
 	tenant   string
@@ -539,18 +566,4 @@ func (c *cache) len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.used
-}
-
-func unixNanoOf(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func timeOf(ns int64) time.Time {
-	if ns == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, ns)
 }

@@ -210,14 +210,17 @@ func (t *Tokens) RefreshNow(ctx context.Context, tenant string) (TenantStatus, e
 	if t.cfg.OAuth == nil {
 		return TenantStatus{}, ErrNotConfigured
 	}
-	e := t.cache.entryFor(tenant)
-	s, err := t.wait(ctx, t.flight(tenant+"\x00now", func(ctx context.Context) (*snapshot, error) {
-		return t.refresh(ctx, tenant, rec.Version, causeAdmin)
+	_, err = t.wait(ctx, t.flight(tenant+"\x00now", func(ctx context.Context) (*snapshot, error) {
+		e := t.cache.entryFor(tenant) // taken before the reads, as for every fill
+		s, err := t.refresh(ctx, tenant, rec.Version, causeAdmin)
+		if err == nil {
+			t.cache.fill(e, s)
+		}
+		return s, err
 	}))
 	if err != nil {
 		return TenantStatus{}, err
 	}
-	t.cache.fill(e, s)
 	return t.Status(ctx, tenant)
 }
 
@@ -255,9 +258,6 @@ func (t *Tokens) refreshDue() {
 		}
 		// An unknown version (-1): if another replica holds the lock, its
 		// usable token is taken rather than refreshing again.
-		s, err := t.wait(ctx, t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-			return t.refresh(ctx, tenant, -1, causeDue)
-		}))
-		t.settle(e, s, err)
+		_, _ = t.wait(ctx, t.refreshDueFlight(tenant, -1))
 	})
 }

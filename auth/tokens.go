@@ -566,15 +566,26 @@ func (t *Tokens) refreshInBackground(tenant string, e entry, version int64, now 
 	if t.cfg.OAuth == nil || !t.cache.startRefresh(e, now) {
 		return
 	}
-	// A flight of its own: a caller who finds no cached token loads the
-	// stored one and does not wait for this refresh.
-	f := t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
-		return t.refresh(ctx, tenant, version, causeDue)
-	})
+	f := t.refreshDueFlight(tenant, version)
 	t.wg.Go(func() {
 		defer t.cache.endRefresh(e)
 		<-f.done
-		t.settle(e, f.snap, f.err)
+	})
+}
+
+// refreshDueFlight returns the flight that refreshes the tenant's token of
+// version (-1: whichever is stored) because it is due, starting it if none
+// runs. A flight of its own: a caller who finds no cached token loads the
+// stored one and does not wait for this refresh. The flight takes the
+// tenant's entry before it reads anything and records its outcome there,
+// so that whoever joins it later, after a deletion say, does not put its
+// result into an entry made since.
+func (t *Tokens) refreshDueFlight(tenant string, version int64) *flight {
+	return t.flight(tenant+refreshFlight, func(ctx context.Context) (*snapshot, error) {
+		e := t.cache.entryFor(tenant)
+		s, err := t.refresh(ctx, tenant, version, causeDue)
+		t.settle(e, s, err)
+		return s, err
 	})
 }
 

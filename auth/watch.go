@@ -65,6 +65,7 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 	}
 	t.epoch = ep
 	t.obs.StoreDataLost()
+	t.cache.dropUnheld()
 	held := t.cache.snapshots()
 	t.log.Error("the token store lost its data (its epoch changed): writing back the tenants this replica holds; run Redis with persistence (appendonly yes) to avoid this",
 		"tenants", len(held))
@@ -88,6 +89,11 @@ func (t *Tokens) checkEpoch(ctx context.Context) bool {
 			t.obs.StoreError("restore")
 		case ok:
 			restored++
+		default:
+			// A record written since the loss (at a version that
+			// restarted, so it may not look newer) or a newer
+			// write-back holds the tenant: this one is outdated.
+			t.cache.end(c.entry)
 		}
 	})
 	t.log.Warn("wrote back the tenants held after the store lost its data", "restored", restored, "failed", failed)
@@ -116,7 +122,9 @@ func (t *Tokens) revalidateBefore(ctx context.Context, cutoff time.Time) {
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			t.cache.deleted(c.tenant)
-		case err == nil && rec.Version == c.snap.version:
+		case err == nil && rec.Version == c.snap.version && rec.AccessToken == c.snap.access:
+			// The token too: versions restart when the store loses its
+			// data, so a version alone does not tell the record.
 			t.cache.checked(c.entry, c.snap.stamp)
 		case err == nil:
 			t.cache.fill(c.entry, snapshotOf(rec))

@@ -105,16 +105,19 @@ type entry struct {
 // found reports whether e names an entry at all.
 func (e entry) found() bool { return e.gen != 0 }
 
-// slot is one tenant's place in the cache. It holds no pointer of its own
-// but its strings, and those point into one allocation per token (the
-// tenant id, the Authorization value and the refresh token laid end to end),
-// so that the garbage collector marks one object per cached tenant and
-// scans the slots as the few large pages they live in.
+// slot is one tenant's place in the cache. Its one pointer the collector
+// follows is text: the tenant id, then the Authorization value, the refresh
+// token and a state of no known name, laid end to end in one allocation
+// (three pointers into that allocation cost the collector twice what one
+// does). A shared snapshot's strings, the store's own, are kept as they
+// are instead, in sharedBearer and sharedRefresh.
 type slot struct {
-	id string
+	text                         string
+	idLen, bearerLen, refreshLen int32
 	// The snapshot, when stamp is not zero.
-	bearer, refresh string
-	state           store.State
+	shared                      bool
+	sharedBearer, sharedRefresh string
+	state                       stateCode
 	// In UTC, whose location is no pointer; any time a record can hold,
 	// the zero time (no expiry) included.
 	expiry, lastRefresh time.Time
@@ -140,6 +143,45 @@ type slot struct {
 	// a failure; failures counts them, for the backoff.
 	retryAt  int64
 	failures int
+}
+
+func (s *slot) id() string { return s.text[:s.idLen] }
+
+func (s *slot) bearer() string {
+	if s.shared {
+		return s.sharedBearer
+	}
+	return s.text[s.idLen : s.idLen+s.bearerLen]
+}
+
+func (s *slot) refresh() string {
+	if s.shared {
+		return s.sharedRefresh
+	}
+	return s.text[s.idLen+s.bearerLen : s.idLen+s.bearerLen+s.refreshLen]
+}
+
+// stateCode is a store.State as a slot keeps it: the known states by
+// number, any other in the slot's text.
+type stateCode uint8
+
+const (
+	stateEmpty stateCode = iota
+	stateActive
+	stateReauthorizationRequired
+	stateOther
+)
+
+func (s *slot) stateOf() store.State {
+	switch s.state {
+	case stateActive:
+		return store.StateActive
+	case stateReauthorizationRequired:
+		return store.StateReauthorizationRequired
+	case stateOther:
+		return store.State(s.text[s.idLen+s.bearerLen+s.refreshLen:])
+	}
+	return ""
 }
 
 // slotsPerPage is the slots allocated together. Pages never move, and a
@@ -189,7 +231,7 @@ func (c *cache) findLocked(tenant string) int32 {
 		return -1
 	}
 	for ; i >= 0; i = c.slot(i).next {
-		if c.slot(i).id == tenant {
+		if c.slot(i).id() == tenant {
 			return i
 		}
 	}
@@ -236,15 +278,16 @@ func (c *cache) lookup(tenant string) (v view) {
 
 // snapshot copies out the slot's snapshot.
 func (s *slot) snapshot() snapshot {
+	bearer := s.bearer()
 	return snapshot{
-		access:      s.bearer[len(bearerPrefix):],
-		bearer:      s.bearer,
+		access:      bearer[len(bearerPrefix):],
+		bearer:      bearer,
 		expiry:      s.expiry,
 		refreshable: s.refreshable,
-		state:       s.state,
+		state:       s.stateOf(),
 		version:     s.version,
 		redeemed:    s.redeemed,
-		refresh:     s.refresh,
+		refresh:     s.refresh(),
 		lastRefresh: s.lastRefresh,
 		stamp:       s.stamp,
 	}
@@ -300,7 +343,7 @@ func (c *cache) addLocked(tenant string) entry {
 	if !ok {
 		next = -1
 	}
-	*c.slot(i) = slot{id: strings.Clone(tenant), gen: c.gens, hash: h, next: next}
+	*c.slot(i) = slot{text: strings.Clone(tenant), idLen: int32(len(tenant)), gen: c.gens, hash: h, next: next}
 	c.index[h] = i
 	c.used++
 	return entry{i, c.gens}
@@ -361,25 +404,35 @@ func (c *cache) fill(e entry, s *snapshot) bool {
 // storeLocked puts s into the slot, with the tenant id and s's strings laid
 // end to end in one new allocation (unless they are the store's own).
 func (c *cache) storeLocked(sl *slot, s *snapshot) {
-	if s.shared {
-		sl.bearer, sl.refresh = s.bearer, s.refresh
-		sl.id = strings.Clone(sl.id) // not kept alive by an older token
+	id := sl.id()
+	var other string
+	switch s.state {
+	case "":
+		sl.state = stateEmpty
+	case store.StateActive:
+		sl.state = stateActive
+	case store.StateReauthorizationRequired:
+		sl.state = stateReauthorizationRequired
+	default:
+		sl.state, other = stateOther, string(s.state)
+	}
+	var b strings.Builder
+	if sl.shared = s.shared; s.shared {
+		sl.sharedBearer, sl.sharedRefresh = s.bearer, s.refresh
+		sl.bearerLen, sl.refreshLen = 0, 0
+		b.Grow(len(id) + len(other))
 	} else {
-		var b strings.Builder
-		b.Grow(len(sl.id) + len(s.bearer) + len(s.refresh))
-		b.WriteString(sl.id)
+		sl.sharedBearer, sl.sharedRefresh = "", ""
+		sl.bearerLen, sl.refreshLen = int32(len(s.bearer)), int32(len(s.refresh))
+		b.Grow(len(id) + len(s.bearer) + len(s.refresh) + len(other))
+	}
+	b.WriteString(id)
+	if !s.shared {
 		b.WriteString(s.bearer)
 		b.WriteString(s.refresh)
-		all := b.String()
-		n, m := len(sl.id), len(sl.id)+len(s.bearer)
-		sl.id, sl.bearer, sl.refresh = all[:n], all[n:m], all[m:]
 	}
-	switch s.state {
-	case store.StateActive, store.StateReauthorizationRequired, "":
-		sl.state = s.state // constants: nothing to hold
-	default:
-		sl.state = store.State(strings.Clone(string(s.state)))
-	}
+	b.WriteString(other)
+	sl.text = b.String()
 	sl.expiry, sl.lastRefresh = s.expiry.UTC(), s.lastRefresh.UTC()
 	sl.version, sl.refreshable, sl.redeemed = s.version, s.refreshable, s.redeemed
 	c.stamps++
@@ -389,8 +442,9 @@ func (c *cache) storeLocked(sl *slot, s *snapshot) {
 
 // dropLocked forgets the slot's snapshot, keeping the entry.
 func (c *cache) dropLocked(sl *slot) {
-	sl.id = strings.Clone(sl.id) // the token's allocation can go
-	sl.bearer, sl.refresh, sl.state, sl.stamp = "", "", "", 0
+	sl.text = strings.Clone(sl.id()) // the token's allocation can go
+	sl.bearerLen, sl.refreshLen, sl.shared, sl.sharedBearer, sl.sharedRefresh = 0, 0, false, "", ""
+	sl.state, sl.stamp = stateEmpty, 0
 }
 
 // written handles the invalidation of a write of version: fills of older
@@ -449,7 +503,7 @@ func (c *cache) dropToken(tenant, access string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i := c.findLocked(tenant); i >= 0 {
-		if sl := c.slot(i); sl.stamp != 0 && sl.bearer[len(bearerPrefix):] == access {
+		if sl := c.slot(i); sl.stamp != 0 && sl.bearer()[len(bearerPrefix):] == access {
 			c.dropLocked(sl)
 		}
 	}
@@ -555,7 +609,7 @@ func (c *cache) snapshots() []cached {
 		for i := range p {
 			if s := &p[i]; s.gen != 0 && s.stamp != 0 {
 				e := entry{int32(n*slotsPerPage + i), s.gen}
-				out = append(out, cached{s.id, e, s.snapshot(), time.Unix(0, s.filledAt)})
+				out = append(out, cached{s.id(), e, s.snapshot(), time.Unix(0, s.filledAt)})
 			}
 		}
 	}

@@ -31,6 +31,8 @@ import (
 type Main struct {
 	cfg *Config
 	log *slog.Logger
+	// logOut is where log lines go: log's, and the access lines.
+	logOut io.Writer
 	// callers checks caller keys; nil when caller authentication is off.
 	callers *proxy.Callers
 	tokens  *auth.Tokens
@@ -61,7 +63,7 @@ func NewMain(ctx context.Context, cfg *Config, stdout io.Writer) (_ *Main, err e
 	}()
 	logOut, closeLog := newLogOutput(stdout)
 	m.onClose(closeLog)
-	m.log = newLogger(cfg, logOut)
+	m.log, m.logOut = newLogger(cfg, logOut), logOut
 	if cfg.callerKeys != nil {
 		m.callers = proxy.NewCallers(cfg.callerKeys)
 		m.onClose(reloadCallerKeys(cfg.CallerKeysFile, m.callers, m.log))
@@ -257,12 +259,27 @@ func newServer(cfg *Config, h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
+// newLogger returns the log written to w, in LOG_FORMAT, at LOG_LEVEL.
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.logLevel}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// newAccessLog returns the writer of the data plane's access lines to w:
+// the lines that newLogger's log, given attrs by With, would write. It
+// returns nil when ACCESS_LOG is off or LOG_LEVEL hides INFO.
+func newAccessLog(cfg *Config, w io.Writer, attrs ...string) *proxy.AccessLogWriter {
+	if !cfg.AccessLog || cfg.logLevel > slog.LevelInfo {
+		return nil
+	}
+	format := proxy.LogText
+	if cfg.LogFormat == "json" {
+		format = proxy.LogJSON
+	}
+	return proxy.NewAccessLogWriter(w, format, attrs...)
 }
 
 // stateCounter is a store that counts tenants by state without a scan.
@@ -377,6 +394,7 @@ func (m *Main) proxyConfig(met *metrics.Metrics, limiter *ratelimit.Limiter) pro
 	if m.static != nil {
 		tokens = m.static
 	}
+	accessLog := newAccessLog(m.cfg, m.logOut, "component", "proxy")
 	cfg := proxy.Config{
 		Tokens:               tokens,
 		DefaultTenant:        m.cfg.DefaultTenant,
@@ -388,7 +406,8 @@ func (m *Main) proxyConfig(met *metrics.Metrics, limiter *ratelimit.Limiter) pro
 		BodyTimeout:          m.cfg.RequestBodyTimeout,
 		Observer:             met,
 		Logger:               m.log.With("component", "proxy"),
-		AccessLog:            m.cfg.AccessLog,
+		AccessLog:            accessLog != nil,
+		AccessLogWriter:      accessLog,
 		Callers:              m.callers,
 		CallerKeyHeader:      m.cfg.CallerKeyHeader,
 		MaxCallerConcurrency: m.cfg.MaxCallerConcurrency,

@@ -84,6 +84,9 @@ func newDataPlane(tb testing.TB, upstreamURL *url.URL, transport http.RoundTripp
 		Observer:      m,
 		Logger:        log.With("component", "proxy"),
 		AccessLog:     accessLog,
+		// As app.go wires it: the access lines through the proxy's own
+		// writer, formatted and dropped.
+		AccessLogWriter: proxy.NewAccessLogWriter(io.Discard, proxy.LogText, "component", "proxy"),
 	})
 	if err != nil {
 		tb.Fatalf("proxy.New: %v", err)

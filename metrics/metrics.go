@@ -41,7 +41,7 @@ type Metrics struct {
 	cacheEvictions   prometheus.Counter
 	callbacks        *prometheus.CounterVec
 	proxyErrors      *prometheus.CounterVec
-	inFlight         prometheus.Gauge
+	inFlight         atomic.Int64 // read by a GaugeFunc at each scrape
 	adminRefused     prometheus.Counter
 	rateAdmitted     prometheus.Counter
 	rateRejected     prometheus.Counter
@@ -77,15 +77,17 @@ func methodIndex(m string) int {
 	return len(methods) - 1
 }
 
-// child returns the counter in slot, taking it from vec with labels the
-// first time.
-func child(slot *atomic.Pointer[prometheus.Counter], vec *prometheus.CounterVec, labels ...string) prometheus.Counter {
+// inc increments the counter in slot, taking it from vec with the labels
+// that labels returns the first time: the labels are made only then (a
+// status code's string is an allocation).
+func inc(slot *atomic.Pointer[prometheus.Counter], vec *prometheus.CounterVec, labels func() []string) {
 	if c := slot.Load(); c != nil {
-		return *c
+		(*c).Inc()
+		return
 	}
-	c := vec.WithLabelValues(labels...)
+	c := vec.WithLabelValues(labels()...)
 	slot.Store(&c)
-	return c
+	c.Inc()
 }
 
 // New registers the proxy's collectors, with the Go and process collectors
@@ -138,8 +140,6 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		proxyErrors: counterVec("errors_total",
 			"Answers of the proxy's own (not thanks.io's), by error code (unknown_tenant, reauthorization_required, token_unavailable, ...; client_closed_request when the caller hung up).",
 			"code"),
-		inFlight: gauge("requests_in_flight",
-			"Requests being proxied now."),
 		adminRefused: counter("admin_auth_failures_total",
 			"Admin API calls refused for a missing or wrong admin token."),
 		cacheEvictions: counter("cache_evictions_total",
@@ -202,7 +202,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.refreshes, m.refreshDuration, m.lockWaits, m.lockWaitDuration, m.lookups,
 		m.storeErrors, m.tokenTimeLeft, m.staticInjections, m.pendingWrites,
 		m.storeDataLosses, m.invalidationsUp, m.invalidationsAt, m.cacheEvictions, m.callbacks,
-		m.proxyErrors, m.inFlight, m.adminRefused, buildInfo,
+		m.proxyErrors, m.adminRefused, buildInfo,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "requests_in_flight",
+			Help: "Requests being proxied now."}, func() float64 { return float64(m.inFlight.Load()) }),
 		m.rateAdmitted, m.rateRejected, m.rateWait, m.ratePauses, m.rateShared, m.upstreamLimited,
 		m.eventDeliveries,
 		collectors.NewGoCollector(),
@@ -246,7 +248,7 @@ func setBool(g prometheus.Gauge, b bool) {
 func (m *Metrics) Served(method string, status int, d time.Duration) {
 	i := methodIndex(method)
 	if status >= 100 && status < 600 {
-		child(&m.requestsBy[i][status-100], m.requests, methods[i], strconv.Itoa(status)).Inc()
+		inc(&m.requestsBy[i][status-100], m.requests, func() []string { return []string{methods[i], strconv.Itoa(status)} })
 	} else {
 		m.requests.WithLabelValues(methods[i], strconv.Itoa(status)).Inc()
 	}
@@ -263,7 +265,7 @@ const statusClientClosedRequest = 499
 func (m *Metrics) Upstream(status int, d time.Duration) {
 	switch {
 	case status >= 100 && status < 600 && status != statusClientClosedRequest:
-		child(&m.answersBy[status-100], m.upstreamAnswers, strconv.Itoa(status)).Inc()
+		inc(&m.answersBy[status-100], m.upstreamAnswers, func() []string { return []string{strconv.Itoa(status)} })
 	case status == 0:
 		m.upstreamAnswers.WithLabelValues("error").Inc()
 	case status == statusClientClosedRequest:
@@ -337,7 +339,7 @@ func (m *Metrics) KnownErrorCodes(codes ...string) {
 }
 
 // InFlight adds delta to the requests in flight.
-func (m *Metrics) InFlight(delta int) { m.inFlight.Add(float64(delta)) }
+func (m *Metrics) InFlight(delta int) { m.inFlight.Add(int64(delta)) }
 
 // AdminRefused counts an admin call refused for its token.
 func (m *Metrics) AdminRefused() { m.adminRefused.Inc() }

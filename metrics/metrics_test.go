@@ -94,3 +94,36 @@ func TestTenantStatesNeverWaitOnTheStore(t *testing.T) {
 		t.Errorf("no update time: %v", got)
 	}
 }
+
+// TestPerRequestObservationsDoNotAllocate checks the observations made on
+// every proxied request, once their series exist: no allocation (a status
+// code's string was one, twice a request).
+func TestPerRequestObservationsDoNotAllocate(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	observe := func() {
+		m.InFlight(1)
+		m.Upstream(201, 2*time.Millisecond)
+		m.InFlight(-1)
+		m.Served("POST", 201, 3*time.Millisecond)
+	}
+	observe()
+	if n := testing.AllocsPerRun(100, observe); n != 0 {
+		t.Errorf("a request's observations allocate %v times; want 0", n)
+	}
+	m.InFlight(2)
+	rec := httptest.NewRecorder()
+	metrics.Handler(reg).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	samples := testutil.MetricSamples(t, rec.Body.String())
+	for sample, want := range map[string]float64{
+		"thanksio_proxy_requests_in_flight":                            2,
+		`thanksio_proxy_requests_total{code="201",method="POST"}`:      102,
+		`thanksio_proxy_upstream_responses_total{code="201"}`:          102,
+		`thanksio_proxy_request_duration_seconds_count{method="POST"}`: 102,
+		`thanksio_proxy_upstream_duration_seconds_count`:               102,
+	} {
+		if got, ok := samples[sample]; !ok || got != want {
+			t.Errorf("%s = %v (present: %v); want %v", sample, got, ok, want)
+		}
+	}
+}

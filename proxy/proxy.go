@@ -121,11 +121,17 @@ type Config struct {
 	BodyTimeout time.Duration
 	// Observer is told about requests; nil observes nothing.
 	Observer Observer
-	// Logger receives one access line per request (when AccessLog is set)
-	// and the proxy's failures; it never receives a token. Nil discards.
+	// Logger receives the proxy's failures, and the access lines when
+	// AccessLog is set and AccessLogWriter is nil; it never receives a
+	// token. Nil discards.
 	Logger *slog.Logger
 	// AccessLog turns the per-request access line on.
 	AccessLog bool
+	// AccessLogWriter, when not nil, writes the access lines instead of
+	// Logger: the same lines, at a fraction of slog's cost per line. It
+	// does not filter by level: leave AccessLog off when the log's level
+	// hides INFO.
+	AccessLogWriter *AccessLogWriter
 	// Callers, when not nil, turns caller authentication on: every request
 	// must present a caller key in CallerKeyHeader, and may name only the
 	// tenants that key allows. Nil lets anyone who reaches the proxy name
@@ -159,6 +165,8 @@ type Handler struct {
 	callerHeader string
 	basePath     string // upstream path without its trailing slash
 	baseRawPath  string
+	// rp is what every call's ReverseProxy starts from (the call binds
+	// Rewrite and the transport to itself); its Transport serves Check.
 	rp           *httputil.ReverseProxy
 	log          *slog.Logger
 	obs          Observer
@@ -215,7 +223,6 @@ func New(cfg Config) (*Handler, error) {
 		h.obs = nopObserver{}
 	}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:        h.rewrite,
 		Transport:      &replayTransport{h: h, base: cfg.Transport},
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.errorHandler,
@@ -230,9 +237,16 @@ func New(cfg Config) (*Handler, error) {
 func (h *Handler) ReplayMemory() int64 { return h.replayMemory.used.Load() }
 
 // call is what the proxy knows of one request while it is proxied.
+//
+// It holds the ReverseProxy and the transport that serve the request,
+// bound to it, in the same allocation: Rewrite and the transport have the
+// call without a copy of the request that carries it in its context (an
+// allocation of each per request, and a walk of the context per lookup).
 type call struct {
 	w             statusWriter // the caller's ResponseWriter, in the same allocation
-	authorization string       // "Bearer " + token
+	rp            httputil.ReverseProxy
+	transport     replayTransport
+	authorization string // "Bearer " + token
 	tenant        string
 	caller        string
 	requestID     string
@@ -247,6 +261,11 @@ type call struct {
 	deadline      time.Time     // the latest a call may go under the rate limit
 	waited        time.Duration // time spent waiting for the rate limit
 	upstream      time.Duration
+	// The values of the X-Request-ID and Authorization headers that the
+	// call sets, in the same allocation. They are never changed once set:
+	// a header that adds to them gets a new slice (their capacity is 1).
+	requestIDValue     [1]string
+	authorizationValue [1]string
 }
 
 // finish gives back what the request held: its place among its caller's
@@ -271,11 +290,12 @@ func callFrom(ctx context.Context) *call {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	c := &call{requestID: requestID(r)}
+	c.requestIDValue[0] = c.requestID
 	rw := &c.w
-	rw.ResponseWriter, rw.requestID, rw.http10 = w, c.requestID, !r.ProtoAtLeast(1, 1)
+	rw.ResponseWriter, rw.call, rw.http10 = w, c, !r.ProtoAtLeast(1, 1)
 	// Canonical keys, set directly: Header.Set would canonicalize (and
 	// allocate for "X-Request-ID") on every request.
-	rw.Header()[requestIDHeader] = []string{c.requestID}
+	rw.Header()[requestIDHeader] = c.requestIDValue[:]
 	var deadline time.Time
 	rw.close, deadline = guardConnection(w, r, start, h.cfg.BodyTimeout)
 	if r.ContentLength != 0 {
@@ -285,22 +305,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.obs.InFlight(1)
 	defer func() {
 		c.finish()
-		d := time.Since(start)
 		h.obs.InFlight(-1)
-		h.obs.Served(r.Method, rw.status(), d)
-		if h.cfg.AccessLog {
-			h.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-				slog.String("request_id", c.requestID),
-				slog.String("tenant", c.tenant),
-				slog.String("caller", c.caller),
-				slog.String("method", r.Method),
-				slog.String("path", r.URL.Path),
-				slog.Int("status", rw.status()),
-				slog.Duration("duration", d),
-				slog.Duration("upstream_duration", c.upstream),
-				slog.Bool("replayed", c.replayed),
-				slog.Duration("rate_limit_wait", c.waited),
-			)
+		if !h.cfg.AccessLog {
+			h.obs.Served(r.Method, rw.status(), time.Since(start))
+			return
+		}
+		// One clock read for the end of the request and the line's time.
+		end := time.Now()
+		l := accessLine{time: end, requestID: c.requestID, tenant: c.tenant, caller: c.caller,
+			method: r.Method, path: r.URL.Path, status: rw.status(), duration: end.Sub(start),
+			upstream: c.upstream, replayed: c.replayed, rateLimitWait: c.waited}
+		h.obs.Served(r.Method, l.status, l.duration)
+		if h.cfg.AccessLogWriter != nil {
+			h.cfg.AccessLogWriter.write(&l)
+		} else {
+			attrs := l.attrs()
+			h.log.LogAttrs(r.Context(), slog.LevelInfo, accessMessage, attrs[:]...)
 		}
 	}()
 
@@ -329,7 +349,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// caller asked for, and relay a 101 as a tunnel past the proxy: the
 	// caller never gets one.
 	delete(r.Header, "Upgrade")
-	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+	c.rp = *h.rp
+	c.rp.Rewrite = func(pr *httputil.ProxyRequest) { h.rewrite(pr, c) }
+	c.transport = replayTransport{h: h, base: h.cfg.Transport, c: c}
+	c.rp.Transport = &c.transport
+	c.rp.ServeHTTP(rw, r)
 }
 
 // prepare checks the request target and method, the caller (when caller
@@ -437,6 +461,9 @@ func relativePath(r *http.Request) (string, *Error) {
 		rest = tail
 	}
 	escaped := r.URL.EscapedPath()
+	if strings.IndexByte(escaped, '%') < 0 {
+		return escaped, nil
+	}
 	if lower := strings.ToLower(escaped); strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") {
 		return bad("The request path must not contain an encoded '/' or '\\'.")
 	}
@@ -496,9 +523,10 @@ func (h *Handler) bufferBody(r *http.Request, c *call) *Error {
 // rewrite builds the upstream request: the upstream URL with the caller's
 // path under its base, the caller's query, and the tenant's token as the only
 // credential.
-func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	c := callFrom(pr.In.Context())
-	u := *h.cfg.Upstream
+func (h *Handler) rewrite(pr *httputil.ProxyRequest, c *call) {
+	// The outbound request's URL is its own copy: set in place.
+	u := pr.Out.URL
+	*u = *h.cfg.Upstream
 	u.Path = h.basePath + pr.In.URL.Path
 	u.RawPath = h.baseRawPath + c.path
 	if u.EscapedPath() != u.RawPath {
@@ -508,7 +536,6 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	u.RawQuery = c.rawQuery
 	u.ForceQuery = false
 	u.Fragment, u.RawFragment = "", ""
-	pr.Out.URL = &u
 	pr.Out.Host = ""
 
 	// The server canonicalized the inbound header keys, and these are
@@ -534,8 +561,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 			delete(out, name)
 		}
 	}
-	out["Authorization"] = []string{c.authorization}
-	out[requestIDHeader] = []string{c.requestID}
+	c.authorizationValue[0] = c.authorization
+	out["Authorization"] = c.authorizationValue[:]
+	out[requestIDHeader] = c.requestIDValue[:]
 	// Request trailers could carry the tenant header, the caller key or
 	// credentials past the deletions above; the upstream needs none.
 	pr.Out.Trailer = nil
@@ -548,11 +576,12 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return errSwitchingProtocols
 	}
-	// Canonical keys, as the transport's are.
+	// Canonical keys, as the transport's are: Del would canonicalize
+	// them again on every answer.
 	delete(res.Header, ErrorHeader)
 	delete(res.Header, "Set-Cookie")
-	res.Trailer.Del(ErrorHeader)
-	res.Trailer.Del("Set-Cookie")
+	delete(res.Trailer, ErrorHeader)
+	delete(res.Trailer, "Set-Cookie")
 	if res.ContentLength < 0 {
 		// A chunked answer may carry trailers, declared or not, that the
 		// transport adds once the body has been read: drop it then too.
@@ -580,14 +609,19 @@ type trailerFilter struct {
 func (f *trailerFilter) Read(p []byte) (int, error) {
 	n, err := f.ReadCloser.Read(p)
 	if err == io.EOF {
-		f.res.Trailer.Del(ErrorHeader)
-		f.res.Trailer.Del("Set-Cookie")
+		delete(f.res.Trailer, ErrorHeader)
+		delete(f.res.Trailer, "Set-Cookie")
 	}
 	return n, err
 }
 
 func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	c := callFrom(r.Context())
+	// The writer is the call's own (the ReverseProxy the call binds is
+	// given no other).
+	var c *call
+	if sw, ok := w.(*statusWriter); ok {
+		c = sw.call
+	}
 	if c == nil {
 		c = &call{}
 	}
@@ -629,10 +663,16 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, c *call, e *Error
 type replayTransport struct {
 	h    *Handler
 	base http.RoundTripper
+	// c is the call that the transport serves; nil takes the call from
+	// each request's context (Check's).
+	c *call
 }
 
 func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	c := callFrom(req.Context())
+	c := t.c
+	if c == nil {
+		c = callFrom(req.Context())
+	}
 	res, err := t.roundTrip(req, c)
 	if err != nil || c == nil {
 		return res, err
@@ -835,8 +875,9 @@ var (
 )
 
 func newRequestID() string {
-	var b [16]byte
-	return requestIDPrefix + string(strconv.AppendUint(b[:0], requestIDCounter.Add(1), 16))
+	var b [48]byte // on the stack: the string is the one allocation
+	id := append(b[:0], requestIDPrefix...)
+	return string(strconv.AppendUint(id, requestIDCounter.Add(1), 16))
 }
 
 func randomHex(n int) string {
@@ -854,11 +895,11 @@ func randomHex(n int) string {
 // again on the final answer.
 type statusWriter struct {
 	http.ResponseWriter
-	code      int
-	requestID string // the answer's X-Request-ID
-	close     bool   // the connection closes after the answer
-	http10    bool   // the caller speaks HTTP/1.0, which has no interim answers
-	interim   bool   // an interim answer was written, and the headers cleared
+	call    *call // whose answer this is
+	code    int
+	close   bool // the connection closes after the answer
+	http10  bool // the caller speaks HTTP/1.0, which has no interim answers
+	interim bool // an interim answer was written, and the headers cleared
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -880,7 +921,7 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.code = code
 		if w.interim {
 			h := w.Header()
-			h[requestIDHeader] = []string{w.requestID}
+			h[requestIDHeader] = []string{w.call.requestID}
 			if w.close {
 				h["Connection"] = []string{"close"}
 			}

@@ -299,3 +299,62 @@ func TestAttackCallerGoneDuringReserveLeavesNoPhantomSlot(t *testing.T) {
 		t.Errorf("the first call that actually goes = %v; want it let through (the canceled call left a slot behind in Redis)", err)
 	}
 }
+
+// stalled is a schedule whose reservations, once made, wait for the test
+// to let them return: the test acts between a call's reservation and what
+// the call does next.
+type stalled struct {
+	*store.LocalSchedule
+	reserved chan store.Slot
+	resume   chan struct{}
+}
+
+func (s stalled) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error) {
+	slot, err := s.LocalSchedule.Reserve(ctx, tenant, rule, maxWait, floor)
+	s.reserved <- slot
+	<-s.resume
+	return slot, err
+}
+
+// A pause that comes after a call reserved its slot but before it began
+// to sleep (the pause's wake finds no sleeper) reaches the call all the
+// same: it is refused at once, not when its old slot comes.
+func TestAttackPauseBeforeTheWaiterSleeps(t *testing.T) {
+	const period = 3 * time.Second
+	sched := stalled{store.NewLocalSchedule(), make(chan store.Slot, 10), make(chan struct{}, 10)}
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	sched.resume <- struct{}{}
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-sched.reserved
+	type result struct {
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
+		done <- result{err, time.Now()}
+	}()
+	if slot := <-sched.reserved; !slot.Reserved() || slot.Wait < period {
+		t.Fatalf("the second call's slot = %+v; want one a period away", slot)
+	}
+	// The call has its slot and does not sleep yet: thanks.io answers
+	// 429, come back in a minute (past the call's 10 s).
+	paused := time.Now()
+	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0)
+	sched.resume <- struct{}{}
+	select {
+	case r := <-done:
+		var re *RefusedError
+		if !errors.As(r.err, &re) {
+			t.Fatalf("the waiter's Wait = %v; want a *RefusedError", r.err)
+		}
+		if d := r.at.Sub(paused); d > time.Second {
+			t.Errorf("the waiter was refused %v after the pause; want at once (the pause's wake came before it slept)", d.Round(time.Millisecond))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the waiter never returned")
+	}
+}

@@ -3,12 +3,13 @@
 // a schedule, so that callers wait their turn at the proxy instead of
 // collecting thanks.io's 429s.
 //
-// A call reserves a slot in its tenant's schedule (one Redis round trip)
-// and sleeps until it comes; a call whose slot would come later than its
-// wait allows is refused at once, reserving nothing. Waiting costs no
-// polling: a call that had to wait confirms its slot once when it wakes (a
-// pause may have moved it), so an admitted call costs one Redis command,
-// or two when it waited.
+// A call reserves a slot in its tenant's schedule (one Redis command) and
+// sleeps until it comes; a call whose slot would come later than its wait
+// allows is refused at once, reserving nothing. Waiting costs no polling: a
+// call that had to wait confirms its slot once when it wakes (a pause may
+// have moved it), so an admitted call costs one Redis command, or two when
+// it waited. The commands of calls made at once, of any tenants, share
+// round trips (store.RedisSchedule pipelines them).
 package ratelimit
 
 import (
@@ -20,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"thanksio-proxy/store"
@@ -130,10 +132,20 @@ type Limiter struct {
 	obs     Observer
 	log     *slog.Logger
 
-	mu        sync.Mutex
-	downUntil time.Time // while in the future, the local schedule is used
-	down      bool      // the shared schedule failed and has not answered since
-	sleepers  map[string]*pauseSignal
+	// downUntil is when the shared schedule is tried again after it
+	// failed (Unix nanoseconds): until then, the local one is used. Every
+	// call reads it, so it is not behind mu.
+	downUntil atomic.Int64
+	// down reports whether the shared schedule failed and has not
+	// answered since; it changes under mu, and is read without it.
+	down atomic.Bool
+	// pauses counts the wakes of sleepers (pauses this replica set): a
+	// call that reserved its slot before a pause, but began to sleep
+	// after its wake, learns of it so.
+	pauses atomic.Uint64
+
+	mu       sync.Mutex
+	sleepers map[string]*pauseSignal
 }
 
 // New returns a Limiter for cfg.
@@ -195,6 +207,7 @@ func (e *RefusedError) Error() string {
 func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (time.Duration, error) {
 	start := time.Now()
 	sched := l.schedule(start)
+	pauses := l.pauses.Load()
 	slot, err := l.reserve(ctx, sched, tenant, deadline)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -219,11 +232,12 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 	}
 	wait := slot.Wait
 	for wait > 0 {
-		if err := l.sleep(ctx, tenant, wait); err != nil {
+		if err := l.sleep(ctx, tenant, wait, pauses); err != nil {
 			l.release(sched, tenant, slot.ID)
 			return time.Since(start), err
 		}
 		// A pause may have moved the slot while this call slept.
+		pauses = l.pauses.Load()
 		wait, err = l.confirm(ctx, sched, tenant, slot.ID)
 		switch {
 		case ctx.Err() != nil:
@@ -393,12 +407,7 @@ func headerValue(h http.Header, key string) string {
 // schedule returns the schedule to use now: the shared one, unless it
 // failed less than retryShared ago.
 func (l *Limiter) schedule(now time.Time) Schedule {
-	if l.shared == nil {
-		return l.local
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Before(l.downUntil) {
+	if l.shared == nil || now.UnixNano() < l.downUntil.Load() {
 		return l.local
 	}
 	return l.shared
@@ -412,9 +421,9 @@ func (l *Limiter) failed(sched Schedule, err error) Schedule {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.downUntil = time.Now().Add(retryShared)
-	if !l.down {
-		l.down = true
+	l.downUntil.Store(time.Now().Add(retryShared).UnixNano())
+	if !l.down.Load() {
+		l.down.Store(true)
 		l.obs.Shared(false)
 		l.log.Warn("the shared rate limit schedule failed: each replica paces its tenants alone, at the full rate, until it answers; thanks.io's 429s pause tenants meanwhile", "err", err)
 	}
@@ -424,13 +433,13 @@ func (l *Limiter) failed(sched Schedule, err error) Schedule {
 // answered notes that sched answered, ending an outage of the shared
 // schedule.
 func (l *Limiter) answered(sched Schedule) {
-	if sched != l.shared || l.shared == nil {
+	if sched != l.shared || l.shared == nil || !l.down.Load() {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.down {
-		l.down = false
+	if l.down.Load() {
+		l.down.Store(false)
 		l.obs.Shared(true)
 		l.log.Info("the shared rate limit schedule answers again")
 	}
@@ -445,10 +454,15 @@ func (l *Limiter) release(sched Schedule, tenant, id string) {
 }
 
 // sleep waits for d, until ctx ends, or until a pause of tenant's calls
-// wakes it (to confirm its slot at once).
-func (l *Limiter) sleep(ctx context.Context, tenant string, d time.Duration) error {
+// wakes it (to confirm its slot at once). It does not wait when a pause
+// woke sleepers since l.pauses read pauses: it may have been tenant's,
+// and come before this call watched.
+func (l *Limiter) sleep(ctx context.Context, tenant string, d time.Duration, pauses uint64) error {
 	woken := l.watch(tenant)
 	defer l.unwatch(tenant)
+	if l.pauses.Load() != pauses {
+		return ctx.Err()
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -494,6 +508,7 @@ func (l *Limiter) unwatch(tenant string) {
 func (l *Limiter) wake(tenant string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.pauses.Add(1)
 	if s := l.sleepers[tenant]; s != nil {
 		close(s.c)
 		delete(l.sleepers, tenant)

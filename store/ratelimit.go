@@ -54,20 +54,52 @@ func (s Slot) Reserved() bool { return s.ID != "" }
 // P{tenant}:dropped (the ids of reservations given up before their
 // script ran, for a minute).
 // It is safe for concurrent use.
+//
+// Reserve and Confirm share round trips: the calls made while one is under
+// way go together in the next, as one pipeline (see scriptBatch).
 type RedisSchedule struct {
 	client redis.UniversalClient
 	prefix string
 	ids    idSource
+	batch  *scriptBatch
+	rule   atomic.Pointer[ruleArgs] // the last rule Reserve was given
+}
+
+// ruleArgs is a rule as the scripts take it, made once for the calls that
+// follow: the limiter gives every call the same rule.
+type ruleArgs struct {
+	rule                 RateRule
+	limit, period, guard any
+}
+
+// args returns rule as the scripts take it.
+func (s *RedisSchedule) args(rule RateRule) *ruleArgs {
+	if a := s.rule.Load(); a != nil && a.rule == rule {
+		return a
+	}
+	a := &ruleArgs{rule: rule, limit: rule.Limit, period: rule.Period.Milliseconds(), guard: rule.Guard.Milliseconds()}
+	s.rule.Store(a)
+	return a
 }
 
 // Schedule returns the schedule of upstream calls kept beside r's records.
 func (r *Redis) Schedule() *RedisSchedule {
-	return &RedisSchedule{client: r.client, prefix: r.prefix, ids: newIDSource()}
+	return &RedisSchedule{client: r.client, prefix: r.prefix, ids: newIDSource(), batch: &scriptBatch{client: r.client}}
 }
 
 func (s *RedisSchedule) rateKey(tenant string) string  { return s.prefix + "{" + tenant + "}:rate" }
 func (s *RedisSchedule) dropKey(tenant string) string  { return s.prefix + "{" + tenant + "}:dropped" }
 func (s *RedisSchedule) pauseKey(tenant string) string { return s.prefix + "{" + tenant + "}:pause" }
+
+// reserveKeys returns the keys of reserveScript for tenant (rateKey,
+// pauseKey, dropKey) in one allocation: every call reserves.
+func (s *RedisSchedule) reserveKeys(tenant string) []string {
+	p := s.prefix
+	all := p + "{" + tenant + "}:rate" + p + "{" + tenant + "}:pause" + p + "{" + tenant + "}:dropped"
+	rate := len(p) + len(tenant) + len("{}:rate")
+	pause := rate + len(p) + len(tenant) + len("{}:pause")
+	return []string{all[:rate], all[rate:pause], all[pause:]}
+}
 
 // Calls are kept for two periods and a guard: the placing needs one, and
 // a pause for others' calls counts the period before a call whose answer
@@ -162,13 +194,19 @@ func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
 	id := s.ids.next()
-	res, err := reserveScript.Run(ctx, s.client, []string{s.rateKey(tenant), s.pauseKey(tenant), s.dropKey(tenant)},
-		rule.Limit, rule.Period.Milliseconds(), rule.Guard.Milliseconds(), maxWait.Milliseconds(), id,
-		max(0, floor).Milliseconds()).Int64Slice()
+	a := s.args(rule)
+	cmd, sent, err := s.batch.run(ctx, reserveScript, s.reserveKeys(tenant),
+		a.limit, a.period, a.guard, maxWait.Milliseconds(), id, max(0, floor).Milliseconds())
+	var res []int64
+	if err == nil {
+		res, err = cmd.Int64Slice()
+	}
 	if err != nil {
-		// The script may still run (it was sent, and the answer is what
-		// did not come): drop its id, whichever runs first.
-		go s.drop(tenant, id)
+		if sent {
+			// The script may still run (it was sent, and the answer is
+			// what did not come): drop its id, whichever runs first.
+			go s.drop(tenant, id)
+		}
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
 	if len(res) != 2 {
@@ -186,7 +224,11 @@ func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 // turn now. It returns ErrNotFound when the reservation is gone (Redis lost
 // its data, or the key expired).
 func (s *RedisSchedule) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
-	ms, err := confirmScript.Run(ctx, s.client, []string{s.rateKey(tenant)}, id).Int64()
+	cmd, _, err := s.batch.run(ctx, confirmScript, []string{s.rateKey(tenant)}, id)
+	var ms int64
+	if err == nil {
+		ms, err = cmd.Int64()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("store: confirm %q: %w", tenant, err)
 	}

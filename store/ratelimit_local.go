@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sync"
 	"time"
@@ -10,16 +11,31 @@ import (
 
 // LocalSchedule keeps the tenants' schedules of upstream calls in this
 // process, by the rules of RedisSchedule: for one replica, or for a replica
-// whose Redis is down. It is safe for concurrent use.
+// whose Redis is down. It is safe for concurrent use. The tenants are
+// spread over shards, each with its own lock: a call takes only its
+// tenant's shard, and calls of different tenants seldom wait for each
+// other.
 type LocalSchedule struct {
 	// Now is the clock; nil means time.Now. Set it before the first call.
 	Now func() time.Time
 
-	ids idSource
+	ids    idSource
+	seed   maphash.Seed
+	shards [localShards]localShard
+}
 
+// localShards is the number of shards of a LocalSchedule: enough that the
+// cores of a large machine seldom meet on one.
+const localShards = 64
+
+// localShard is a share of the tenants of a LocalSchedule.
+type localShard struct {
 	mu      sync.Mutex
 	tenants map[string]*localTenantSchedule
-	calls   int // Reserve calls since the last sweep
+	calls   int // calls that may have added a schedule since the last sweep
+
+	// Keeps the locks of two shards off one cache line.
+	_ [64 - 24]byte
 }
 
 // localTenantSchedule is one tenant's schedule: the calls in time order.
@@ -32,13 +48,22 @@ type localTenantSchedule struct {
 
 // NewLocalSchedule returns an empty LocalSchedule.
 func NewLocalSchedule() *LocalSchedule {
-	return &LocalSchedule{ids: newIDSource(), tenants: make(map[string]*localTenantSchedule)}
+	s := &LocalSchedule{ids: newIDSource(), seed: maphash.MakeSeed()}
+	for i := range s.shards {
+		s.shards[i].tenants = make(map[string]*localTenantSchedule)
+	}
+	return s
 }
 
-// sweepEvery is how many reservations pass between sweeps of the schedules
-// that nothing uses any more: the map stays as large as the set of tenants
-// recently called.
-const sweepEvery = 4096
+// shard returns the shard that keeps tenant's schedule.
+func (s *LocalSchedule) shard(tenant string) *localShard {
+	return &s.shards[maphash.String(s.seed, tenant)%localShards]
+}
+
+// sweepEvery is how many calls of a shard pass between its sweeps of the
+// schedules that nothing uses any more: its map stays as large as its set
+// of tenants recently called.
+const sweepEvery = 4096 / localShards
 
 func (s *LocalSchedule) now() time.Time {
 	if s.Now != nil {
@@ -52,10 +77,11 @@ func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 	if err := checkRule(tenant, rule); err != nil {
 		return Slot{}, fmt.Errorf("store: reserve %q: %w", tenant, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	now := s.now()
-	t := s.tenantLocked(tenant, now, rule)
+	t := sh.tenantLocked(tenant, now, rule)
 	at := t.place(later(now.Add(max(0, floor)), t.pause), rule)
 	if wait := at.Sub(now); wait > maxWait {
 		return Slot{Wait: wait}, nil
@@ -69,9 +95,10 @@ func (s *LocalSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 
 // Confirm is RedisSchedule.Confirm, in this process.
 func (s *LocalSchedule) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t := s.tenants[tenant]; t != nil {
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if t := sh.tenants[tenant]; t != nil {
 		if i := slices.Index(t.ids, id); i >= 0 {
 			return max(0, t.at[i].Sub(s.now())), nil
 		}
@@ -81,9 +108,10 @@ func (s *LocalSchedule) Confirm(ctx context.Context, tenant, id string) (time.Du
 
 // Release is RedisSchedule.Release, in this process.
 func (s *LocalSchedule) Release(ctx context.Context, tenant, id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t := s.tenants[tenant]; t != nil {
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if t := sh.tenants[tenant]; t != nil {
 		if i := slices.Index(t.ids, id); i >= 0 {
 			t.at = slices.Delete(t.at, i, i+1)
 			t.ids = slices.Delete(t.ids, i, i+1)
@@ -100,10 +128,11 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 	if d < time.Millisecond {
 		return false, nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	now := s.now()
-	t := s.tenantLocked(tenant, now, rule)
+	t := sh.tenantLocked(tenant, now, rule)
 	if others {
 		sent := now.Add(-max(0, took))
 		recent := 0
@@ -144,30 +173,39 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 // Record notes a call of tenant sent now that another schedule placed
 // (this replica's own history, for when that schedule fails or forgets).
 func (s *LocalSchedule) Record(tenant string, rule RateRule) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	now := s.now()
-	t := s.tenantLocked(tenant, now, rule)
+	t := sh.tenantLocked(tenant, now, rule)
 	// Calls recorded now come after every call recorded before; a
 	// reservation of this schedule may lie ahead, so keep the order.
-	i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
-		if a.After(b) {
-			return 1
-		}
-		return -1
-	})
-	t.at = slices.Insert(t.at, i, now)
-	t.ids = slices.Insert(t.ids, i, "")
+	if n := len(t.at); n == 0 || !t.at[n-1].After(now) {
+		t.at = append(t.at, now)
+		t.ids = append(t.ids, "")
+	} else {
+		i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
+			if a.After(b) {
+				return 1
+			}
+			return -1
+		})
+		t.at = slices.Insert(t.at, i, now)
+		t.ids = slices.Insert(t.ids, i, "")
+	}
 	t.expiry = later(t.expiry, now.Add(2*rule.Period+rule.Guard))
 }
 
 // Floor returns how long from now tenant's calls known here keep its next
 // call waiting: 0 when fewer than rule.Limit went in the last period.
 func (s *LocalSchedule) Floor(tenant string, rule RateRule) time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.tenants[tenant]
-	if t == nil {
+	sh := s.shard(tenant)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	t := sh.tenants[tenant]
+	if t == nil || len(t.at) < rule.Limit {
+		// Fewer calls than the limit are known, in the last period or
+		// before it: nothing to trim, or to wait for.
 		return 0
 	}
 	now := s.now()
@@ -190,13 +228,13 @@ func (t *localTenantSchedule) trim(now time.Time, rule RateRule) {
 }
 
 // tenantLocked returns tenant's schedule, made if there is none, without
-// the calls that no longer count. s.mu must be held.
-func (s *LocalSchedule) tenantLocked(tenant string, now time.Time, rule RateRule) *localTenantSchedule {
-	s.sweepLocked(now)
-	t := s.tenants[tenant]
+// the calls that no longer count. sh.mu must be held.
+func (sh *localShard) tenantLocked(tenant string, now time.Time, rule RateRule) *localTenantSchedule {
+	sh.sweepLocked(now)
+	t := sh.tenants[tenant]
 	if t == nil {
 		t = new(localTenantSchedule)
-		s.tenants[tenant] = t
+		sh.tenants[tenant] = t
 	}
 	t.trim(now, rule)
 	return t
@@ -214,16 +252,16 @@ func (t *localTenantSchedule) place(floor time.Time, rule RateRule) time.Time {
 	return at
 }
 
-// sweepLocked forgets, once every sweepEvery reservations, the schedules
+// sweepLocked forgets, once every sweepEvery calls, the shard's schedules
 // whose calls and pause are all past.
-func (s *LocalSchedule) sweepLocked(now time.Time) {
-	if s.calls++; s.calls < sweepEvery {
+func (sh *localShard) sweepLocked(now time.Time) {
+	if sh.calls++; sh.calls < sweepEvery {
 		return
 	}
-	s.calls = 0
-	for tenant, t := range s.tenants {
+	sh.calls = 0
+	for tenant, t := range sh.tenants {
 		if now.After(t.expiry) {
-			delete(s.tenants, tenant)
+			delete(sh.tenants, tenant)
 		}
 	}
 }

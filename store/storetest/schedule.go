@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,7 @@ func RunSchedule(t *testing.T, open func(t *testing.T) func() Schedule) {
 		{"PauseForOthersCountsBeforeTheCall", testPauseForOthersBeforeTheCall},
 		{"Floor", testFloor},
 		{"TenantsApart", testTenantsApart},
+		{"ConcurrentTenantsApart", testConcurrentTenantsApart},
 		{"SharedAcrossReplicas", testSharedAcrossReplicas},
 		{"BadArguments", testScheduleBadArguments},
 	} {
@@ -213,6 +215,56 @@ func testTenantsApart(t *testing.T, open func() Schedule) {
 	}
 	if slot := reserve(t, s, "quiet", time.Hour); !slot.Reserved() || slot.Wait != 0 {
 		t.Errorf("a call of another tenant = %+v; want reserved at once", slot)
+	}
+}
+
+// testConcurrentTenantsApart reserves for many tenants at once (a
+// schedule may send such calls together): each call gets a slot of its own
+// tenant's schedule, placed by that schedule alone.
+func testConcurrentTenantsApart(t *testing.T, open func() Schedule) {
+	s := open()
+	const tenants = 20
+	// The odd tenants have spent their window: their calls wait for the
+	// next one.
+	for i := 1; i < tenants; i += 2 {
+		for range scheduleRule.Limit {
+			reserve(t, s, fmt.Sprintf("t%d", i), time.Hour)
+		}
+	}
+	type result struct {
+		tenant int
+		slot   store.Slot
+		err    error
+	}
+	results := make(chan result, tenants*scheduleRule.Limit)
+	var wg sync.WaitGroup
+	for i := range tenants {
+		for range scheduleRule.Limit {
+			wg.Go(func() {
+				slot, err := s.Reserve(context.Background(), fmt.Sprintf("t%d", i), scheduleRule, time.Hour, 0)
+				results <- result{i, slot, err}
+			})
+		}
+	}
+	wg.Wait()
+	close(results)
+	for r := range results {
+		tenant := fmt.Sprintf("t%d", r.tenant)
+		if r.err != nil || !r.slot.Reserved() {
+			t.Errorf("Reserve(%q) = %+v, %v; want a slot", tenant, r.slot, r.err)
+			continue
+		}
+		want := time.Duration(0)
+		if r.tenant%2 == 1 {
+			want = spaced
+		}
+		checkWait(t, "a call of "+tenant+" among others' at once", r.slot.Wait, want)
+		w, err := s.Confirm(context.Background(), tenant, r.slot.ID)
+		if err != nil {
+			t.Errorf("Confirm(%q, its slot) = %v", tenant, err)
+			continue
+		}
+		checkWait(t, "Confirm of a call of "+tenant, w, want)
 	}
 }
 

@@ -29,9 +29,10 @@ type snapshot struct {
 	// re-reads the store under the lock, as a cached one may be stale.
 	refresh     string
 	lastRefresh time.Time
-	// shared reports that bearer and refresh are the store's own strings
-	// (an in-memory store keeps them so), which the cache keeps rather than
-	// copies: the process then holds each token once.
+	// shared reports that bearer and refresh are strings their record's
+	// holder keeps (an in-memory store, or the writer of a new token, which
+	// hands the same strings to the store), so that the cache keeps them
+	// rather than copies: the process then holds each token once.
 	shared bool
 	// stamp identifies what the cache stored; zero for a snapshot that was
 	// not copied out of the cache.

@@ -147,23 +147,40 @@ func TestAttackPauseBeyondDeadlineRefusesWaitersAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-sched.reserved
-	type result struct {
-		err error
-		at  time.Time
-	}
-	done := make(chan result, 1)
-	go func() {
-		_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
-		done <- result{err, time.Now()}
-	}()
-	if slot := <-sched.reserved; !slot.Reserved() || slot.Wait < period {
-		t.Fatalf("the second call's slot = %+v; want one a period away", slot)
-	}
+	done := waitForLaterSlot(t, l, sched.reserved, period)
 	// thanks.io: 429, come back in a minute (past the waiter's 10 s).
 	paused := time.Now()
 	if d := l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0); d != time.Minute {
 		t.Fatalf("Observe = %v; want a minute", d)
 	}
+	refusedSoon(t, done, paused, " that made its turn impossible; want at once (it waited in vain for its old slot)")
+}
+
+// waitResult is how a Wait started by waitForLaterSlot ended, and when.
+type waitResult struct {
+	err error
+	at  time.Time
+}
+
+// waitForLaterSlot starts a Wait of acme in the background, whose slot,
+// announced on reserved, must be a period away at least.
+func waitForLaterSlot(t *testing.T, l *Limiter, reserved <-chan store.Slot, period time.Duration) <-chan waitResult {
+	t.Helper()
+	done := make(chan waitResult, 1)
+	go func() {
+		_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
+		done <- waitResult{err, time.Now()}
+	}()
+	if slot := <-reserved; !slot.Reserved() || slot.Wait < period {
+		t.Fatalf("the second call's slot = %+v; want one a period away", slot)
+	}
+	return done
+}
+
+// refusedSoon checks that the Wait behind done was refused within a
+// second of paused; why ends the message when it was not.
+func refusedSoon(t *testing.T, done <-chan waitResult, paused time.Time, why string) {
+	t.Helper()
 	select {
 	case r := <-done:
 		var re *RefusedError
@@ -171,7 +188,7 @@ func TestAttackPauseBeyondDeadlineRefusesWaitersAtOnce(t *testing.T) {
 			t.Fatalf("the waiter's Wait = %v; want a *RefusedError", r.err)
 		}
 		if d := r.at.Sub(paused); d > time.Second {
-			t.Errorf("the waiter was refused %v after the pause that made its turn impossible; want at once (it waited in vain for its old slot)", d.Round(time.Millisecond))
+			t.Errorf("the waiter was refused %v after the pause%s", d.Round(time.Millisecond), why)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("the waiter never returned")
@@ -328,33 +345,11 @@ func TestAttackPauseBeforeTheWaiterSleeps(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-sched.reserved
-	type result struct {
-		err error
-		at  time.Time
-	}
-	done := make(chan result, 1)
-	go func() {
-		_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
-		done <- result{err, time.Now()}
-	}()
-	if slot := <-sched.reserved; !slot.Reserved() || slot.Wait < period {
-		t.Fatalf("the second call's slot = %+v; want one a period away", slot)
-	}
+	done := waitForLaterSlot(t, l, sched.reserved, period)
 	// The call has its slot and does not sleep yet: thanks.io answers
 	// 429, come back in a minute (past the call's 10 s).
 	paused := time.Now()
 	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0)
 	sched.resume <- struct{}{}
-	select {
-	case r := <-done:
-		var re *RefusedError
-		if !errors.As(r.err, &re) {
-			t.Fatalf("the waiter's Wait = %v; want a *RefusedError", r.err)
-		}
-		if d := r.at.Sub(paused); d > time.Second {
-			t.Errorf("the waiter was refused %v after the pause; want at once (the pause's wake came before it slept)", d.Round(time.Millisecond))
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("the waiter never returned")
-	}
+	refusedSoon(t, done, paused, "; want at once (the pause's wake came before it slept)")
 }

@@ -237,6 +237,23 @@ type reservation struct {
 	err    error
 }
 
+// queueReservations reserves a slot for each tenant at once, each in a
+// goroutine of its own, and returns once all of them wait in the batch
+// queue (behind a leader held in flight); their results come on the
+// channel.
+func (g *gatedSchedule) queueReservations(t *testing.T, ctx context.Context, tenants ...string) <-chan reservation {
+	t.Helper()
+	results := make(chan reservation, len(tenants))
+	for _, tenant := range tenants {
+		go func() {
+			slot, err := g.Reserve(ctx, tenant, batchRule, time.Hour, 0)
+			results <- reservation{tenant, slot, err}
+		}()
+	}
+	g.waitQueued(t, len(tenants))
+	return results
+}
+
 // batchRule is the rule of the batching tests: one call per window, so
 // that each reservation of a tenant waits a window longer than the one
 // before it.
@@ -261,15 +278,11 @@ func TestRedisScheduleBatchesTenants(t *testing.T) {
 	}
 	before := g.gate.trips.Load()
 	leader, leaderRes := g.holdLeader(t, "leader")
-	results := make(chan reservation, tenants)
-	for i := range tenants {
-		tenant := fmt.Sprintf("t%d", i)
-		go func() {
-			slot, err := g.Reserve(ctx, tenant, batchRule, time.Hour, 0)
-			results <- reservation{tenant, slot, err}
-		}()
+	ids := make([]string, tenants)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("t%d", i)
 	}
-	g.waitQueued(t, tenants)
+	results := g.queueReservations(t, ctx, ids...)
 	g.gate.holding.Store(false)
 	close(leader.release)
 	if r := <-leaderRes; r.err != nil || !r.slot.Reserved() {
@@ -389,14 +402,7 @@ func TestRedisScheduleBatchErrorsReachTheirCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader, leaderRes := g.holdLeader(t, "leader")
-	results := make(chan reservation, 3)
-	for _, tenant := range []string{"before", "broken", "after"} {
-		go func() {
-			slot, err := g.Reserve(ctx, tenant, batchRule, time.Hour, 0)
-			results <- reservation{tenant, slot, err}
-		}()
-	}
-	g.waitQueued(t, 3)
+	results := g.queueReservations(t, ctx, "before", "broken", "after")
 	g.gate.holding.Store(false)
 	close(leader.release)
 	<-leaderRes
@@ -424,14 +430,7 @@ func TestRedisScheduleBatchAfterScriptsFlushed(t *testing.T) {
 	g := openGated(t, srv.URL())
 	ctx := context.Background()
 	leader, leaderRes := g.holdLeader(t, "leader")
-	results := make(chan reservation, 3)
-	for _, tenant := range []string{"a", "b", "c"} {
-		go func() {
-			slot, err := g.Reserve(ctx, tenant, batchRule, time.Hour, 0)
-			results <- reservation{tenant, slot, err}
-		}()
-	}
-	g.waitQueued(t, 3)
+	results := g.queueReservations(t, ctx, "a", "b", "c")
 	close(leader.release)
 	<-leaderRes
 	batch := g.gate.nextHeld(t, "the batch")
@@ -456,14 +455,7 @@ func TestRedisScheduleRedisDownMidBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	tenants := []string{"a", "b", "c"}
-	results := make(chan reservation, len(tenants))
-	for _, tenant := range tenants {
-		go func() {
-			slot, err := g.Reserve(ctx, tenant, batchRule, time.Hour, 0)
-			results <- reservation{tenant, slot, err}
-		}()
-	}
-	g.waitQueued(t, len(tenants))
+	results := g.queueReservations(t, ctx, tenants...)
 	close(leader.release)
 	<-leaderRes
 	batch := g.gate.nextHeld(t, "the batch")

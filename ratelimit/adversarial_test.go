@@ -240,9 +240,11 @@ func TestAttackReplicasWithPausesAndCancelsKeepTheLimit(t *testing.T) {
 	const limit, period = 4, 500 * time.Millisecond
 	stores := testutil.RedisStores(t, "")
 	var limiters []*Limiter
+	var observed []*counts
 	for range 3 {
-		l, _ := newLimiter(t, limit, period, 3*time.Second, stores().Schedule())
+		l, obs := newLimiter(t, limit, period, 3*time.Second, stores().Schedule())
 		limiters = append(limiters, l)
+		observed = append(observed, obs)
 	}
 	var mu sync.Mutex
 	var sent []time.Time
@@ -273,6 +275,13 @@ func TestAttackReplicasWithPausesAndCancelsKeepTheLimit(t *testing.T) {
 	for i := limit; i < len(sent); i++ {
 		if gap := sent[i].Sub(sent[i-limit]); gap < period {
 			t.Errorf("calls %d and %d went %v apart: %d calls in a window of %v", i-limit+1, i+1, gap, limit+1, period)
+		}
+	}
+	if t.Failed() {
+		for i, obs := range observed {
+			obs.mu.Lock()
+			t.Logf("replica %d: the shared schedule's state changes: %v (false: it fell back to pacing alone)", i, obs.shared)
+			obs.mu.Unlock()
 		}
 	}
 	if len(sent) < 10 {

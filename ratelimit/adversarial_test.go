@@ -271,12 +271,7 @@ func TestAttackReplicasWithPausesAndCancelsKeepTheLimit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	slices.SortFunc(sent, func(a, b time.Time) int { return a.Compare(b) })
-	for i := limit; i < len(sent); i++ {
-		if gap := sent[i].Sub(sent[i-limit]); gap < period {
-			t.Errorf("calls %d and %d went %v apart: %d calls in a window of %v", i-limit+1, i+1, gap, limit+1, period)
-		}
-	}
+	checkWindows(t, sent, limit, period)
 	if t.Failed() {
 		for i, obs := range observed {
 			obs.mu.Lock()
@@ -287,6 +282,83 @@ func TestAttackReplicasWithPausesAndCancelsKeepTheLimit(t *testing.T) {
 	if len(sent) < 10 {
 		t.Errorf("only %d calls went", len(sent))
 	}
+}
+
+// checkWindows fails t when more than limit of the calls sent at the times
+// sent went in one window of period.
+func checkWindows(t *testing.T, sent []time.Time, limit int, period time.Duration) {
+	t.Helper()
+	slices.SortFunc(sent, func(a, b time.Time) int { return a.Compare(b) })
+	for i := limit; i < len(sent); i++ {
+		if gap := sent[i].Sub(sent[i-limit]); gap < period {
+			t.Errorf("calls %d and %d went %v apart: %d calls in a window of %v", i-limit+1, i+1, gap, limit+1, period)
+		}
+	}
+}
+
+// A pause set on one replica, after callers of another gave up their
+// reservations, must not let that replica's remaining waiter (which the
+// pause's wake does not reach: it sleeps until its old slot) go in a
+// window that the calls placed after the pause fill.
+func TestAttackPauseOnOneReplicaAfterReleasesOnAnother(t *testing.T) {
+	const limit, period = 3, 300 * time.Millisecond
+	stores := testutil.RedisStores(t, "")
+	a, _ := newLimiter(t, limit, period, 10*time.Second, stores().Schedule())
+	onB := announcing{stores().Schedule(), make(chan store.Slot, 10)}
+	b, _ := newLimiter(t, limit, period, 10*time.Second, onB)
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	var mu sync.Mutex
+	var sent []time.Time
+	send := func(l *Limiter, ctx context.Context) error {
+		_, err := l.Wait(ctx, "acme", deadline)
+		if err == nil {
+			mu.Lock()
+			sent = append(sent, time.Now())
+			mu.Unlock()
+		}
+		return err
+	}
+	for range limit {
+		if err := send(a, ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// On b: a window's worth of callers who will give up, then one who
+	// waits on, two windows ahead.
+	giveUp, cancel := context.WithCancel(ctx)
+	var gone, wg sync.WaitGroup
+	for range limit {
+		gone.Add(1)
+		go func() {
+			defer gone.Done()
+			_ = send(b, giveUp)
+		}()
+		<-onB.reserved
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = send(b, ctx)
+	}()
+	if slot := <-onB.reserved; slot.Wait < 2*period {
+		t.Fatalf("the waiter's slot = %+v; want one two windows ahead", slot)
+	}
+	cancel()
+	gone.Wait()
+	a.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"0"}}, 0)
+	for range 2*limit - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = send(a, ctx)
+		}()
+	}
+	wg.Wait()
+	if len(sent) != 3*limit {
+		t.Fatalf("%d calls went; want %d", len(sent), 3*limit)
+	}
+	checkWindows(t, sent, limit, period)
 }
 
 // A caller that goes away while its reservation is on its way to Redis

@@ -229,12 +229,12 @@ func fmtUnix(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
 
 // announcing is a schedule that tells of each reservation it made.
 type announcing struct {
-	*store.LocalSchedule
+	Schedule
 	reserved chan store.Slot
 }
 
 func (a announcing) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error) {
-	slot, err := a.LocalSchedule.Reserve(ctx, tenant, rule, maxWait, floor)
+	slot, err := a.Schedule.Reserve(ctx, tenant, rule, maxWait, floor)
 	a.reserved <- slot
 	return slot, err
 }

@@ -44,7 +44,11 @@ func (s Slot) Reserved() bool { return s.ID != "" }
 //
 // A pause (the upstream said the tenant is over its limit) places the
 // reservations still to come again, in their order, from the pause's end;
-// their waiters learn it when they Confirm.
+// their waiters learn it when they Confirm. A reservation is never placed
+// earlier than it was: the waiters of other replicas, which the pause's
+// wake does not reach, sleep until their old slot, and a slot brought
+// forward into room that released reservations left would let the calls
+// placed after it share its window when it goes late.
 
 // RedisSchedule keeps the tenants' schedules in Redis, shared by every
 // replica that uses the same Redis and key prefix. The time is Redis's
@@ -161,8 +165,8 @@ return math.max(0, tonumber(at) - now)
 	// others (then it is set only when fewer than limit calls of the
 	// schedule went in the period before the call that was answered,
 	// sent ARGV[6] ms ago: the upstream's count is not ours). It places
-	// the reservations still to come again from the pause's end and
-	// returns 1, or 0 when it changed nothing.
+	// the reservations still to come again from the pause's end, none
+	// earlier than it was, and returns 1, or 0 when it changed nothing.
 	pauseScript = redis.NewScript(schedulePrelude + `
 local d, limit, period, guard = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local sent = now - tonumber(ARGV[6])
@@ -174,12 +178,12 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') >= till then
   return 0
 end
 redis.call('SET', KEYS[2], till, 'PX', d)
-local ahead = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 local at = till
-for _, id in ipairs(ahead) do
-  at = place(till, limit, period, guard)
-  redis.call('ZADD', KEYS[1], at, id)
+for i = 1, #ahead, 2 do
+  at = math.max(place(till, limit, period, guard), tonumber(ahead[i + 1]))
+  redis.call('ZADD', KEYS[1], at, ahead[i])
 end
 redis.call('PEXPIRE', KEYS[1], at - now + 2 * period + guard + 1000)
 return 1
@@ -247,11 +251,11 @@ func (s *RedisSchedule) Release(ctx context.Context, tenant, id string) error {
 }
 
 // Pause holds tenant's calls for d from now, and places the reservations
-// still to come again from its end. With others set, the pause is for calls
-// that others made on the same account: it is set only when fewer than
-// rule.Limit of the schedule's calls went in the rule.Period before the
-// call that was answered, sent took ago. It reports whether it set or
-// lengthened a pause.
+// still to come again from its end, none earlier than it was. With others
+// set, the pause is for calls that others made on the same account: it is
+// set only when fewer than rule.Limit of the schedule's calls went in the
+// rule.Period before the call that was answered, sent took ago. It reports
+// whether it set or lengthened a pause.
 func (s *RedisSchedule) Pause(ctx context.Context, tenant string, rule RateRule, d time.Duration, others bool, took time.Duration) (bool, error) {
 	if err := checkRule(tenant, rule); err != nil {
 		return false, fmt.Errorf("store: pause %q: %w", tenant, err)

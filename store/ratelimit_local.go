@@ -150,17 +150,18 @@ func (s *LocalSchedule) Pause(ctx context.Context, tenant string, rule RateRule,
 		return false, nil
 	}
 	t.pause = till
-	// The reservations still to come, placed again from the pause's end.
+	// The reservations still to come, placed again from the pause's end,
+	// none earlier than it was (see RedisSchedule).
 	i, _ := slices.BinarySearchFunc(t.at, now, func(a, b time.Time) int {
 		if a.After(b) {
 			return 1
 		}
 		return -1
 	})
-	ahead := slices.Clone(t.ids[i:])
+	aheadAt, aheadIDs := slices.Clone(t.at[i:]), slices.Clone(t.ids[i:])
 	t.at, t.ids = t.at[:i], t.ids[:i]
-	for _, id := range ahead {
-		t.at = append(t.at, t.place(till, rule))
+	for j, id := range aheadIDs {
+		t.at = append(t.at, later(t.place(till, rule), aheadAt[j]))
 		t.ids = append(t.ids, id)
 	}
 	t.expiry = later(t.expiry, till)

@@ -38,6 +38,7 @@ func RunSchedule(t *testing.T, open func(t *testing.T) func() Schedule) {
 		{"RefusedReservesNothing", testRefusedReservesNothing},
 		{"ReleaseFrees", testReleaseFrees},
 		{"PausePlacesAgainInOrder", testPausePlacesAgain},
+		{"PauseNeverBringsASlotForward", testPauseNeverBringsASlotForward},
 		{"PauseForOthersNeedsRoom", testPauseForOthers},
 		{"PauseForOthersCountsBeforeTheCall", testPauseForOthersBeforeTheCall},
 		{"Floor", testFloor},
@@ -158,6 +159,50 @@ func testPausePlacesAgain(t *testing.T, open func() Schedule) {
 	// A shorter pause changes nothing.
 	if ok, err := s.Pause(ctx, "acme", scheduleRule, time.Second, false, 0); err != nil || ok {
 		t.Errorf("a shorter pause = %v, %v; want false", ok, err)
+	}
+}
+
+// A pause moves the reservations to come later, never earlier, even where
+// released reservations left room before them: a waiter on another
+// replica, which the pause's wake does not reach, sleeps until its old
+// slot, and a slot brought forward would let later calls into its window.
+func testPauseNeverBringsASlotForward(t *testing.T, open func() Schedule) {
+	s, other := open(), open()
+	ctx := context.Background()
+	for range scheduleRule.Limit {
+		reserve(t, s, "acme", time.Hour)
+	}
+	var waiting []store.Slot
+	for range scheduleRule.Limit + 1 {
+		waiting = append(waiting, reserve(t, s, "acme", time.Hour))
+	}
+	// The callers of the first window's calls give up; the last one, a
+	// window further, waits on.
+	for _, slot := range waiting[:scheduleRule.Limit] {
+		if err := s.Release(ctx, "acme", slot.ID); err != nil {
+			t.Fatalf("Release = %v", err)
+		}
+	}
+	last := waiting[scheduleRule.Limit]
+	checkWait(t, "the call two windows ahead", last.Wait, 2*spaced)
+	// Another replica is told of a 429: a short pause.
+	if ok, err := other.Pause(ctx, "acme", scheduleRule, time.Second, false, 0); err != nil || !ok {
+		t.Fatalf("Pause = %v, %v; want true", ok, err)
+	}
+	w, err := s.Confirm(ctx, "acme", last.ID)
+	if err != nil {
+		t.Fatalf("Confirm = %v", err)
+	}
+	checkWait(t, "a call after a pause that ends before it", w, 2*spaced)
+	// The calls placed now come with it or after it, not in a window
+	// before it that its own sending will share.
+	for i := range scheduleRule.Limit {
+		slot := reserve(t, other, "acme", time.Hour)
+		want := 2 * spaced
+		if i == scheduleRule.Limit-1 {
+			want = 3 * spaced
+		}
+		checkWait(t, fmt.Sprintf("call %d placed after the pause", i+1), slot.Wait, want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -433,4 +434,151 @@ func TestAttackPauseBeforeTheWaiterSleeps(t *testing.T) {
 	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0)
 	sched.resume <- struct{}{}
 	refusedSoon(t, done, paused, "; want at once (the pause's wake came before it slept)")
+}
+
+// flaky is a shared schedule (a LocalSchedule standing in for Redis) whose
+// Confirm can be told to fail, or to lose the slot, as Redis would.
+type flaky struct {
+	*store.LocalSchedule
+	reserved chan store.Slot
+
+	mu         sync.Mutex
+	confirmed  int
+	onConfirm  func(n int, tenant, id string) error // before the inner Confirm
+	reserveErr error                                // returned by Reserve when set
+}
+
+func (f *flaky) Reserve(ctx context.Context, tenant string, rule store.RateRule, maxWait, floor time.Duration) (store.Slot, error) {
+	f.mu.Lock()
+	err := f.reserveErr
+	f.mu.Unlock()
+	if err != nil {
+		return store.Slot{}, err
+	}
+	slot, err := f.LocalSchedule.Reserve(ctx, tenant, rule, maxWait, floor)
+	if f.reserved != nil {
+		f.reserved <- slot
+	}
+	return slot, err
+}
+
+func (f *flaky) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
+	f.mu.Lock()
+	f.confirmed++
+	n := f.confirmed
+	on := f.onConfirm
+	f.mu.Unlock()
+	if on != nil {
+		if err := on(n, tenant, id); err != nil {
+			return 0, err
+		}
+	}
+	return f.LocalSchedule.Confirm(ctx, tenant, id)
+}
+
+// A waiter that a pause woke long before its slot, whose Confirm then
+// fails (a Redis timeout, or a Redis come back empty that fails the next
+// reservation), is paced by the local schedule for the rest of its wait:
+// it goes neither before its slot nor inside the pause that thanks.io
+// asked for.
+func TestAttackConfirmFailedAfterAPauseWokeTheCall(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// fault makes the waiter's first Confirm fail, as Redis would.
+		fault func(f *flaky) func(n int, tenant, id string) error
+	}{
+		{"confirm times out", func(f *flaky) func(int, string, string) error {
+			return func(n int, _, _ string) error {
+				if n == 1 {
+					return fmt.Errorf("store: confirm: %w", context.DeadlineExceeded)
+				}
+				return nil
+			}
+		}},
+		{"slot lost, then the re-reserve fails", func(f *flaky) func(int, string, string) error {
+			return func(n int, tenant, id string) error {
+				if n == 1 {
+					// Redis came back empty, and fails the next command.
+					_ = f.LocalSchedule.Release(context.Background(), tenant, id)
+					f.mu.Lock()
+					f.reserveErr = errDown
+					f.mu.Unlock()
+				}
+				return nil
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const limit, period = 1, 300 * time.Millisecond
+			f := &flaky{LocalSchedule: store.NewLocalSchedule(), reserved: make(chan store.Slot, 10)}
+			f.onConfirm = tc.fault(f)
+			l, _ := newLimiter(t, limit, period, 10*time.Second, f)
+			first := time.Now()
+			if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			<-f.reserved
+			done := make(chan waitResult, 1)
+			go func() {
+				_, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second))
+				done <- waitResult{err, time.Now()}
+			}()
+			if slot := <-f.reserved; !slot.Reserved() || slot.Wait < period {
+				t.Fatalf("the waiter's slot = %+v; want one a period away", slot)
+			}
+			// thanks.io: 429, come back in a second. The waiter is woken
+			// to confirm its slot (moved past the pause).
+			paused := time.Now()
+			l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"1"}}, 0)
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("the waiter's Wait = %v", r.err)
+			}
+			if gap := r.at.Sub(first); gap < period {
+				t.Errorf("with a limit of %d per %v, the second call went %v after the first (its slot was a period and a guard away)",
+					limit, period, gap.Round(time.Millisecond))
+			}
+			if d := r.at.Sub(paused); d < time.Second {
+				t.Errorf("the waiter went %v into a pause of 1s that thanks.io had just asked for", d.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+// A sleeper woken by a pause whose goroutine ends its watch only after
+// another call began to sleep (on a new signal) must not take that call's
+// signal away: the next pause's wake reaches the call at once. The late
+// sleeper is played by l.watch and l.unwatch, in the order a busy
+// scheduler can run them.
+func TestAttackLateUnwatchKeepsTheNextSleepersSignal(t *testing.T) {
+	const period = 3 * time.Second
+	sched := announcing{store.NewLocalSchedule(), make(chan store.Slot, 10)}
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-sched.reserved
+	// A call sleeps until its turn...
+	first := l.watch("acme")
+	// ...and a pause wakes it; its goroutine does not run yet.
+	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"0"}}, 0)
+	// Another call reserves and begins to sleep, on a new signal.
+	done := waitForLaterSlot(t, l, sched.reserved, period)
+	for deadline := time.Now().Add(5 * time.Second); ; runtime.Gosched() {
+		l.mu.Lock()
+		s := l.sleepers["acme"]
+		l.mu.Unlock()
+		if s != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second call never began to sleep")
+		}
+	}
+	// The first sleeper's goroutine runs now: its deferred unwatch.
+	l.unwatch("acme", first)
+	// thanks.io: 429, come back in a minute (past the sleeper's 10 s).
+	paused := time.Now()
+	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0)
+	refusedSoon(t, done, paused, "; want at once (a pause's wake must reach every sleeper of the tenant)")
 }

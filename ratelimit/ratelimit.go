@@ -206,19 +206,10 @@ func (e *RefusedError) Error() string {
 // returns the time it waited for its turn: 0 when the turn had come.
 func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (time.Duration, error) {
 	start := time.Now()
-	sched := l.schedule(start)
 	pauses := l.pauses.Load()
-	slot, err := l.reserve(ctx, sched, tenant, deadline)
+	sched, slot, err := l.place(ctx, l.schedule(start), tenant, deadline)
 	if err != nil {
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		sched = l.failed(sched, err)
-		if slot, err = l.reserve(ctx, sched, tenant, deadline); err != nil {
-			return 0, err
-		}
-	} else {
-		l.answered(sched)
+		return 0, err
 	}
 	if !slot.Reserved() {
 		l.obs.Rejected()
@@ -231,6 +222,9 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 		return 0, nil
 	}
 	wait := slot.Wait
+	// due is when the slot comes, as last heard: a wake before it is a
+	// pause's.
+	due := time.Now().Add(wait)
 	for wait > 0 {
 		if err := l.sleep(ctx, tenant, wait, pauses); err != nil {
 			l.release(sched, tenant, slot.ID)
@@ -239,40 +233,64 @@ func (l *Limiter) Wait(ctx context.Context, tenant string, deadline time.Time) (
 		// A pause may have moved the slot while this call slept.
 		pauses = l.pauses.Load()
 		wait, err = l.confirm(ctx, sched, tenant, slot.ID)
+		now := time.Now()
 		switch {
 		case ctx.Err() != nil:
 			// The caller went away: not an outage of the schedule.
 			l.release(sched, tenant, slot.ID)
 			return time.Since(start), ctx.Err()
-		case errors.Is(err, store.ErrNotFound):
-			// The schedule lost the slot (Redis came back empty): place
-			// the call again, in what remains of its wait; this
-			// replica's own calls still count (reserve's floor).
-			if slot, err = l.reserve(ctx, sched, tenant, deadline); err != nil {
-				if ctx.Err() != nil {
-					return time.Since(start), ctx.Err()
-				}
-				return time.Since(start), l.sendAnyway(sched, tenant, start, err)
+		case err == nil && wait > 0 && now.Add(wait).After(deadline):
+			// A pause moved the slot past the call's deadline. (A slot
+			// that has come goes, even if the wake-up was late.)
+			l.release(sched, tenant, slot.ID)
+			l.obs.Rejected()
+			return time.Since(start), &RefusedError{RetryAfter: wait}
+		case err == nil:
+			due = now.Add(wait)
+		case !errors.Is(err, store.ErrNotFound) && !now.Before(due):
+			// The schedule failed when the slot had come by the schedule
+			// as it was: the call goes.
+			return time.Since(start), l.sendAnyway(sched, tenant, start, err)
+		default:
+			// The schedule lost the slot (Redis came back empty), or
+			// failed before the slot came (a pause woke the call): place
+			// the call again, in what remains of its wait, in the local
+			// schedule when the shared one failed. This replica's own
+			// calls and the pauses it set still count.
+			if !errors.Is(err, store.ErrNotFound) {
+				sched = l.failed(sched, err)
+			}
+			if sched, slot, err = l.place(ctx, sched, tenant, deadline); err != nil {
+				return time.Since(start), err
 			}
 			if !slot.Reserved() {
 				l.obs.Rejected()
 				return time.Since(start), &RefusedError{RetryAfter: slot.Wait}
 			}
 			wait = slot.Wait
-		case err != nil:
-			// The slot came by the schedule as it was: the call goes.
-			return time.Since(start), l.sendAnyway(sched, tenant, start, err)
-		case wait > 0 && time.Now().Add(wait).After(deadline):
-			// A pause moved the slot past the call's deadline. (A slot
-			// that has come goes, even if the wake-up was late.)
-			l.release(sched, tenant, slot.ID)
-			l.obs.Rejected()
-			return time.Since(start), &RefusedError{RetryAfter: wait}
+			due = time.Now().Add(wait)
 		}
 	}
 	waited := time.Since(start)
 	l.admitted(sched, tenant, waited)
 	return waited, nil
+}
+
+// place reserves a slot for tenant in sched, or in the local schedule when
+// sched fails, and returns the schedule that placed it. It returns ctx's
+// error when the caller went away.
+func (l *Limiter) place(ctx context.Context, sched Schedule, tenant string, deadline time.Time) (Schedule, store.Slot, error) {
+	slot, err := l.reserve(ctx, sched, tenant, deadline)
+	if err == nil {
+		l.answered(sched)
+		return sched, slot, nil
+	}
+	if ctx.Err() != nil {
+		return sched, store.Slot{}, ctx.Err()
+	}
+	sched = l.failed(sched, err)
+	slot, err = l.reserve(ctx, sched, tenant, deadline)
+	return sched, slot, err
 }
 
 // admitted records a call let through: for the metrics, and in this
@@ -312,8 +330,13 @@ func (l *Limiter) Observe(tenant string, status int, h http.Header, took time.Du
 	d := l.pauseFor(h, time.Now())
 	sched := l.schedule(time.Now())
 	paused, err := l.pause(sched, tenant, d, !limited, took)
-	if err != nil {
+	switch {
+	case err != nil:
 		paused, _ = l.pause(l.failed(sched, err), tenant, d, !limited, took)
+	case paused && sched != Schedule(l.local):
+		// The local schedule keeps the pause too, for the calls that
+		// fall back to it if the shared one fails.
+		_, _ = l.pause(l.local, tenant, d, false, took)
 	}
 	if paused {
 		l.obs.Paused()
@@ -459,7 +482,7 @@ func (l *Limiter) release(sched Schedule, tenant, id string) {
 // and come before this call watched.
 func (l *Limiter) sleep(ctx context.Context, tenant string, d time.Duration, pauses uint64) error {
 	woken := l.watch(tenant)
-	defer l.unwatch(tenant)
+	defer l.unwatch(tenant, woken)
 	if l.pauses.Load() != pauses {
 		return ctx.Err()
 	}
@@ -467,7 +490,7 @@ func (l *Limiter) sleep(ctx context.Context, tenant string, d time.Duration, pau
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-woken:
+	case <-woken.c:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -480,8 +503,9 @@ type pauseSignal struct {
 	sleepers int
 }
 
-// watch returns the channel that a pause of tenant's calls closes.
-func (l *Limiter) watch(tenant string) <-chan struct{} {
+// watch returns the signal that a pause of tenant's calls closes; the
+// sleeper gives it back to unwatch.
+func (l *Limiter) watch(tenant string) *pauseSignal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.sleepers[tenant]
@@ -490,16 +514,16 @@ func (l *Limiter) watch(tenant string) <-chan struct{} {
 		l.sleepers[tenant] = s
 	}
 	s.sleepers++
-	return s.c
+	return s
 }
 
-func (l *Limiter) unwatch(tenant string) {
+// unwatch ends a sleeper's watch of s. A wake may have replaced s already:
+// the signal of the sleepers after it is theirs.
+func (l *Limiter) unwatch(tenant string, s *pauseSignal) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if s := l.sleepers[tenant]; s != nil {
-		if s.sleepers--; s.sleepers == 0 {
-			delete(l.sleepers, tenant)
-		}
+	if s.sleepers--; s.sleepers == 0 && l.sleepers[tenant] == s {
+		delete(l.sleepers, tenant)
 	}
 }
 

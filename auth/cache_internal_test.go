@@ -168,6 +168,39 @@ func BenchmarkCacheGC(b *testing.B) {
 	runtime.KeepAlive(c)
 }
 
+// BenchmarkMemoryStoreGC is BenchmarkCacheGC with the in-memory store
+// behind the cache, filled as imports fill it: what one collection costs,
+// and the heap objects each tenant keeps (its id in the store and in the
+// cache, and one allocation for both tokens, shared by the two).
+func BenchmarkMemoryStoreGC(b *testing.B) {
+	const n = 100_000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	tokens := New(Config{Store: store.NewMemory()})
+	if err := tokens.Start(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	defer tokens.Close()
+	filler := strings.Repeat("x", 1000)
+	expiry := time.Now().Add(time.Hour)
+	for i := range n {
+		g := Grant{AccessToken: fmt.Sprintf("%s-access-%017d", filler, i), RefreshToken: fmt.Sprintf("%s-refresh-%016d", filler, i), Expiry: expiry}
+		if _, err := tokens.Import(b.Context(), fmt.Sprintf("tenant-%d", i), g); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ResetTimer()
+	for range b.N {
+		runtime.GC()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n-2048, "heap-B/tenant-beyond-tokens")
+	runtime.KeepAlive(tokens)
+}
+
 // With the in-memory store, the process holds each token once: the cache
 // shares the store's strings, after an import and after a read.
 func TestMemoryStoreAndCacheHoldOneCopy(t *testing.T) {

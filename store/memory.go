@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -35,10 +36,63 @@ type Memory struct {
 	epoch string
 
 	mu          sync.Mutex
-	records     map[string]memoryRecord
+	records     memoryRecords
 	locks       map[string]memoryLease
 	states      map[string]memoryState
 	subscribers map[*memorySubscriber]struct{}
+}
+
+// memoryRecords is the tenants' records: an index from the tenant id to a
+// place in pages of records. A record is no object of its own, so that the
+// collector marks little per tenant besides its id and its tokens (one
+// allocation; see TokenRecord.WithAuthorization), and reads the records
+// page by page. Records are never removed (a Delete leaves a tombstone):
+// places are only added.
+type memoryRecords struct {
+	index map[string]int32
+	pages [][]memoryRecord // of memoryPage records each
+	n     int32
+}
+
+const memoryPage = 512
+
+func (rs *memoryRecords) at(i int32) *memoryRecord {
+	return &rs.pages[i/memoryPage][i%memoryPage]
+}
+
+// get returns tenant's record, and whether it has one (a tombstone
+// included).
+func (rs *memoryRecords) get(tenant string) (memoryRecord, bool) {
+	i, ok := rs.index[tenant]
+	if !ok {
+		return memoryRecord{}, false
+	}
+	return *rs.at(i), true
+}
+
+// set makes r tenant's record.
+func (rs *memoryRecords) set(tenant string, r memoryRecord) {
+	i, ok := rs.index[tenant]
+	if !ok {
+		if rs.n%memoryPage == 0 {
+			rs.pages = append(rs.pages, make([]memoryRecord, memoryPage))
+		}
+		i = rs.n
+		rs.n++
+		rs.index[tenant] = i
+	}
+	*rs.at(i) = r
+}
+
+// all yields every tenant's record, tombstones included, in no order.
+func (rs *memoryRecords) all() iter.Seq2[string, *memoryRecord] {
+	return func(yield func(string, *memoryRecord) bool) {
+		for tenant, i := range rs.index {
+			if !yield(tenant, rs.at(i)) {
+				return
+			}
+		}
+	}
 }
 
 type memoryRecord struct {
@@ -71,7 +125,7 @@ type memoryState struct {
 func NewMemory() *Memory {
 	return &Memory{
 		epoch:       randomEpoch(),
-		records:     make(map[string]memoryRecord),
+		records:     memoryRecords{index: make(map[string]int32)},
 		locks:       make(map[string]memoryLease),
 		states:      make(map[string]memoryState),
 		subscribers: make(map[*memorySubscriber]struct{}),
@@ -80,9 +134,9 @@ func NewMemory() *Memory {
 
 // kept is rec as a Memory keeps it: with times as Redis would give them back
 // (no monotonic clock reading, the zone an RFC 3339 text keeps), and the
-// access token held once, inside its Authorization value, which Get hands
-// out so that a cache of it shares this copy. A record that comes with its
-// Authorization keeps it: the writer's copy is the one copy.
+// tokens held once, in one allocation with the Authorization value, which
+// Get hands out so that a cache of them shares this copy. A record that
+// comes in that form keeps its strings: the writer's copy is the one copy.
 func kept(rec TokenRecord) TokenRecord {
 	rec = rec.WithAuthorization()
 	rec.Version = 0
@@ -106,7 +160,7 @@ func (m *Memory) Get(ctx context.Context, tenant string) (TokenRecord, error) {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, err)
 	}
 	m.mu.Lock()
-	r, ok := m.records[tenant]
+	r, ok := m.records.get(tenant)
 	m.mu.Unlock()
 	if !ok || r.deleted {
 		return TokenRecord{}, fmt.Errorf("store: get %q: %w", tenant, ErrNotFound)
@@ -128,7 +182,7 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cur, ok := m.records[tenant]
+	cur, ok := m.records.get(tenant)
 	live := ok && !cur.deleted
 	if prevVersion != AnyVersion && ((live && prevVersion != cur.version) || (!live && prevVersion != 0)) {
 		return 0, fmt.Errorf("store: put %q: %w", tenant, ErrConflict)
@@ -137,7 +191,7 @@ func (m *Memory) Put(ctx context.Context, tenant string, rec TokenRecord, prevVe
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}
-	m.records[tenant] = r
+	m.records.set(tenant, r)
 	// Queued under the lock so that subscribers see a tenant's versions in
 	// order; delivery itself never blocks.
 	m.publishLocked(Invalidation{Tenant: tenant, Version: r.version})
@@ -154,9 +208,9 @@ func (m *Memory) Delete(ctx context.Context, tenant string) (bool, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cur, had := m.records[tenant]
+	cur, had := m.records.get(tenant)
 	// A tombstone even for an unknown tenant, as in Redis.
-	m.records[tenant] = memoryRecord{version: cur.version, deleted: true}
+	m.records.set(tenant, memoryRecord{version: cur.version, deleted: true})
 	delete(m.locks, tenant)
 	m.publishLocked(Invalidation{Tenant: tenant, Version: cur.version, Deleted: true})
 	return had && !cur.deleted, nil
@@ -176,14 +230,14 @@ func (m *Memory) Restore(ctx context.Context, tenant string, rec TokenRecord) (b
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cur, ok := m.records[tenant]; ok && (cur.deleted || !cur.restored || cur.version >= rec.Version) {
+	if cur, ok := m.records.get(tenant); ok && (cur.deleted || !cur.restored || cur.version >= rec.Version) {
 		return false, nil
 	}
 	r := memoryRecord{version: rec.Version, rec: kept(rec), due: dueIndexed(rec), state: indexedState(rec), restored: true}
 	if r.due {
 		r.expiryMilli = rec.Expiry.UnixMilli()
 	}
-	m.records[tenant] = r
+	m.records.set(tenant, r)
 	m.publishLocked(Invalidation{Tenant: tenant, Version: r.version})
 	return true, nil
 }
@@ -223,7 +277,7 @@ func (m *Memory) List(ctx context.Context, after string, limit int) ([]string, b
 	}
 	m.mu.Lock()
 	var tenants []string
-	for tenant, r := range m.records {
+	for tenant, r := range m.records.all() {
 		if !r.deleted && tenant > after {
 			tenants = append(tenants, tenant)
 		}
@@ -254,7 +308,7 @@ func (m *Memory) DueBefore(ctx context.Context, t time.Time, limit int) ([]strin
 	before := t.UnixMilli()
 	m.mu.Lock()
 	var due []entry
-	for tenant, r := range m.records {
+	for tenant, r := range m.records.all() {
 		if !r.deleted && r.due && r.expiryMilli < before {
 			due = append(due, entry{tenant, r.expiryMilli})
 		}
@@ -285,7 +339,7 @@ func (m *Memory) CountByState(ctx context.Context) (map[State]int64, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, r := range m.records {
+	for _, r := range m.records.all() {
 		if _, known := counts[r.state]; known && !r.deleted {
 			counts[r.state]++
 		}

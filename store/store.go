@@ -19,6 +19,7 @@ package store
 import (
 	"errors"
 	"time"
+	"unsafe"
 )
 
 // Errors returned by every implementation. Test them with errors.Is.
@@ -100,16 +101,35 @@ type TokenRecord struct {
 func (r TokenRecord) Refreshable() bool { return r.RefreshToken != "" }
 
 // WithAuthorization returns r with Authorization set to "Bearer " and the
-// access token, and AccessToken a part of it: the token held once, in the
-// form a request carries it.
+// access token, and AccessToken and RefreshToken parts of one string that
+// holds both tokens: the tokens held once, in one allocation, in the form a
+// request carries them. A record already in that form is returned as it is,
+// so that whoever holds its strings shares them.
 func (r TokenRecord) WithAuthorization() TokenRecord {
 	const prefix = "Bearer "
-	if len(r.Authorization) != len(prefix)+len(r.AccessToken) || r.Authorization[len(prefix):] != r.AccessToken ||
-		r.Authorization[:len(prefix)] != prefix {
-		r.Authorization = prefix + r.AccessToken
+	if r.packed() {
+		return r
 	}
-	r.AccessToken = r.Authorization[len(prefix):]
+	text := prefix + r.AccessToken + r.RefreshToken
+	n := len(prefix) + len(r.AccessToken)
+	r.Authorization, r.AccessToken, r.RefreshToken = text[:n], text[len(prefix):n], text[n:]
 	return r
+}
+
+// packed reports whether r is as WithAuthorization returns it: its
+// Authorization is "Bearer " and AccessToken, AccessToken is the end of it,
+// and RefreshToken (unless empty) follows it in the same allocation.
+func (r TokenRecord) packed() bool {
+	const prefix = "Bearer "
+	a := r.Authorization
+	if len(a) != len(prefix)+len(r.AccessToken) || a[:len(prefix)] != prefix ||
+		(len(r.AccessToken) > 0 && unsafe.StringData(a[len(prefix):]) != unsafe.StringData(r.AccessToken)) ||
+		a[len(prefix):] != r.AccessToken {
+		return false
+	}
+	// Addresses compared as numbers: no pointer is made past a's end.
+	end := uintptr(unsafe.Pointer(unsafe.StringData(a))) + uintptr(len(a))
+	return r.RefreshToken == "" || uintptr(unsafe.Pointer(unsafe.StringData(r.RefreshToken))) == end
 }
 
 // OAuthState is the server side of one connect flow, kept until the

@@ -71,6 +71,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer, da
 	if err != nil {
 		return err
 	}
+	tuneGC(getenv)
 	m, err := NewMain(ctx, cfg, stdout)
 	if err != nil {
 		return err

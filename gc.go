@@ -12,12 +12,14 @@ import (
 // twice what is live before it collects. With many tenants cached, most of
 // what is live is their tokens, and that headroom doubles their memory:
 // 200 MiB of tokens at 100,000 tenants would cost 400 MiB. Unless the
-// operator set GOGC or GOMEMLIMIT, the proxy lets the heap grow by
+// operator set GOGC, the proxy lets the heap grow by
 // gcHeadroom or by minGCPercent of what is live, whichever is more, and
 // never by more than Go's default: it sets GOGC after each collection from
 // the heap that collection left live. A small heap (under gcHeadroom live)
 // keeps Go's default; a large one is collected more often, each cycle
-// marking little besides the tokens, which hold no pointers.
+// marking little besides the tokens, which hold no pointers. GOMEMLIMIT,
+// a ceiling rather than a proportion, still applies: the runtime collects
+// at whichever of the two comes first.
 const (
 	gcHeadroom   = 64 << 20
 	minGCPercent = 25
@@ -33,10 +35,9 @@ func gcPercent(live uint64) int {
 
 // tuneGC starts the collector's tuning for the life of the process (the
 // heap is the process's; a second call changes nothing), unless getenv
-// names GOGC or GOMEMLIMIT: the operator chose. It reports whether the
-// tuning runs.
+// names GOGC: the operator chose. It reports whether the tuning runs.
 func tuneGC(getenv func(string) string) bool {
-	if getenv("GOGC") != "" || getenv("GOMEMLIMIT") != "" {
+	if getenv("GOGC") != "" {
 		return false
 	}
 	gcTuning.Do(func() { newGCTuner(liveHeap, debug.SetGCPercent).start() })

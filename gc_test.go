@@ -15,7 +15,11 @@ func TestGCPercent(t *testing.T) {
 		want int
 	}{
 		{"nothing read", 0, 100},
-		{"a small heap keeps Go's default", 20 * mib, 100},
+		{"1 MiB live grows to 17 MiB", 1 * mib, 425},
+		{"2 MiB live grows to 18 MiB", 2 * mib, 450},
+		{"8 MiB live grows by 16 MiB", 8 * mib, 200},
+		{"16 MiB live keeps Go's default", 16 * mib, 100},
+		{"a middling heap keeps Go's default", 40 * mib, 100},
 		{"64 MiB live", 64 * mib, 100},
 		{"128 MiB live grows by 64 MiB", 128 * mib, 50},
 		{"256 MiB live grows by 64 MiB", 256 * mib, 25},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -142,12 +141,7 @@ func checkNoSecondWindow(t *testing.T, l *Limiter, limit int, period time.Durati
 // not wait in vain.
 func TestAttackPauseBeyondDeadlineRefusesWaitersAtOnce(t *testing.T) {
 	const period = 3 * time.Second
-	sched := announcing{store.NewLocalSchedule(), make(chan store.Slot, 10)}
-	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
-	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	<-sched.reserved
+	l, sched := afterOneCall(t, period)
 	done := waitForLaterSlot(t, l, sched.reserved, period)
 	// thanks.io: 429, come back in a minute (past the waiter's 10 s).
 	paused := time.Now()
@@ -155,6 +149,20 @@ func TestAttackPauseBeyondDeadlineRefusesWaitersAtOnce(t *testing.T) {
 		t.Fatalf("Observe = %v; want a minute", d)
 	}
 	refusedSoon(t, done, paused, " that made its turn impossible; want at once (it waited in vain for its old slot)")
+}
+
+// afterOneCall returns a limiter of one call per period, with a maximum
+// wait of 10 s, over a local schedule that announces its reservations, once
+// acme's first call went (and its announcement was taken).
+func afterOneCall(t *testing.T, period time.Duration) (*Limiter, announcing) {
+	t.Helper()
+	sched := announcing{store.NewLocalSchedule(), make(chan store.Slot, 10)}
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-sched.reserved
+	return l, sched
 }
 
 // waitResult is how a Wait started by waitForLaterSlot ended, and when.
@@ -552,29 +560,18 @@ func TestAttackConfirmFailedAfterAPauseWokeTheCall(t *testing.T) {
 // scheduler can run them.
 func TestAttackLateUnwatchKeepsTheNextSleepersSignal(t *testing.T) {
 	const period = 3 * time.Second
-	sched := announcing{store.NewLocalSchedule(), make(chan store.Slot, 10)}
-	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
-	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	<-sched.reserved
+	l, sched := afterOneCall(t, period)
 	// A call sleeps until its turn...
 	first := l.watch("acme")
 	// ...and a pause wakes it; its goroutine does not run yet.
 	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"0"}}, 0)
 	// Another call reserves and begins to sleep, on a new signal.
 	done := waitForLaterSlot(t, l, sched.reserved, period)
-	for deadline := time.Now().Add(5 * time.Second); ; runtime.Gosched() {
+	testutil.Eventually(t, "the second call sleeps", func() bool {
 		l.mu.Lock()
-		s := l.sleepers["acme"]
-		l.mu.Unlock()
-		if s != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second call never began to sleep")
-		}
-	}
+		defer l.mu.Unlock()
+		return l.sleepers["acme"] != nil
+	})
 	// The first sleeper's goroutine runs now: its deferred unwatch.
 	l.unwatch("acme", first)
 	// thanks.io: 429, come back in a minute (past the sleeper's 10 s).

@@ -122,9 +122,12 @@ func (r TokenRecord) WithAuthorization() TokenRecord {
 func (r TokenRecord) packed() bool {
 	const prefix = "Bearer "
 	a := r.Authorization
-	if len(a) != len(prefix)+len(r.AccessToken) || a[:len(prefix)] != prefix ||
-		(len(r.AccessToken) > 0 && unsafe.StringData(a[len(prefix):]) != unsafe.StringData(r.AccessToken)) ||
-		a[len(prefix):] != r.AccessToken {
+	if len(a) != len(prefix)+len(r.AccessToken) || a[:len(prefix)] != prefix {
+		return false
+	}
+	// The access token is the end of a itself: one address and one length
+	// are the same bytes.
+	if r.AccessToken != "" && unsafe.StringData(a[len(prefix):]) != unsafe.StringData(r.AccessToken) {
 		return false
 	}
 	// Addresses compared as numbers: no pointer is made past a's end.

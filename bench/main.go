@@ -104,7 +104,7 @@ func main() {
 	flag.BoolVar(&o.limiterRows, "limiter-rows", true, "also measure, at 1 and at 10000 tenants (when -tenants has them), the Redis proxy with the rate limit on (-limit), and its price against the same proxy without it")
 	flag.StringVar(&o.limit, "limit", "1000000/1s", "RATE_LIMIT of the limiter rows: far above what the load sends to one tenant, so that every call is admitted at once (at most 1000000 calls; a period of at least 100ms)")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU profiles of the in-process benchmarks (and pprof -top of them) to this directory")
-	flag.StringVar(&o.perfDir, "perf", "", "after the measured rounds at the largest tenant count, profile the floor and the Redis proxy processes under load with perf record (linux-perf) and write perf reports to this directory")
+	flag.StringVar(&o.perfDir, "perf", "", "after the measured rounds at the largest tenant count, profile the floor, the Redis proxy and the limiter's processes under load with perf record (linux-perf) and write perf reports to this directory")
 	flag.DurationVar(&o.quietWait, "quiet-wait", 3*time.Minute, "in all, how long to wait for other processes of the machine to go quiet before rounds")
 	flag.StringVar(&o.candidate, "candidate", "", "also measure the proxy built from this directory (a copy of the module with a change to try), with the Redis store, in the same interleaved rounds")
 	flag.StringVar(&o.out, "o", "", "also write the report to this file")
@@ -780,7 +780,7 @@ func (b *bench) measure(ctx context.Context, n int, smallest bool) error {
 	if o.perfDir != "" && n == o.tenants[len(o.tenants)-1] {
 		profiled := []*target{b.floor, red}
 		for _, t := range targets {
-			if strings.HasPrefix(t.name, "candidate") {
+			if strings.HasPrefix(t.name, "candidate") || strings.HasPrefix(t.name, "redis-limiter") {
 				profiled = append(profiled, t)
 			}
 		}

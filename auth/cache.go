@@ -2,7 +2,7 @@ package auth
 
 import (
 	"hash/maphash"
-	"strings"
+
 	"sync"
 	"time"
 
@@ -106,22 +106,19 @@ type entry struct {
 // found reports whether e names an entry at all.
 func (e entry) found() bool { return e.gen != 0 }
 
-// slot is one tenant's place in the cache. Its one pointer the collector
-// follows is text: the tenant id, then the Authorization value, the refresh
-// token and a state of no known name, laid end to end in one allocation
-// (three pointers into that allocation cost the collector twice what one
-// does). A shared snapshot's strings, the store's own, are kept as they
-// are instead, in sharedBearer and sharedRefresh.
+// slot is one tenant's place in the cache. It holds no pointer, so that the
+// collector never scans the pages of slots: its text (the tenant id, then
+// the Authorization value, the refresh token and a state of no known name,
+// end to end) lives in the cache's arena, and its times are kept as numbers.
+// A shared snapshot's strings, the store's own, are kept as they are
+// instead, beside the slot (cache.shared).
 type slot struct {
-	text                         string
-	idLen, bearerLen, refreshLen int32
+	text                                 arenaRef
+	idLen, bearerLen, refreshLen, auxLen int32
 	// The snapshot, when stamp is not zero.
-	shared                      bool
-	sharedBearer, sharedRefresh string
-	state                       stateCode
-	// In UTC, whose location is no pointer; any time a record can hold,
-	// the zero time (no expiry) included.
-	expiry, lastRefresh time.Time
+	shared              bool
+	state               stateCode
+	expiry, lastRefresh slotTime
 	version             int64
 	refreshable         bool
 	redeemed            bool
@@ -146,21 +143,23 @@ type slot struct {
 	failures int
 }
 
-func (s *slot) id() string { return s.text[:s.idLen] }
+func (s *slot) textLen() int32 { return s.idLen + s.bearerLen + s.refreshLen + s.auxLen }
 
-func (s *slot) bearer() string {
-	if s.shared {
-		return s.sharedBearer
-	}
-	return s.text[s.idLen : s.idLen+s.bearerLen]
+// slotTime is a time.Time without its location (times are kept in UTC),
+// which would be a pointer: any time a record can hold, the zero time (no
+// expiry) included.
+type slotTime struct {
+	sec  int64
+	nsec int32
 }
 
-func (s *slot) refresh() string {
-	if s.shared {
-		return s.sharedRefresh
-	}
-	return s.text[s.idLen+s.bearerLen : s.idLen+s.bearerLen+s.refreshLen]
-}
+func slotTimeOf(t time.Time) slotTime { return slotTime{t.Unix(), int32(t.Nanosecond())} }
+
+func (t slotTime) time() time.Time { return time.Unix(t.sec, int64(t.nsec)).UTC() }
+
+// sharedText is a shared snapshot's strings, which the record's holder
+// keeps.
+type sharedText struct{ bearer, refresh string }
 
 // stateCode is a store.State as a slot keeps it: the known states by
 // number, any other in the slot's text.
@@ -173,28 +172,17 @@ const (
 	stateOther
 )
 
-func (s *slot) stateOf() store.State {
-	switch s.state {
-	case stateActive:
-		return store.StateActive
-	case stateReauthorizationRequired:
-		return store.StateReauthorizationRequired
-	case stateOther:
-		return store.State(s.text[s.idLen+s.bearerLen+s.refreshLen:])
-	}
-	return ""
-}
-
 // slotsPerPage is the slots allocated together. Pages never move, and a
-// page is one object for the garbage collector.
+// page is one object for the garbage collector, which it does not scan.
 const slotsPerPage = 512
 
 // cache is the bounded in-process map from tenant to its token. Its index
-// maps a hash of the tenant id to a slot and holds no pointer, and its slots
-// live in pages: the collector's work per cycle does not grow with pointers
-// per tenant, only with the one allocation that holds each tenant's strings.
-// When full, adding a tenant evicts an arbitrary other one (Go's map order):
-// cheap, and fair enough for a cache whose misses cost one store read.
+// maps a hash of the tenant id to a slot, its slots live in pages, and the
+// tenants' strings in an arena of large chunks: none of it holds a pointer
+// per tenant, so the collector's work per cycle does not grow with the
+// tenants cached. When full, adding a tenant evicts an arbitrary other one
+// (Go's map order): cheap, and fair enough for a cache whose misses cost
+// one store read.
 //
 // Every method takes the cache's lock; the hot path (lookup) takes it to
 // read.
@@ -203,7 +191,9 @@ type cache struct {
 	hash   func(tenant string) uint64
 	index  map[uint64]int32 // hash of the id → the first slot of its chain
 	pages  []*[slotsPerPage]slot
-	free   []int32 // slots given back, reused first
+	text   arena
+	shared []*[slotsPerPage]sharedText // by page; nil until a page's slot holds a shared snapshot
+	free   []int32                     // slots given back, reused first
 	used   int
 	gens   uint64 // the last generation handed out
 	stamps uint64 // the last stamp handed out
@@ -217,12 +207,49 @@ func newCache(max int, now func() time.Time, evicted func()) *cache {
 	seed := maphash.MakeSeed()
 	return &cache{
 		hash:  func(tenant string) uint64 { return maphash.String(seed, tenant) },
-		index: make(map[uint64]int32), max: max, now: now, evicted: evicted,
+		index: make(map[uint64]int32), text: newArena(), max: max, now: now, evicted: evicted,
 	}
 }
 
 func (c *cache) slot(i int32) *slot {
 	return &c.pages[i/slotsPerPage][i%slotsPerPage]
+}
+
+// sharedAt returns slot i's shared strings, or nil when its page has none.
+func (c *cache) sharedAt(i int32) *sharedText {
+	if p := c.shared[i/slotsPerPage]; p != nil {
+		return &p[i%slotsPerPage]
+	}
+	return nil
+}
+
+// id returns the tenant id of slot i.
+func (c *cache) id(i int32) string {
+	s := c.slot(i)
+	return c.text.text(s.text, s.idLen)
+}
+
+// tokens returns the Authorization value, the refresh token and the state
+// of the snapshot slot i holds.
+func (c *cache) tokens(i int32) (bearer, refresh string, state store.State) {
+	s := c.slot(i)
+	all := c.text.text(s.text, s.textLen())
+	if s.shared {
+		sh := c.sharedAt(i)
+		bearer, refresh = sh.bearer, sh.refresh
+	} else {
+		bearer = all[s.idLen : s.idLen+s.bearerLen]
+		refresh = all[s.idLen+s.bearerLen : s.idLen+s.bearerLen+s.refreshLen]
+	}
+	switch s.state {
+	case stateActive:
+		state = store.StateActive
+	case stateReauthorizationRequired:
+		state = store.StateReauthorizationRequired
+	case stateOther:
+		state = store.State(all[s.idLen+s.bearerLen+s.refreshLen:])
+	}
+	return bearer, refresh, state
 }
 
 // findLocked returns the tenant's slot, or -1.
@@ -232,7 +259,7 @@ func (c *cache) findLocked(tenant string) int32 {
 		return -1
 	}
 	for ; i >= 0; i = c.slot(i).next {
-		if c.slot(i).id() == tenant {
+		if c.id(i) == tenant {
 			return i
 		}
 	}
@@ -272,24 +299,25 @@ func (c *cache) lookup(tenant string) (v view) {
 	s := c.slot(i)
 	v = view{entry: entry{i, s.gen}, filledAt: s.filledAt, retryAt: s.retryAt, refreshing: s.refreshing}
 	if s.stamp != 0 {
-		v.snap, v.held = s.snapshot(), true
+		v.snap, v.held = c.snapshotAt(i), true
 	}
 	return v
 }
 
-// snapshot copies out the slot's snapshot.
-func (s *slot) snapshot() snapshot {
-	bearer := s.bearer()
+// snapshotAt copies out slot i's snapshot.
+func (c *cache) snapshotAt(i int32) snapshot {
+	s := c.slot(i)
+	bearer, refresh, state := c.tokens(i)
 	return snapshot{
 		access:      bearer[len(bearerPrefix):],
 		bearer:      bearer,
-		expiry:      s.expiry,
+		expiry:      s.expiry.time(),
 		refreshable: s.refreshable,
-		state:       s.stateOf(),
+		state:       state,
 		version:     s.version,
 		redeemed:    s.redeemed,
-		refresh:     s.refresh(),
-		lastRefresh: s.lastRefresh,
+		refresh:     refresh,
+		lastRefresh: s.lastRefresh.time(),
 		stamp:       s.stamp,
 	}
 }
@@ -334,6 +362,7 @@ func (c *cache) addLocked(tenant string) entry {
 	} else {
 		i = int32(len(c.pages) * slotsPerPage)
 		c.pages = append(c.pages, new([slotsPerPage]slot))
+		c.shared = append(c.shared, nil)
 		for j := slotsPerPage - 1; j > 0; j-- {
 			c.free = append(c.free, i+int32(j))
 		}
@@ -344,9 +373,10 @@ func (c *cache) addLocked(tenant string) entry {
 	if !ok {
 		next = -1
 	}
-	*c.slot(i) = slot{text: strings.Clone(tenant), idLen: int32(len(tenant)), gen: c.gens, hash: h, next: next}
+	*c.slot(i) = slot{text: c.text.add(i, tenant), idLen: int32(len(tenant)), gen: c.gens, hash: h, next: next}
 	c.index[h] = i
 	c.used++
+	c.compactLocked()
 	return entry{i, c.gens}
 }
 
@@ -366,9 +396,14 @@ func (c *cache) removeLocked(i int32) {
 		}
 		p.next = s.next
 	}
+	c.text.release(s.text, s.textLen())
 	*s = slot{}
+	if sh := c.sharedAt(i); sh != nil {
+		*sh = sharedText{}
+	}
 	c.free = append(c.free, i)
 	c.used--
+	c.compactLocked()
 }
 
 // put stores s, a record as its writer (an import) wrote it, in e, the
@@ -384,7 +419,7 @@ func (c *cache) put(e entry, s *snapshot) bool {
 		return false
 	}
 	sl.floor = max(sl.floor, s.version)
-	c.storeLocked(sl, s)
+	c.storeLocked(e.i, s)
 	return true
 }
 
@@ -398,14 +433,15 @@ func (c *cache) fill(e entry, s *snapshot) bool {
 	if sl == nil || s.version < sl.floor || (sl.stamp != 0 && sl.version > s.version) {
 		return false
 	}
-	c.storeLocked(sl, s)
+	c.storeLocked(e.i, s)
 	return true
 }
 
-// storeLocked puts s into the slot, with the tenant id and s's strings laid
-// end to end in one new allocation (unless they are the store's own).
-func (c *cache) storeLocked(sl *slot, s *snapshot) {
-	id := sl.id()
+// storeLocked puts s into slot i: the tenant id and s's strings end to end
+// in the arena, or s's strings beside the slot when they are the store's
+// own.
+func (c *cache) storeLocked(i int32, s *snapshot) {
+	sl := c.slot(i)
 	var other string
 	switch s.state {
 	case "":
@@ -417,35 +453,68 @@ func (c *cache) storeLocked(sl *slot, s *snapshot) {
 	default:
 		sl.state, other = stateOther, string(s.state)
 	}
-	var b strings.Builder
+	old, oldLen := sl.text, sl.textLen()
+	id := c.id(i)
 	if sl.shared = s.shared; s.shared {
-		sl.sharedBearer, sl.sharedRefresh = s.bearer, s.refresh
+		if c.shared[i/slotsPerPage] == nil {
+			c.shared[i/slotsPerPage] = new([slotsPerPage]sharedText)
+		}
+		*c.sharedAt(i) = sharedText{s.bearer, s.refresh}
 		sl.bearerLen, sl.refreshLen = 0, 0
-		b.Grow(len(id) + len(other))
+		sl.text = c.text.add(i, id, other)
 	} else {
-		sl.sharedBearer, sl.sharedRefresh = "", ""
+		if sh := c.sharedAt(i); sh != nil {
+			*sh = sharedText{}
+		}
 		sl.bearerLen, sl.refreshLen = int32(len(s.bearer)), int32(len(s.refresh))
-		b.Grow(len(id) + len(s.bearer) + len(s.refresh) + len(other))
+		sl.text = c.text.add(i, id, s.bearer, s.refresh, other)
 	}
-	b.WriteString(id)
-	if !s.shared {
-		b.WriteString(s.bearer)
-		b.WriteString(s.refresh)
-	}
-	b.WriteString(other)
-	sl.text = b.String()
-	sl.expiry, sl.lastRefresh = s.expiry.UTC(), s.lastRefresh.UTC()
+	sl.auxLen = int32(len(other))
+	c.text.release(old, oldLen)
+	sl.expiry, sl.lastRefresh = slotTimeOf(s.expiry), slotTimeOf(s.lastRefresh)
 	sl.version, sl.refreshable, sl.redeemed = s.version, s.refreshable, s.redeemed
 	c.stamps++
 	sl.stamp = c.stamps
 	sl.filledAt = c.now().UnixNano()
+	c.compactLocked()
 }
 
-// dropLocked forgets the slot's snapshot, keeping the entry.
-func (c *cache) dropLocked(sl *slot) {
-	sl.text = strings.Clone(sl.id()) // the token's allocation can go
-	sl.bearerLen, sl.refreshLen, sl.shared, sl.sharedBearer, sl.sharedRefresh = 0, 0, false, "", ""
+// dropLocked forgets slot i's snapshot, keeping the entry.
+func (c *cache) dropLocked(i int32) {
+	sl := c.slot(i)
+	old, oldLen := sl.text, sl.textLen()
+	sl.text = c.text.add(i, c.id(i))
+	c.text.release(old, oldLen)
+	if sh := c.sharedAt(i); sh != nil {
+		*sh = sharedText{}
+	}
+	sl.bearerLen, sl.refreshLen, sl.auxLen, sl.shared = 0, 0, 0, false
 	sl.state, sl.stamp = stateEmpty, 0
+	c.compactLocked()
+}
+
+// compactLocked moves the live texts of one sparse chunk of the arena, if
+// there is one, into its current chunk, so that the chunk can go: garbage
+// stays under about a quarter of the arena, and the work of one call is
+// bounded by one chunk (a write holds the lock that lookups take).
+func (c *cache) compactLocked() {
+	n, ch := c.text.nextSparse()
+	if ch == nil {
+		return
+	}
+	for _, i := range ch.owners {
+		// An owner may have moved on since (to another chunk, or to
+		// none): only a slot whose text is in this chunk still is one.
+		// It is moved once, and is then in another chunk.
+		if s := c.slot(i); s.gen != 0 && s.text.chunk == n && s.textLen() > 0 {
+			old, oldLen := s.text, s.textLen()
+			s.text = c.text.add(i, c.text.text(old, oldLen))
+			c.text.release(old, oldLen)
+			if ch.live == 0 {
+				return // let go
+			}
+		}
+	}
 }
 
 // written handles the invalidation of a write of version: fills of older
@@ -462,7 +531,7 @@ func (c *cache) written(tenant string, version int64) {
 	sl := c.slot(i)
 	sl.floor = max(sl.floor, version)
 	if sl.stamp != 0 && sl.version < version {
-		c.dropLocked(sl)
+		c.dropLocked(i)
 	}
 }
 
@@ -504,8 +573,8 @@ func (c *cache) dropToken(tenant, access string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if i := c.findLocked(tenant); i >= 0 {
-		if sl := c.slot(i); sl.stamp != 0 && sl.bearer()[len(bearerPrefix):] == access {
-			c.dropLocked(sl)
+		if bearer, _, _ := c.tokens(i); c.slot(i).stamp != 0 && bearer[len(bearerPrefix):] == access {
+			c.dropLocked(i)
 		}
 	}
 }
@@ -607,10 +676,10 @@ func (c *cache) snapshots() []cached {
 	defer c.mu.RUnlock()
 	out := make([]cached, 0, c.used)
 	for n, p := range c.pages {
-		for i := range p {
-			if s := &p[i]; s.gen != 0 && s.stamp != 0 {
-				e := entry{int32(n*slotsPerPage + i), s.gen}
-				out = append(out, cached{s.id(), e, s.snapshot(), time.Unix(0, s.filledAt)})
+		for j := range p {
+			if s := &p[j]; s.gen != 0 && s.stamp != 0 {
+				i := int32(n*slotsPerPage + j)
+				out = append(out, cached{c.id(i), entry{i, s.gen}, c.snapshotAt(i), time.Unix(0, s.filledAt)})
 			}
 		}
 	}

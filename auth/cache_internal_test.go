@@ -2,8 +2,11 @@ package auth
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -231,4 +234,177 @@ func TestMemoryStoreAndCacheHoldOneCopy(t *testing.T) {
 		t.Fatalf("Authorization: %v", err)
 	}
 	sameCopy("after a read from the store")
+}
+
+// The pages of slots hold no pointer, so that the collector never scans
+// them: with 100,000 tenants cached a collection would otherwise walk them
+// all (BenchmarkCacheGC).
+func TestCacheSlotsHoldNoPointer(t *testing.T) {
+	var walk func(reflect.Type, string)
+	walk = func(typ reflect.Type, path string) {
+		switch typ.Kind() {
+		case reflect.Struct:
+			for i := range typ.NumField() {
+				f := typ.Field(i)
+				walk(f.Type, path+"."+f.Name)
+			}
+		case reflect.Array:
+			walk(typ.Elem(), path+"[]")
+		case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float64:
+		default:
+			t.Errorf("slot%s is a %s, which holds a pointer", path, typ)
+		}
+	}
+	walk(reflect.TypeFor[slot](), "")
+}
+
+// Tokens refreshed, dropped, deleted and evicted in any order: every
+// tenant keeps its own token, and the arena's garbage stays bounded.
+func TestCacheArenaKeepsTokensAndBoundsGarbage(t *testing.T) {
+	const tenants = 2000
+	c := newCache(tenants, time.Now, func() {})
+	rng := rand.New(rand.NewPCG(1, 2))
+	version := make(map[string]int64)
+	token := func(tenant string, v int64) *snapshot {
+		// Of varied lengths, up to 1.5 KiB, some longer than a quarter
+		// of a chunk.
+		n := 200 + rng.IntN(1300)
+		if rng.IntN(100) == 0 {
+			n = arenaChunkSize/4 + 1
+		}
+		access := fmt.Sprintf("%s-v%d-", tenant, v) + strings.Repeat("a", n)
+		return &snapshot{access: access, bearer: bearerPrefix + access, refresh: fmt.Sprintf("refresh-%s-v%d", tenant, v),
+			version: v, state: store.StateActive, expiry: time.Unix(1_900_000_000, 5).UTC()}
+	}
+	check := func(step int) {
+		t.Helper()
+		for tenant, v := range version {
+			got := c.lookup(tenant)
+			if v == 0 {
+				if got.held {
+					t.Fatalf("step %d: %s holds a token after it was dropped", step, tenant)
+				}
+				continue
+			}
+			prefix := fmt.Sprintf("%s-v%d-", tenant, v)
+			if !got.held || !strings.HasPrefix(got.snap.access, prefix) || got.snap.bearer != bearerPrefix+got.snap.access ||
+				got.snap.refresh != fmt.Sprintf("refresh-%s-v%d", tenant, v) || got.snap.version != v ||
+				got.snap.state != store.StateActive || !got.snap.expiry.Equal(time.Unix(1_900_000_000, 5)) {
+				t.Fatalf("step %d: %s holds %.40q (v%d, held %v); want its own token of v%d", step, tenant, got.snap.access, got.snap.version, got.held, v)
+			}
+		}
+		if garbage := c.text.used - c.text.live; garbage > c.text.live/3+2*arenaChunkSize {
+			t.Fatalf("step %d: %d bytes of garbage in the arena for %d live; want at most a third of live and two chunks", step, garbage, c.text.live)
+		}
+	}
+	for step := range 40_000 {
+		tenant := fmt.Sprint("tenant-", rng.IntN(tenants))
+		switch op := rng.IntN(10); {
+		case op < 6: // a refresh
+			version[tenant]++
+			if v := version[tenant]; !c.fill(c.entryFor(tenant), token(tenant, v)) {
+				t.Fatalf("fill of %s v%d refused", tenant, v)
+			}
+		case op < 8: // a token refused upstream
+			if v := c.lookup(tenant); v.held {
+				c.dropToken(tenant, v.snap.access)
+				version[tenant] = 0
+			}
+		default: // a deletion
+			c.deleted(tenant)
+			delete(version, tenant)
+		}
+		if step%1000 == 0 {
+			check(step)
+		}
+	}
+	check(40_000)
+	// Everything gone: so is every chunk.
+	for tenant := range version {
+		c.deleted(tenant)
+	}
+	if c.text.live != 0 || c.text.used > arenaChunkSize {
+		t.Errorf("with the cache empty, the arena holds %d bytes live and %d used; want 0 and at most the current chunk", c.text.live, c.text.used)
+	}
+}
+
+// A token handed out keeps its bytes after its text was moved, replaced or
+// removed: requests in flight still send it.
+func TestCacheTokenHandedOutStaysIntact(t *testing.T) {
+	c := newCache(1000, time.Now, func() {})
+	filler := strings.Repeat("x", 1000)
+	for i := range 1000 {
+		tenant := fmt.Sprint("t", i)
+		c.fill(c.entryFor(tenant), &snapshot{access: "old-" + tenant + filler, bearer: bearerPrefix + "old-" + tenant + filler, version: 1})
+	}
+	held := make(map[string]string)
+	for i := range 1000 {
+		tenant := fmt.Sprint("t", i)
+		held[tenant] = c.lookup(tenant).snap.bearer
+	}
+	// Three in four replaced: every chunk but the current one turns sparse
+	// and is compacted; the rest are deleted.
+	for i := range 1000 {
+		tenant := fmt.Sprint("t", i)
+		if i%4 != 0 {
+			c.fill(c.entryFor(tenant), &snapshot{access: "new-" + tenant, bearer: bearerPrefix + "new-" + tenant, version: 2})
+		}
+	}
+	for i := range 1000 {
+		if i%4 == 0 {
+			c.deleted(fmt.Sprint("t", i))
+		}
+	}
+	for tenant, bearer := range held {
+		if want := bearerPrefix + "old-" + tenant + filler; bearer != want {
+			t.Fatalf("the Authorization of %s handed out before changed to %.30q", tenant, bearer)
+		}
+	}
+}
+
+// Lookups while writes move texts around the arena: each reader gets whole
+// tokens of the tenant it asked for (run with -race).
+func TestCacheArenaUnderConcurrentLookups(t *testing.T) {
+	const tenants = 300
+	c := newCache(tenants, time.Now, func() {})
+	filler := strings.Repeat("y", 900)
+	fill := func(tenant string, v int64) {
+		access := fmt.Sprintf("%s-v%d-%s", tenant, v, filler)
+		c.fill(c.entryFor(tenant), &snapshot{access: access, bearer: bearerPrefix + access, version: v})
+	}
+	for i := range tenants {
+		fill(fmt.Sprint("t", i), 1)
+	}
+	done := make(chan struct{})
+	var readers sync.WaitGroup
+	for r := range 4 {
+		readers.Go(func() {
+			for i := r; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				tenant := fmt.Sprint("t", i%tenants)
+				v := c.lookup(tenant)
+				if !v.held {
+					continue
+				}
+				if want := fmt.Sprintf("%s%s-v%d-%s", bearerPrefix, tenant, v.snap.version, filler); v.snap.bearer != want {
+					t.Errorf("lookup(%s) = %.30q; want its own token of v%d", tenant, v.snap.bearer, v.snap.version)
+					return
+				}
+			}
+		})
+	}
+	for v := int64(2); v < 40; v++ {
+		for i := range tenants {
+			if i%3 != int(v%3) {
+				fill(fmt.Sprint("t", i), v)
+			}
+		}
+	}
+	close(done)
+	readers.Wait()
 }

@@ -579,3 +579,113 @@ func TestAttackLateUnwatchKeepsTheNextSleepersSignal(t *testing.T) {
 	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"60"}}, 0)
 	refusedSoon(t, done, paused, "; want at once (a pause's wake must reach every sleeper of the tenant)")
 }
+
+// A Redis that loses its data after thanks.io's 429 (restarted empty,
+// failed over to an empty replica) loses the tenant's pause with it; the
+// replica that set the pause still keeps it: its next call does not go
+// before the pause ends.
+func TestAttackRedisLostDataKeepsThePauseForNewCalls(t *testing.T) {
+	const period = 300 * time.Millisecond
+	sched, forget := redisSchedule(t)
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	ctx := context.Background()
+	if _, err := l.Wait(ctx, "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	if d := l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"2"}}, 0); d != 2*time.Second {
+		t.Fatalf("Observe = %v; want 2s", d)
+	}
+	if err := forget("acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Wait(ctx, "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("the call after the pause = %v; want it let through", err)
+	}
+	if d := time.Since(paused); d < 2*time.Second {
+		t.Errorf("the call went %v into a pause of 2s that thanks.io had asked for (Redis had lost it; this replica had not)", d.Round(time.Millisecond))
+	}
+}
+
+// A waiter woken by a pause, whose Confirm finds its reservation gone
+// because Redis lost its data meanwhile, is placed again no earlier than
+// the end of the pause that this replica set.
+func TestAttackRedisLostDataKeepsThePauseForAWokenWaiter(t *testing.T) {
+	const period = 300 * time.Millisecond
+	shared, forget := redisSchedule(t)
+	sched := &forgetting{announcing: announcing{shared, make(chan store.Slot, 10)}, forget: func(tenant string) {
+		if err := forget(tenant); err != nil {
+			t.Error(err)
+		}
+	}}
+	l, _ := newLimiter(t, 1, period, 10*time.Second, sched)
+	if _, err := l.Wait(context.Background(), "acme", time.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-sched.reserved
+	done := waitForLaterSlot(t, l, sched.reserved, period)
+	// thanks.io: 429, come back in 2 s. The waiter is woken to confirm its
+	// slot, which Redis no longer has.
+	paused := time.Now()
+	l.Observe("acme", http.StatusTooManyRequests, http.Header{"Retry-After": {"2"}}, 0)
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("the waiter's Wait = %v; want it let through", r.err)
+		}
+		if d := r.at.Sub(paused); d < 2*time.Second {
+			t.Errorf("the waiter went %v into a pause of 2s that thanks.io had asked for (Redis had lost it; this replica had not)", d.Round(time.Millisecond))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the waiter never returned")
+	}
+}
+
+// forgetting is a shared schedule that loses a tenant's data just before
+// the first Confirm, as a Redis that restarted empty while a call slept
+// would.
+type forgetting struct {
+	announcing
+	forget func(tenant string)
+	once   sync.Once
+}
+
+func (f *forgetting) Confirm(ctx context.Context, tenant, id string) (time.Duration, error) {
+	f.once.Do(func() { f.forget(tenant) })
+	return f.announcing.Confirm(ctx, tenant, id)
+}
+
+// redisSchedule opens a RedisSchedule on the tests' Redis
+// (testutil.RedisURL), under a key prefix of its own, and returns it with
+// a function that deletes a tenant's keys, as a Redis that lost its data
+// would; that function fails when the tenant had no pause to lose.
+func redisSchedule(t *testing.T) (*store.RedisSchedule, func(tenant string) error) {
+	t.Helper()
+	client, err := store.OpenRedisURL(testutil.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	// The schedule seals nothing; the store wants a sealer all the same.
+	sealer, err := store.NewSealer([][]byte{make([]byte, store.KeySize)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := testutil.KeyPrefix()
+	forget := func(tenant string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		keys, err := client.Keys(ctx, prefix+"{"+tenant+"}:*").Result()
+		if err != nil {
+			return fmt.Errorf("listing the keys of %q: %w", tenant, err)
+		}
+		if pause := prefix + "{" + tenant + "}:pause"; !slices.Contains(keys, pause) {
+			return fmt.Errorf("the keys of %q are %q; want %q among them", tenant, keys, pause)
+		}
+		if err := client.Del(ctx, keys...).Err(); err != nil {
+			return fmt.Errorf("deleting the keys of %q: %w", tenant, err)
+		}
+		return nil
+	}
+	return store.NewRedis(client, prefix, sealer).Schedule(), forget
+}

@@ -355,7 +355,8 @@ func (l *Limiter) Observe(tenant string, status int, h http.Header, took time.Du
 
 // reserve, confirm and pause call sched's methods, within sharedTimeout
 // when sched is the shared one. reserve places the call no earlier than
-// this replica's own recent calls allow (its floor), and reserves nothing
+// this replica's own recent calls and the pause it set allow (its floor):
+// a shared schedule that lost its data has neither. It reserves nothing
 // for a caller that went away meanwhile: the script may have run.
 func (l *Limiter) reserve(ctx context.Context, sched Schedule, tenant string, deadline time.Time) (store.Slot, error) {
 	rctx, cancel := l.bound(context.WithoutCancel(ctx), sched)

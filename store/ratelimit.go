@@ -199,8 +199,11 @@ func (s *RedisSchedule) Reserve(ctx context.Context, tenant string, rule RateRul
 	}
 	id := s.ids.next()
 	a := s.args(rule)
+	// The floor is rounded up to the script's milliseconds: one that ends
+	// a pause must not let the call go inside it.
+	floorMs := (max(0, floor) + time.Millisecond - 1).Milliseconds()
 	cmd, sent, err := s.batch.run(ctx, reserveScript, s.reserveKeys(tenant),
-		a.limit, a.period, a.guard, maxWait.Milliseconds(), id, max(0, floor).Milliseconds())
+		a.limit, a.period, a.guard, maxWait.Milliseconds(), id, floorMs)
 	var res []int64
 	if err == nil {
 		res, err = cmd.Int64Slice()

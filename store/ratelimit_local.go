@@ -197,24 +197,28 @@ func (s *LocalSchedule) Record(tenant string, rule RateRule) {
 	t.expiry = later(t.expiry, now.Add(2*rule.Period+rule.Guard))
 }
 
-// Floor returns how long from now tenant's calls known here keep its next
-// call waiting: 0 when fewer than rule.Limit went in the last period.
+// Floor returns how long from now what this schedule knows of tenant keeps
+// its next call waiting: the calls in the last period (none when fewer
+// than rule.Limit went) and a pause set here. 0 means nothing does.
 func (s *LocalSchedule) Floor(tenant string, rule RateRule) time.Duration {
 	sh := s.shard(tenant)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	t := sh.tenants[tenant]
-	if t == nil || len(t.at) < rule.Limit {
+	if t == nil || (len(t.at) < rule.Limit && t.pause.IsZero()) {
 		// Fewer calls than the limit are known, in the last period or
-		// before it: nothing to trim, or to wait for.
+		// before it, and no pause: nothing to trim, or to wait for.
 		return 0
 	}
 	now := s.now()
-	t.trim(now, rule)
-	if n := len(t.at); n >= rule.Limit {
-		return max(0, t.at[n-rule.Limit].Add(rule.Period+rule.Guard).Sub(now))
+	at := t.pause
+	if len(t.at) >= rule.Limit {
+		t.trim(now, rule)
+		if n := len(t.at); n >= rule.Limit {
+			at = later(at, t.at[n-rule.Limit].Add(rule.Period+rule.Guard))
+		}
 	}
-	return 0
+	return max(0, at.Sub(now))
 }
 
 // trim forgets the calls older than two periods and a guard (see

@@ -70,6 +70,10 @@ const (
 	deployBaseBytes         = 21.4 * (1 << 20)
 )
 
+// deploySlowBodiesBytes is what 300 connections sending 1 MiB bodies
+// slowly took beside MAX_REPLAY_MEMORY at their peak (README, Sizing).
+const deploySlowBodiesBytes = 100 << 20
+
 // deployCallerKeysLine is a valid caller keys file that stands in for the
 // mounted Secret's, so that the rest of a container's configuration can be
 // checked by loadConfig.
@@ -1124,6 +1128,21 @@ func deployCheckProxy(t *testing.T, set *deploySet, m *k8sManifest, w *deployWor
 	} else if need := deployBaseBytes + float64(cached)*deployCachedTenantBytes; need > 0.75*float64(limit) {
 		t.Errorf("%s: CACHE_SIZE %d: a full cache takes about %.0f MiB (%.1f MiB + %d bytes a tenant, bench/README.md), above three quarters of limits.memory %s: lower CACHE_SIZE or raise the limit",
 			where, cfg.CacheSize, need/(1<<20), deployBaseBytes/(1<<20), deployCachedTenantBytes, c.Resources.Limits["memory"])
+	}
+
+	// Slow request bodies: what is kept for replays, and about 100 MiB more
+	// at the peak of 300 slow 1 MiB bodies (README, Sizing), fit the memory
+	// limit, and the runtime knows of the limit.
+	if limit, err := deployBytes(c.Resources.Limits["memory"]); err == nil {
+		if need := cfg.MaxReplayMemory + deploySlowBodiesBytes; need > limit {
+			t.Errorf("%s: MAX_REPLAY_MEMORY %d MiB and %d MiB for slow bodies and the collector's headroom (README, Sizing) exceed limits.memory %s: lower MAX_REPLAY_MEMORY or raise the limit",
+				where, cfg.MaxReplayMemory>>20, deploySlowBodiesBytes>>20, c.Resources.Limits["memory"])
+		}
+		if v := run["GOMEMLIMIT"]; v == "" {
+			t.Errorf("%s: GOMEMLIMIT is not set: the runtime does not collect harder before limits.memory %s", where, c.Resources.Limits["memory"])
+		} else if soft, err := deployBytes(strings.TrimSuffix(v, "B")); err != nil || soft >= limit {
+			t.Errorf("%s: GOMEMLIMIT %q: want a size below limits.memory %s", where, v, c.Resources.Limits["memory"])
+		}
 	}
 
 	if !deployLoopback(dataHost) {

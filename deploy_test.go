@@ -62,12 +62,12 @@ var deployRedisMinVersion = [2]int{7, 2}
 
 // deployCachedTenantBytes and deployBaseBytes are the resident memory of a
 // cached tenant (with a 1 KiB access token) and of the process before any,
-// as bench/README.md measured them (Redis store: 21.4 MiB, then 2,982 bytes
+// as bench/README.md measured them (Redis store: 36.4 MiB, then 2,833 bytes
 // a tenant up to 100,000). A full cache (CACHE_SIZE) on top of the base must
 // leave a quarter of limits.memory for requests in flight and the GC.
 const (
-	deployCachedTenantBytes = 2982
-	deployBaseBytes         = 21.4 * (1 << 20)
+	deployCachedTenantBytes = 2833
+	deployBaseBytes         = 36.4 * (1 << 20)
 )
 
 // deploySlowBodiesBytes is what 300 connections sending 1 MiB bodies

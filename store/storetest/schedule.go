@@ -130,9 +130,10 @@ func testReleaseFrees(t *testing.T, open func() Schedule) {
 	}
 }
 
-func testPausePlacesAgain(t *testing.T, open func() Schedule) {
-	s := open()
-	ctx := context.Background()
+// reserveBeyondWindow fills acme's first window, then reserves
+// scheduleRule.Limit+1 calls that wait: a window of them and one more.
+func reserveBeyondWindow(t *testing.T, s Schedule) []store.Slot {
+	t.Helper()
 	for range scheduleRule.Limit {
 		reserve(t, s, "acme", time.Hour)
 	}
@@ -140,6 +141,13 @@ func testPausePlacesAgain(t *testing.T, open func() Schedule) {
 	for range scheduleRule.Limit + 1 {
 		waiting = append(waiting, reserve(t, s, "acme", time.Hour))
 	}
+	return waiting
+}
+
+func testPausePlacesAgain(t *testing.T, open func() Schedule) {
+	s := open()
+	ctx := context.Background()
+	waiting := reserveBeyondWindow(t, s)
 	pause := 30 * time.Second
 	if ok, err := s.Pause(ctx, "acme", scheduleRule, pause, false, 0); err != nil || !ok {
 		t.Fatalf("Pause = %v, %v; want true", ok, err)
@@ -169,13 +177,7 @@ func testPausePlacesAgain(t *testing.T, open func() Schedule) {
 func testPauseNeverBringsASlotForward(t *testing.T, open func() Schedule) {
 	s, other := open(), open()
 	ctx := context.Background()
-	for range scheduleRule.Limit {
-		reserve(t, s, "acme", time.Hour)
-	}
-	var waiting []store.Slot
-	for range scheduleRule.Limit + 1 {
-		waiting = append(waiting, reserve(t, s, "acme", time.Hour))
-	}
+	waiting := reserveBeyondWindow(t, s)
 	// The callers of the first window's calls give up; the last one, a
 	// window further, waits on.
 	for _, slot := range waiting[:scheduleRule.Limit] {

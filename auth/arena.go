@@ -22,9 +22,6 @@ type arena struct {
 	free   []int32       // numbers of chunks let go
 	cur    int32         // the chunk texts are added to; -1: none yet
 
-	// used and live are the bytes of all chunks taken by texts, and by
-	// texts still referenced (live ≤ used).
-	used, live int
 	// sparse are the chunks worth compacting, each once.
 	sparse []int32
 }
@@ -81,8 +78,6 @@ func (a *arena) add(owner int32, texts ...string) arenaRef {
 	}
 	ch.live += n
 	ch.owners = append(ch.owners, owner)
-	a.used += n
-	a.live += n
 	return arenaRef{chunk: c, off: int32(off)}
 }
 
@@ -113,7 +108,6 @@ func (a *arena) release(r arenaRef, n int32) {
 		return
 	}
 	a.chunks[r.chunk].live -= int(n)
-	a.live -= int(n)
 	a.check(r.chunk)
 }
 
@@ -125,7 +119,6 @@ func (a *arena) check(c int32) {
 	switch {
 	case c == a.cur:
 	case ch.live == 0:
-		a.used -= len(ch.buf)
 		a.chunks[c] = nil
 		a.free = append(a.free, c)
 		// A number listed as sparse is checked again when it is taken
@@ -148,4 +141,16 @@ func (a *arena) nextSparse() (int32, *arenaChunk) {
 		}
 	}
 	return -1, nil
+}
+
+// bytes returns the bytes of the chunks held that texts took, and those of
+// texts still referenced.
+func (a *arena) bytes() (used, live int) {
+	for _, ch := range a.chunks {
+		if ch != nil {
+			used += len(ch.buf)
+			live += ch.live
+		}
+	}
+	return used, live
 }

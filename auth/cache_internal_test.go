@@ -294,8 +294,8 @@ func TestCacheArenaKeepsTokensAndBoundsGarbage(t *testing.T) {
 				t.Fatalf("step %d: %s holds %.40q (v%d, held %v); want its own token of v%d", step, tenant, got.snap.access, got.snap.version, got.held, v)
 			}
 		}
-		if garbage := c.text.used - c.text.live; garbage > c.text.live/3+2*arenaChunkSize {
-			t.Fatalf("step %d: %d bytes of garbage in the arena for %d live; want at most a third of live and two chunks", step, garbage, c.text.live)
+		if used, live := c.text.bytes(); used-live > live/3+2*arenaChunkSize {
+			t.Fatalf("step %d: %d bytes of garbage in the arena for %d live; want at most a third of live and two chunks", step, used-live, live)
 		}
 	}
 	for step := range 40_000 {
@@ -324,8 +324,8 @@ func TestCacheArenaKeepsTokensAndBoundsGarbage(t *testing.T) {
 	for tenant := range version {
 		c.deleted(tenant)
 	}
-	if c.text.live != 0 || c.text.used > arenaChunkSize {
-		t.Errorf("with the cache empty, the arena holds %d bytes live and %d used; want 0 and at most the current chunk", c.text.live, c.text.used)
+	if used, live := c.text.bytes(); live != 0 || used > arenaChunkSize {
+		t.Errorf("with the cache empty, the arena holds %d bytes live and %d used; want 0 and at most the current chunk", live, used)
 	}
 }
 
